@@ -1,0 +1,903 @@
+//! Configuration: the YAML file of DESIGN.md section 1, `NMP_AUTH_*` environment overrides, and
+//! validation. Every error names the key path (or the environment variable) it is about, on one
+//! line, so an operator can fix it without reading code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+/// The embedded quickstart configuration: what `serve` runs without `--config`. Development only:
+/// it accepts unsigned tokens.
+pub const QUICKSTART_YAML: &str = include_str!("quickstart.yaml");
+
+/// Name used for the quickstart configuration in error messages.
+pub const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
+
+/// Prefix of the environment overrides; the rest of the name is a key path under `auth`.
+pub const ENV_PREFIX: &str = "NMP_AUTH_";
+
+/// Upper bound for `auth.oidc.leeway_seconds`: more clock skew than this makes `exp` meaningless.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub auth: AuthConfig,
+    pub server: ServerConfig,
+    pub identity: IdentityConfig,
+    pub policy: PolicyConfig,
+}
+
+/// NMP's own `auth:` keys, with NMP's names and meanings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Defaults to `true` although NMP's default is `false`: an authorization server that
+    /// allows everything because a key was forgotten fails open. Turning auth off must be
+    /// written down (`enabled: false` or `NMP_AUTH_ENABLED=false`).
+    pub enabled: bool,
+    /// Gets PlatformAdmin in workspace `system` (case-sensitive match).
+    pub admin_email: Option<String>,
+    /// Accept `alg: none` tokens. Quickstart only.
+    pub allow_unsigned_jwt: bool,
+    pub default_workspace: String,
+    /// `default:*`->Editor, `system:*`->Viewer, `system:*`->WorkspaceCreator.
+    pub bootstrap_bindings: bool,
+    /// Seconds between policy source polls; at least 1.
+    pub policy_data_refresh_interval: u64,
+    pub oidc: OidcConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            admin_email: None,
+            allow_unsigned_jwt: false,
+            default_workspace: "default".into(),
+            bootstrap_bindings: true,
+            policy_data_refresh_interval: 30,
+            oidc: OidcConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    pub enabled: bool,
+    pub issuer: Option<String>,
+    pub additional_issuers: Vec<String>,
+    /// Unset: audience not checked (NMP behaviour).
+    pub audience: Option<String>,
+    /// Unset: taken from `{issuer}/.well-known/openid-configuration`.
+    pub jwks_uri: Option<String>,
+    pub client_id: String,
+    pub subject_claim: String,
+    pub email_claim: String,
+    pub groups_claim: String,
+    /// Stripped from each scope, e.g. `api://client-id/`.
+    pub scope_prefix: Option<String>,
+    /// Seconds.
+    pub discovery_cache_ttl: u64,
+    /// Clock skew allowed on `exp`/`nbf`/`iat`, seconds; at most [`MAX_LEEWAY_SECONDS`].
+    pub leeway_seconds: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            issuer: None,
+            additional_issuers: Vec::new(),
+            audience: None,
+            jwks_uri: None,
+            client_id: String::new(),
+            subject_claim: "sub".into(),
+            email_claim: "email".into(),
+            groups_claim: "groups".into(),
+            scope_prefix: None,
+            discovery_cache_ttl: 300,
+            leeway_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9191)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+        }
+    }
+}
+
+/// Where the principal comes from, tried in this order.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Key under `filter_metadata["envoy.filters.http.jwt_authn"]`.
+    pub jwt_authn_metadata_key: String,
+    /// Verify an `Authorization: Bearer` token when there is no jwt_authn metadata.
+    pub verify_bearer: bool,
+    /// Accept `x-nmp-principal-*` request headers as set by the gateway.
+    pub trust_principal_headers: bool,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            jwt_authn_metadata_key: "jwt_payload".into(),
+            verify_bearer: true,
+            trust_principal_headers: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Merged in order. Given sources are all there is: the built-in catalog joins only as
+    /// `builtin: true`, which is also the default when no sources are given.
+    pub sources: Vec<SourceConfig>,
+    /// After this long without a good load, deny with 503 (fail closed).
+    pub max_staleness_seconds: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            sources: vec![SourceConfig::Builtin { builtin: true }],
+            max_staleness_seconds: 300,
+        }
+    }
+}
+
+/// One policy data source: `{file: PATH}`, `{bundle_url: URL}` or `{builtin: true}`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum SourceConfig {
+    File { file: PathBuf },
+    BundleUrl { bundle_url: String },
+    Builtin { builtin: bool },
+}
+
+// Hand-written because serde's untagged error ("data did not match any variant") does not say
+// what the accepted forms are.
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        let single = value.as_object().filter(|m| m.len() == 1);
+        let source = match single.and_then(|m| m.iter().next()) {
+            Some((k, Value::String(s))) if k == "file" => Some(Self::File { file: s.into() }),
+            Some((k, Value::String(s))) if k == "bundle_url" => Some(Self::BundleUrl {
+                bundle_url: s.clone(),
+            }),
+            Some((k, Value::Bool(b))) if k == "builtin" => Some(Self::Builtin { builtin: *b }),
+            _ => None,
+        };
+        source.ok_or_else(|| {
+            D::Error::custom(format!(
+                "expected one of `file: PATH`, `bundle_url: URL` or `builtin: true`, got {value}"
+            ))
+        })
+    }
+}
+
+/// A configuration error. `Display` is one line naming the file, key path or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config error: cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config error in {source_name}: invalid YAML: {reason}")]
+    Syntax { source_name: String, reason: String },
+    #[error("config error in {var}: {reason}")]
+    Env { var: String, reason: String },
+    /// `key` is a dotted path such as `auth.oidc.issuer` or `policy.sources[1]`.
+    #[error("config error at {key}: {reason}")]
+    Key { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Key {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn env(var: &str, reason: impl Into<String>) -> Self {
+        Self::Env {
+            var: var.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Load the configuration from `path` (or the embedded quickstart when `None`), apply the
+/// `NMP_AUTH_*` overrides found in `env` and validate the result.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    match path {
+        None => parse(QUICKSTART_YAML, QUICKSTART_SOURCE, env),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            parse(&text, &path.display().to_string(), env)
+        }
+    }
+}
+
+/// [`load`] with the process environment. A non-UTF-8 `NMP_AUTH_*` value is an error.
+pub fn load_from_process_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut env = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        let Some(key) = key.to_str().filter(|k| k.starts_with(ENV_PREFIX)) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::env(key, "value is not valid UTF-8"))?;
+        env.push((key.to_owned(), value));
+    }
+    load(path, env)
+}
+
+/// Parse YAML text (`source_name` is used in syntax errors), apply overrides, validate.
+pub fn parse(
+    yaml: &str,
+    source_name: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut tree: Value =
+        serde_saphyr::from_str_with_options(yaml, yaml_options()).map_err(|e| {
+            ConfigError::Syntax {
+                source_name: source_name.into(),
+                reason: one_line(&e.to_string()),
+            }
+        })?;
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    check_sections(&mut tree, &defaults, "")?;
+    apply_env(&mut tree, &defaults, env)?;
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = match e.path().to_string() {
+            p if p == "." => "(top level)".to_owned(),
+            p => p,
+        };
+        ConfigError::key(key, one_line(&e.into_inner().to_string()))
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    // No source snippets: errors stay on one line and still say "at line L, column C".
+    serde_saphyr::options! { with_snippet: false }
+}
+
+fn one_line(s: &str) -> String {
+    // The library's advice about its own options means nothing to an operator.
+    let s = s.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Make every section (a key whose default is a mapping) a mapping: an empty or null section
+/// (`auth:` with everything under it commented out) means defaults, and anything else is an
+/// error here, because serde would otherwise fill a struct from a list by position.
+fn check_sections(node: &mut Value, shape: &Value, key: &str) -> Result<(), ConfigError> {
+    let Value::Object(shape) = shape else {
+        return Ok(());
+    };
+    if node.is_null() {
+        *node = Value::Object(Default::default());
+    }
+    let Value::Object(map) = node else {
+        let key = if key.is_empty() { "(top level)" } else { key };
+        return Err(ConfigError::key(
+            key,
+            format!("expected a mapping, got {}", kind(node)),
+        ));
+    };
+    for (name, child) in map.iter_mut() {
+        if let Some(child_shape) = shape.get(name) {
+            let child_key = if key.is_empty() {
+                name.clone()
+            } else {
+                format!("{key}.{name}")
+            };
+            check_sections(child, child_shape, &child_key)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Apply `NMP_AUTH_*` overrides to the raw tree, under `auth`. The value's type is taken from
+/// the default configuration at the same path, so `NMP_AUTH_ADMIN_EMAIL=123` stays a string.
+fn apply_env(
+    tree: &mut Value,
+    defaults: &Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<_> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort(); // deterministic: the first bad variable by name is the one reported
+    for (var, raw) in vars {
+        let mut path = vec!["auth".to_owned()];
+        path.extend(var[ENV_PREFIX.len()..].split("__").map(str::to_lowercase));
+        let dotted = path.join(".");
+        let unknown = || ConfigError::env(&var, format!("unknown configuration key {dotted}"));
+        let shape = path
+            .iter()
+            .try_fold(defaults, |v, seg| v.as_object()?.get(seg))
+            .ok_or_else(unknown)?;
+        if shape.is_object() {
+            let reason = format!("{dotted} is a section; set its keys as {var}__<KEY>");
+            return Err(ConfigError::env(&var, reason));
+        }
+        let value =
+            typed_env_value(shape, &raw).map_err(|reason| ConfigError::env(&var, reason))?;
+        set_path(tree, &path, value);
+    }
+    Ok(())
+}
+
+/// Convert an environment value to the JSON type of `shape` (the default at that key).
+fn typed_env_value(shape: &Value, raw: &str) -> Result<Value, String> {
+    let trimmed = raw.trim();
+    match shape {
+        Value::Bool(_) => match trimmed.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        Value::Number(_) => trimmed
+            .parse::<u64>()
+            .map(Value::from)
+            .map_err(|_| format!("expected a non-negative integer, got {raw:?}")),
+        Value::Array(_) if trimmed.starts_with('[') => {
+            serde_saphyr::from_str_with_options::<Vec<String>>(trimmed, yaml_options())
+                .map(Value::from)
+                .map_err(|e| format!("invalid list {raw:?}: {}", one_line(&e.to_string())))
+        }
+        Value::Array(_) => Ok(Value::from(
+            trimmed
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>(),
+        )),
+        // Null in the defaults is an optional string.
+        Value::Null if trimmed.is_empty() || trimmed == "null" => Ok(Value::Null),
+        Value::Null | Value::String(_) => Ok(Value::String(raw.to_owned())),
+        Value::Object(_) => unreachable!("sections are rejected by the caller"),
+    }
+}
+
+/// Set `tree[path...] = value`, creating missing sections ([`check_sections`] has made every
+/// present one a mapping).
+fn set_path(tree: &mut Value, path: &[String], value: Value) {
+    let (last, parents) = path.split_last().expect("path is never empty");
+    let mut node = tree;
+    for seg in parents {
+        let Some(map) = node.as_object_mut() else {
+            return;
+        };
+        node = map
+            .entry(seg.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    if let Some(map) = node.as_object_mut() {
+        map.insert(last.clone(), value);
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(ConfigError::key(
+            key,
+            format!("must be an http:// or https:// URL, got {url:?}"),
+        )),
+    }
+}
+
+impl Config {
+    /// Checks that serde cannot express. Run by [`load`]; public for configs built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let oidc = &auth.oidc;
+        if oidc.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(ConfigError::key(
+                "auth.oidc.leeway_seconds",
+                format!(
+                    "must be at most {MAX_LEEWAY_SECONDS} (got {})",
+                    oidc.leeway_seconds
+                ),
+            ));
+        }
+        if auth.policy_data_refresh_interval < 1 {
+            return Err(ConfigError::key(
+                "auth.policy_data_refresh_interval",
+                "must be at least 1 (got 0)",
+            ));
+        }
+        if self.policy.max_staleness_seconds < auth.policy_data_refresh_interval {
+            return Err(ConfigError::key(
+                "policy.max_staleness_seconds",
+                format!(
+                    "must be at least auth.policy_data_refresh_interval ({}) (got {})",
+                    auth.policy_data_refresh_interval, self.policy.max_staleness_seconds
+                ),
+            ));
+        }
+        if oidc.enabled && oidc.issuer.is_none() {
+            return Err(ConfigError::key(
+                "auth.oidc.issuer",
+                "required when auth.oidc.enabled is true",
+            ));
+        }
+        if let Some(issuer) = &oidc.issuer {
+            check_url("auth.oidc.issuer", issuer)?;
+        }
+        for (i, issuer) in oidc.additional_issuers.iter().enumerate() {
+            check_url(&format!("auth.oidc.additional_issuers[{i}]"), issuer)?;
+        }
+        if let Some(jwks_uri) = &oidc.jwks_uri {
+            check_url("auth.oidc.jwks_uri", jwks_uri)?;
+        }
+        if self.policy.sources.is_empty() {
+            return Err(ConfigError::key(
+                "policy.sources",
+                "must list at least one source (`- builtin: true` for the built-in catalog)",
+            ));
+        }
+        for (i, source) in self.policy.sources.iter().enumerate() {
+            let key = format!("policy.sources[{i}]");
+            match source {
+                SourceConfig::Builtin { builtin: false } => {
+                    return Err(ConfigError::key(
+                        key,
+                        "`builtin: false` does nothing; remove the entry",
+                    ));
+                }
+                SourceConfig::File { file } if file.as_os_str().is_empty() => {
+                    return Err(ConfigError::key(key + ".file", "must not be empty"));
+                }
+                SourceConfig::BundleUrl { bundle_url } => {
+                    check_url(&(key + ".bundle_url"), bundle_url)?
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn yaml(text: &str) -> Result<Config, ConfigError> {
+        parse(text, "test.yaml", [])
+    }
+
+    fn yaml_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        parse(text, "test.yaml", env(vars))
+    }
+
+    fn err(r: Result<Config, ConfigError>) -> String {
+        let msg = r.expect_err("expected a config error").to_string();
+        assert!(!msg.contains('\n'), "error must be one line: {msg}");
+        msg
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::default();
+        assert!(c.auth.enabled, "auth is on unless turned off explicitly");
+        assert!(!c.auth.allow_unsigned_jwt);
+        assert!(c.auth.bootstrap_bindings);
+        assert_eq!(c.auth.default_workspace, "default");
+        assert_eq!(c.auth.policy_data_refresh_interval, 30);
+        assert_eq!(c.auth.oidc.leeway_seconds, 60);
+        assert_eq!(c.auth.oidc.discovery_cache_ttl, 300);
+        assert_eq!(c.auth.oidc.groups_claim, "groups");
+        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:9191");
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:8000");
+        assert_eq!(c.identity.jwt_authn_metadata_key, "jwt_payload");
+        assert!(c.identity.verify_bearer && !c.identity.trust_principal_headers);
+        assert_eq!(
+            c.policy.sources,
+            vec![SourceConfig::Builtin { builtin: true }]
+        );
+        assert_eq!(c.policy.max_staleness_seconds, 300);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_or_null_document_gives_defaults() {
+        for text in ["", "\n", "# only a comment\n", "null\n", "~"] {
+            assert_eq!(yaml(text).unwrap(), Config::default(), "{text:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.yaml");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(load(Some(&path), []).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn quickstart_values() {
+        let c = load(None, []).unwrap();
+        assert!(c.auth.enabled);
+        assert!(c.auth.allow_unsigned_jwt);
+        assert!(c.auth.bootstrap_bindings);
+        assert!(!c.auth.oidc.enabled);
+        assert_eq!(
+            c.policy.sources,
+            vec![SourceConfig::Builtin { builtin: true }]
+        );
+        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:9191");
+        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = yaml(
+            r#"
+auth:
+  enabled: true
+  admin_email: admin@example.com
+  oidc:
+    enabled: true
+    issuer: https://idp.example.com/realms/nmp
+    additional_issuers: [http://idp.internal/realms/nmp]
+    audience: nmp-api
+    jwks_uri: null
+    scope_prefix: "api://client-id/"
+server:
+  grpc_addr: 0.0.0.0:9191
+  http_addr: "[::]:8000"
+identity:
+  trust_principal_headers: true
+policy:
+  sources:
+    - file: policy.yaml
+    - bundle_url: http://auth:8000/apis/auth/v2/iam/opa-bundle.tar.gz
+    - builtin: true
+  max_staleness_seconds: 600
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.admin_email.as_deref(), Some("admin@example.com"));
+        assert_eq!(c.auth.oidc.audience.as_deref(), Some("nmp-api"));
+        assert_eq!(
+            c.auth.oidc.scope_prefix.as_deref(),
+            Some("api://client-id/")
+        );
+        assert_eq!(c.server.http_addr.to_string(), "[::]:8000");
+        assert_eq!(
+            c.policy.sources,
+            vec![
+                SourceConfig::File {
+                    file: "policy.yaml".into()
+                },
+                SourceConfig::BundleUrl {
+                    bundle_url: "http://auth:8000/apis/auth/v2/iam/opa-bundle.tar.gz".into()
+                },
+                SourceConfig::Builtin { builtin: true },
+            ]
+        );
+        // Serialize/deserialize round trip keeps the source forms.
+        let back: Config = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let msg = err(yaml("surver: {}\n"));
+        assert!(msg.contains("surver"), "{msg}");
+        let msg = err(yaml("auth:\n  oidc:\n    isuer: https://x\n"));
+        assert!(msg.contains("auth.oidc.isuer"), "{msg}");
+        assert!(msg.contains("unknown field"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let msg = err(yaml("server:\n  grpc_addr: not-an-address\n"));
+        assert!(msg.contains("at server.grpc_addr:"), "{msg}");
+        let msg = err(yaml("auth:\n  oidc:\n    leeway_seconds: soon\n"));
+        assert!(msg.contains("at auth.oidc.leeway_seconds:"), "{msg}");
+        let msg = err(yaml("auth:\n  enabled: [1]\n"));
+        assert!(msg.contains("at auth.enabled:"), "{msg}");
+        // serde would fill a struct from a list by position; a section must be a mapping.
+        let msg = err(yaml("- 1\n"));
+        assert!(
+            msg.contains("at (top level): expected a mapping, got a list"),
+            "{msg}"
+        );
+        let msg = err(yaml("auth: [false]\n"));
+        assert!(msg.contains("at auth: expected a mapping"), "{msg}");
+        let msg = err(yaml("auth:\n  oidc: true\n"));
+        assert!(msg.contains("at auth.oidc: expected a mapping"), "{msg}");
+        // An empty section means defaults.
+        assert_eq!(yaml("auth:\nserver:\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn bad_source_entry_lists_the_forms() {
+        for entry in [
+            "- fiel: x.yaml",
+            "- policy.yaml",
+            "- {file: a, builtin: true}",
+        ] {
+            let msg = err(yaml(&format!(
+                "policy:\n  sources:\n    - builtin: true\n    {entry}\n"
+            )));
+            assert!(msg.contains("policy.sources[1]"), "{msg}");
+            assert!(
+                msg.contains("file: PATH") && msg.contains("bundle_url: URL"),
+                "{msg}"
+            );
+            assert!(msg.contains("builtin: true"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn env_nested_string() {
+        let c = yaml_env(
+            "auth:\n  oidc:\n    enabled: true\n",
+            &[("NMP_AUTH_OIDC__ISSUER", "https://idp.example.com")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.oidc.issuer.as_deref(),
+            Some("https://idp.example.com")
+        );
+        // Creates missing sections, and overrides the file.
+        let c = yaml_env("", &[("NMP_AUTH_OIDC__CLIENT_ID", "nmp")]).unwrap();
+        assert_eq!(c.auth.oidc.client_id, "nmp");
+        let c = yaml_env(
+            "auth:\n  admin_email: a@x\n",
+            &[("NMP_AUTH_ADMIN_EMAIL", "b@x")],
+        )
+        .unwrap();
+        assert_eq!(c.auth.admin_email.as_deref(), Some("b@x"));
+    }
+
+    #[test]
+    fn env_bool() {
+        for (raw, want) in [
+            ("false", false),
+            ("FALSE", false),
+            ("0", false),
+            ("True", true),
+            ("1", true),
+        ] {
+            let c = yaml_env("", &[("NMP_AUTH_ENABLED", raw)]).unwrap();
+            assert_eq!(c.auth.enabled, want, "{raw}");
+        }
+        let c = yaml_env(
+            "",
+            &[
+                ("NMP_AUTH_OIDC__ENABLED", "true"),
+                ("NMP_AUTH_OIDC__ISSUER", "https://i"),
+            ],
+        )
+        .unwrap();
+        assert!(c.auth.oidc.enabled);
+    }
+
+    #[test]
+    fn env_int() {
+        let c = yaml_env("", &[("NMP_AUTH_OIDC__LEEWAY_SECONDS", "120")]).unwrap();
+        assert_eq!(c.auth.oidc.leeway_seconds, 120);
+        let c = yaml_env("", &[("NMP_AUTH_POLICY_DATA_REFRESH_INTERVAL", " 5 ")]).unwrap();
+        assert_eq!(c.auth.policy_data_refresh_interval, 5);
+    }
+
+    #[test]
+    fn env_list() {
+        let want = vec!["https://a".to_string(), "https://b".to_string()];
+        for raw in [
+            "[https://a, https://b]",
+            r#"["https://a","https://b"]"#,
+            "https://a, https://b",
+        ] {
+            let c = yaml_env("", &[("NMP_AUTH_OIDC__ADDITIONAL_ISSUERS", raw)]).unwrap();
+            assert_eq!(c.auth.oidc.additional_issuers, want, "{raw}");
+        }
+        let c = yaml_env("", &[("NMP_AUTH_OIDC__ADDITIONAL_ISSUERS", "")]).unwrap();
+        assert!(c.auth.oidc.additional_issuers.is_empty());
+    }
+
+    #[test]
+    fn env_strings_stay_strings() {
+        let c = yaml_env(
+            "",
+            &[
+                ("NMP_AUTH_ADMIN_EMAIL", "123"),
+                ("NMP_AUTH_DEFAULT_WORKSPACE", "true"),
+                ("NMP_AUTH_OIDC__CLIENT_ID", "007"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.auth.admin_email.as_deref(), Some("123"));
+        assert_eq!(c.auth.default_workspace, "true");
+        assert_eq!(c.auth.oidc.client_id, "007");
+        // null or empty clears an optional value.
+        for raw in ["", "null"] {
+            let c = yaml_env(
+                "auth:\n  oidc:\n    audience: x\n",
+                &[("NMP_AUTH_OIDC__AUDIENCE", raw)],
+            )
+            .unwrap();
+            assert_eq!(c.auth.oidc.audience, None);
+        }
+    }
+
+    #[test]
+    fn env_other_prefixes_are_ignored() {
+        let c = yaml_env(
+            "",
+            &[("NMP_OTHER", "x"), ("HOME", "/root"), ("NMP_AUTHX", "1")],
+        )
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn env_unknown_key_names_the_variable() {
+        let msg = err(yaml_env("", &[("NMP_AUTH_OIDC__ISUER", "https://x")]));
+        assert!(
+            msg.contains("NMP_AUTH_OIDC__ISUER: unknown configuration key auth.oidc.isuer"),
+            "{msg}"
+        );
+        let msg = err(yaml_env("", &[("NMP_AUTH_OIDC", "x")]));
+        assert!(
+            msg.contains("NMP_AUTH_OIDC: auth.oidc is a section"),
+            "{msg}"
+        );
+        let msg = err(yaml_env("", &[("NMP_AUTH_ENABLED__X", "x")]));
+        assert!(msg.contains("NMP_AUTH_ENABLED__X"), "{msg}");
+    }
+
+    #[test]
+    fn env_bad_value_names_the_variable() {
+        let msg = err(yaml_env("", &[("NMP_AUTH_ENABLED", "maybe")]));
+        assert!(
+            msg.contains("NMP_AUTH_ENABLED:") && msg.contains("maybe"),
+            "{msg}"
+        );
+        let msg = err(yaml_env("", &[("NMP_AUTH_OIDC__LEEWAY_SECONDS", "-1")]));
+        assert!(msg.contains("NMP_AUTH_OIDC__LEEWAY_SECONDS:"), "{msg}");
+        let msg = err(yaml_env(
+            "",
+            &[("NMP_AUTH_OIDC__ADDITIONAL_ISSUERS", "[a, {b")],
+        ));
+        assert!(msg.contains("NMP_AUTH_OIDC__ADDITIONAL_ISSUERS:"), "{msg}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cases = [
+            (
+                "auth:\n  oidc:\n    leeway_seconds: 900\n",
+                "config error at auth.oidc.leeway_seconds: must be at most 300 (got 900)",
+            ),
+            (
+                "auth:\n  policy_data_refresh_interval: 0\n",
+                "at auth.policy_data_refresh_interval:",
+            ),
+            (
+                "policy:\n  max_staleness_seconds: 10\n",
+                "at policy.max_staleness_seconds:",
+            ),
+            (
+                "auth:\n  oidc:\n    enabled: true\n",
+                "at auth.oidc.issuer: required",
+            ),
+            (
+                "auth:\n  oidc:\n    issuer: idp.example.com\n",
+                "at auth.oidc.issuer: must be an http",
+            ),
+            (
+                "auth:\n  oidc:\n    additional_issuers: [https://a, ftp://b]\n",
+                "at auth.oidc.additional_issuers[1]:",
+            ),
+            (
+                "auth:\n  oidc:\n    jwks_uri: /keys\n",
+                "at auth.oidc.jwks_uri:",
+            ),
+            ("policy:\n  sources: []\n", "at policy.sources: must list"),
+            (
+                "policy:\n  sources: [{builtin: false}]\n",
+                "at policy.sources[0]:",
+            ),
+            (
+                "policy:\n  sources: [{bundle_url: auth:8000/b.tar.gz}]\n",
+                "at policy.sources[0].bundle_url:",
+            ),
+            (
+                "policy:\n  sources: [{file: ''}]\n",
+                "at policy.sources[0].file:",
+            ),
+        ];
+        for (text, want) in cases {
+            let msg = err(yaml(text));
+            assert!(msg.contains(want), "{text:?}: {msg}");
+        }
+        // Validation also covers values set from the environment.
+        let msg = err(yaml_env("", &[("NMP_AUTH_OIDC__LEEWAY_SECONDS", "301")]));
+        assert!(msg.contains("at auth.oidc.leeway_seconds:"), "{msg}");
+    }
+
+    #[test]
+    fn file_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.yaml");
+        std::fs::write(&path, "auth:\n  enabled: true\n   oidc: [\n").unwrap();
+        let msg = err(load(Some(&path), []));
+        assert!(
+            msg.contains("broken.yaml") && msg.contains("invalid YAML"),
+            "{msg}"
+        );
+
+        let missing = dir.path().join("missing.yaml");
+        let msg = err(load(Some(&missing), []));
+        assert!(msg.contains("missing.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_accepted() {
+        // NMP reads its config with PyYAML (YAML 1.1), where `yes`/`no` are booleans.
+        let c = yaml("auth:\n  enabled: no\n  bootstrap_bindings: yes\n").unwrap();
+        assert!(!c.auth.enabled && c.auth.bootstrap_bindings);
+    }
+
+    #[test]
+    fn duplicate_keys_are_an_error() {
+        let msg = err(yaml("auth:\n  enabled: true\n  enabled: false\n"));
+        assert!(
+            msg.contains("test.yaml") && msg.contains("duplicate"),
+            "{msg}"
+        );
+        assert!(!msg.contains("DuplicateKeyPolicy"), "{msg}");
+    }
+}

@@ -1,0 +1,1196 @@
+//! Who is calling: the principal of a Check request, from (in this order) the claims Envoy's
+//! `jwt_authn` filter verified, a bearer token, or gateway-set `x-nmp-principal-*` headers.
+//!
+//! Pure: no I/O and no clock; the caller passes the current time in unix seconds.
+//! Identities from different sources that disagree are denied, never merged.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use regex::Regex;
+use serde_json::{Map, Value as Json};
+
+use crate::policy::Principal;
+
+/// The `filter_metadata` namespace Envoy's `jwt_authn` filter writes verified claims under.
+pub const JWT_AUTHN_NAMESPACE: &str = "envoy.filters.http.jwt_authn";
+/// Upper bound on clock-skew leeway, whatever the configuration says: a large leeway would
+/// quietly turn expired tokens back into valid ones.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Bearer tokens longer than this are rejected before any decoding work.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+const HEADER_ID: &str = "x-nmp-principal-id";
+const HEADER_EMAIL: &str = "x-nmp-principal-email";
+const HEADER_GROUPS: &str = "x-nmp-principal-groups";
+const HEADER_SCOPES: &str = "x-nmp-scopes";
+
+const INVALID_TOKEN: &str = "Invalid or expired token";
+const NO_SUBJECT: &str = "Token has no subject";
+
+/// Where the principal comes from (DESIGN `identity:` and `auth.oidc` keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySettings {
+    /// Key under the `jwt_authn` metadata namespace holding the verified claims.
+    pub jwt_authn_metadata_key: String,
+    /// Read `Authorization: Bearer` when Envoy supplied no verified claims.
+    pub verify_bearer: bool,
+    /// Accept `x-nmp-principal-*` headers (only safe when the gateway strips inbound ones).
+    pub trust_principal_headers: bool,
+    /// Accept `alg: none` tokens (quickstart only).
+    pub allow_unsigned_jwt: bool,
+    pub subject_claim: String,
+    pub email_claim: String,
+    pub groups_claim: String,
+    /// Stripped from each scope that starts with it, e.g. `api://client-id/`.
+    pub scope_prefix: Option<String>,
+    /// Clock-skew allowance for `exp`/`nbf`; capped at [`MAX_LEEWAY_SECONDS`].
+    pub leeway_seconds: u64,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            jwt_authn_metadata_key: "jwt_payload".into(),
+            verify_bearer: true,
+            trust_principal_headers: false,
+            allow_unsigned_jwt: false,
+            subject_claim: "sub".into(),
+            email_claim: "email".into(),
+            groups_claim: "groups".into(),
+            scope_prefix: None,
+            leeway_seconds: 60,
+        }
+    }
+}
+
+/// Which input the principal was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    JwtAuthnMetadata,
+    BearerToken,
+    TrustedHeaders,
+}
+
+/// An authenticated, validated caller. `principal.id` is always `Some`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// 401: no usable identity, a bad or expired token, or conflicting identities.
+    #[error("unauthenticated: {detail}")]
+    Unauthenticated { detail: String },
+    /// 400: a principal, claim or scope in the wrong format.
+    #[error("invalid principal: {detail}")]
+    InvalidPrincipal { detail: String },
+}
+
+impl IdentityError {
+    /// The HTTP status the denial carries.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated { .. } => 401,
+            Self::InvalidPrincipal { .. } => 400,
+        }
+    }
+
+    /// The client-facing message for the `{"detail": ...}` body.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Unauthenticated { detail } | Self::InvalidPrincipal { detail } => detail,
+        }
+    }
+}
+
+fn unauthenticated(detail: &str) -> IdentityError {
+    IdentityError::Unauthenticated {
+        detail: detail.into(),
+    }
+}
+
+fn invalid(detail: String) -> IdentityError {
+    IdentityError::InvalidPrincipal { detail }
+}
+
+/// The claims Envoy's `jwt_authn` filter put in the request's dynamic metadata, if any.
+pub fn jwt_authn_metadata(attrs: &AttributeContext) -> Option<&Struct> {
+    attrs
+        .metadata_context
+        .as_ref()?
+        .filter_metadata
+        .get(JWT_AUTHN_NAMESPACE)
+}
+
+/// Establishes the caller. `headers` have lower-case names (as Envoy sends them); `metadata`
+/// is the `jwt_authn` namespace ([`jwt_authn_metadata`]). `Ok(None)`: no source named anyone.
+pub fn identify(
+    settings: &IdentitySettings,
+    headers: &HashMap<String, String>,
+    metadata: Option<&Struct>,
+    now_unix: u64,
+) -> Result<Option<Identity>, IdentityError> {
+    let identity = if let Some(principal) = metadata_principal(settings, metadata)? {
+        // Usually the same token Envoy verified; if it names someone else, the request
+        // carries two identities and picking either would be a guess.
+        if settings.verify_bearer
+            && let Some(subject) = bearer_subject_unverified(settings, headers)
+            && principal.id.as_deref() != Some(subject.as_str())
+        {
+            return Err(unauthenticated("Conflicting identities"));
+        }
+        Identity {
+            principal,
+            source: Source::JwtAuthnMetadata,
+        }
+    } else if let Some(principal) = bearer_principal(settings, headers, now_unix)? {
+        Identity {
+            principal,
+            source: Source::BearerToken,
+        }
+    } else if settings.trust_principal_headers {
+        match header_principal(settings, headers)? {
+            Some(principal) => Identity {
+                principal,
+                source: Source::TrustedHeaders,
+            },
+            None => return Ok(None),
+        }
+    } else {
+        return Ok(None);
+    };
+
+    // Trusted headers that name a different principal than the token are a conflict too.
+    if settings.trust_principal_headers
+        && identity.source != Source::TrustedHeaders
+        && let Some(header_id) = non_empty_header(headers, HEADER_ID)
+        && identity.principal.id.as_deref() != Some(header_id)
+    {
+        return Err(unauthenticated("Conflicting identities"));
+    }
+
+    validate_principal(&identity.principal)?;
+    Ok(Some(identity))
+}
+
+// ---- claim mapping, shared by metadata and bearer tokens ----
+
+/// A claim reduced to the shapes the mapping accepts; anything else is `Wrong`.
+enum Claim<'a> {
+    /// Missing or JSON `null`.
+    Absent,
+    Str(&'a str),
+    List(Vec<&'a str>),
+    Wrong,
+}
+
+/// Read access to a claim set, whether a protobuf `Struct` (metadata) or JSON (a token).
+trait Claims {
+    fn claim(&self, name: &str) -> Claim<'_>;
+}
+
+impl Claims for Struct {
+    fn claim(&self, name: &str) -> Claim<'_> {
+        match self.fields.get(name).and_then(|v| v.kind.as_ref()) {
+            None | Some(Kind::NullValue(_)) => Claim::Absent,
+            Some(Kind::StringValue(s)) => Claim::Str(s),
+            Some(Kind::ListValue(list)) => list
+                .values
+                .iter()
+                .map(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map_or(Claim::Wrong, Claim::List),
+            Some(_) => Claim::Wrong,
+        }
+    }
+}
+
+impl Claims for Map<String, Json> {
+    fn claim(&self, name: &str) -> Claim<'_> {
+        match self.get(name) {
+            None | Some(Json::Null) => Claim::Absent,
+            Some(Json::String(s)) => Claim::Str(s),
+            Some(Json::Array(items)) => items
+                .iter()
+                .map(Json::as_str)
+                .collect::<Option<Vec<_>>>()
+                .map_or(Claim::Wrong, Claim::List),
+            Some(_) => Claim::Wrong,
+        }
+    }
+}
+
+fn wrong_type(name: &str, expected: &str) -> IdentityError {
+    invalid(format!("Invalid token claim '{name}': expected {expected}"))
+}
+
+/// A single-string claim; an empty string counts as absent.
+fn string_claim<'a>(claims: &'a impl Claims, name: &str) -> Result<Option<&'a str>, IdentityError> {
+    match claims.claim(name) {
+        Claim::Absent => Ok(None),
+        Claim::Str(s) => Ok(Some(s).filter(|s| !s.is_empty())),
+        Claim::List(_) | Claim::Wrong => Err(wrong_type(name, "a string")),
+    }
+}
+
+/// Maps claims onto a principal. `id` is `None` when the subject claim is missing or empty.
+fn map_claims(
+    settings: &IdentitySettings,
+    claims: &impl Claims,
+) -> Result<Principal, IdentityError> {
+    let id = string_claim(claims, &settings.subject_claim)?.map(str::to_owned);
+    let email = string_claim(claims, &settings.email_claim)?.map(str::to_owned);
+
+    // Cognito names its groups claim `cognito:groups`; accept it when the configured one is absent.
+    let mut groups_name = settings.groups_claim.as_str();
+    let mut groups_claim = claims.claim(groups_name);
+    if matches!(groups_claim, Claim::Absent) {
+        groups_name = "cognito:groups";
+        groups_claim = claims.claim(groups_name);
+    }
+    let groups = match groups_claim {
+        Claim::Absent => Vec::new(),
+        Claim::Str(s) => split_groups(s),
+        Claim::List(items) => items
+            .into_iter()
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Claim::Wrong => {
+            return Err(wrong_type(groups_name, "a list of strings or a string"));
+        }
+    };
+
+    // `scope` is the OAuth 2 claim (a string); `scp` is Azure AD's and others' (string or list).
+    let scopes = match claims.claim("scope") {
+        Claim::Str(s) => split_scopes(settings, [s]),
+        Claim::List(_) | Claim::Wrong => return Err(wrong_type("scope", "a string")),
+        Claim::Absent => match claims.claim("scp") {
+            Claim::Absent => Vec::new(),
+            Claim::Str(s) => split_scopes(settings, [s]),
+            Claim::List(items) => split_scopes(settings, items),
+            Claim::Wrong => return Err(wrong_type("scp", "a list of strings or a string")),
+        },
+    };
+
+    Ok(Principal {
+        id,
+        email,
+        groups,
+        scopes,
+    })
+}
+
+fn split_groups(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Splits on whitespace, strips the configured prefix, drops what ends up empty.
+fn split_scopes<'a>(
+    settings: &IdentitySettings,
+    parts: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    let prefix = settings.scope_prefix.as_deref().unwrap_or("");
+    parts
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .map(|s| s.strip_prefix(prefix).unwrap_or(s))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+// ---- (a) jwt_authn metadata ----
+
+fn metadata_principal(
+    settings: &IdentitySettings,
+    metadata: Option<&Struct>,
+) -> Result<Option<Principal>, IdentityError> {
+    // No entry under the key: jwt_authn verified nothing (e.g. `allow_missing`), so fall through.
+    let Some(kind) = metadata
+        .and_then(|m| m.fields.get(&settings.jwt_authn_metadata_key))
+        .and_then(|v| v.kind.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Kind::StructValue(claims) = kind else {
+        // Not what jwt_authn writes: something is misconfigured, so fail closed.
+        return Err(unauthenticated(INVALID_TOKEN));
+    };
+    let principal = map_claims(settings, claims)?;
+    if principal.id.is_none() {
+        return Err(unauthenticated(NO_SUBJECT));
+    }
+    Ok(Some(principal))
+}
+
+// ---- (b) bearer token ----
+
+/// base64url as JWTs use it; padded input is accepted too, since some encoders emit it.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A JWT split and decoded, but not verified.
+struct RawJwt<'a> {
+    header: Map<String, Json>,
+    claims: Map<String, Json>,
+    signature: &'a str,
+}
+
+/// The token of an `Authorization: Bearer` header: `None` without the header, an error for
+/// another scheme or an empty token.
+fn bearer_token(headers: &HashMap<String, String>) -> Result<Option<&str>, IdentityError> {
+    let Some(value) = headers.get("authorization") else {
+        return Ok(None);
+    };
+    let value = value.trim();
+    let (scheme, token) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(unauthenticated("Invalid authentication credentials"));
+    }
+    Ok(Some(token))
+}
+
+fn decode_segment(segment: &str) -> Option<Map<String, Json>> {
+    let bytes = B64URL.decode(segment).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        Json::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn parse_jwt(token: &str) -> Option<RawJwt<'_>> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some(RawJwt {
+        header: decode_segment(header)?,
+        claims: decode_segment(claims)?,
+        signature,
+    })
+}
+
+/// The subject a bearer token claims, read without verification: used only to detect a
+/// conflict with the metadata identity, which can only ever turn an allow into a denial.
+fn bearer_subject_unverified(
+    settings: &IdentitySettings,
+    headers: &HashMap<String, String>,
+) -> Option<String> {
+    let jwt = parse_jwt(bearer_token(headers).ok()??)?;
+    match jwt.claims.claim(&settings.subject_claim) {
+        Claim::Str(s) if !s.is_empty() => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
+fn bearer_principal(
+    settings: &IdentitySettings,
+    headers: &HashMap<String, String>,
+    now_unix: u64,
+) -> Result<Option<Principal>, IdentityError> {
+    if !settings.verify_bearer {
+        return Ok(None);
+    }
+    let Some(token) = bearer_token(headers)? else {
+        return Ok(None);
+    };
+    let jwt = parse_jwt(token).ok_or_else(|| unauthenticated(INVALID_TOKEN))?;
+
+    // Only unsigned tokens can be checked so far; a signed token must never pass unverified.
+    let unsigned = jwt.header.get("alg").and_then(Json::as_str) == Some("none");
+    if !unsigned || !settings.allow_unsigned_jwt || !jwt.signature.is_empty() {
+        return Err(unauthenticated(INVALID_TOKEN));
+    }
+    check_times(&jwt.claims, settings.leeway_seconds, now_unix)?;
+
+    match jwt.claims.claim("sub") {
+        Claim::Str(s) if !s.is_empty() => {}
+        Claim::Absent | Claim::Str(_) => return Err(unauthenticated(NO_SUBJECT)),
+        Claim::List(_) | Claim::Wrong => return Err(wrong_type("sub", "a string")),
+    }
+    let principal = map_claims(settings, &jwt.claims)?;
+    if principal.id.is_none() {
+        return Err(unauthenticated(NO_SUBJECT));
+    }
+    Ok(Some(principal))
+}
+
+/// `exp` and `iat` are required numbers; `exp`/`nbf` are enforced with bounded leeway.
+fn check_times(
+    claims: &Map<String, Json>,
+    leeway_seconds: u64,
+    now_unix: u64,
+) -> Result<(), IdentityError> {
+    let number = |name: &str| claims.get(name).map(Json::as_f64);
+    let now = now_unix as f64;
+    let leeway = leeway_seconds.min(MAX_LEEWAY_SECONDS) as f64;
+    let (Some(Some(exp)), Some(Some(_iat))) = (number("exp"), number("iat")) else {
+        return Err(unauthenticated(INVALID_TOKEN));
+    };
+    let not_yet_valid = match number("nbf") {
+        None => false,
+        Some(Some(nbf)) => now + leeway < nbf,
+        Some(None) => true,
+    };
+    if now > exp + leeway || not_yet_valid {
+        return Err(unauthenticated(INVALID_TOKEN));
+    }
+    Ok(())
+}
+
+// ---- (c) trusted headers ----
+
+fn non_empty_header<'a>(headers: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .map(String::as_str)
+        .filter(|v| !v.is_empty())
+}
+
+fn header_principal(
+    settings: &IdentitySettings,
+    headers: &HashMap<String, String>,
+) -> Result<Option<Principal>, IdentityError> {
+    let id = non_empty_header(headers, HEADER_ID);
+    let email = non_empty_header(headers, HEADER_EMAIL);
+    let groups = non_empty_header(headers, HEADER_GROUPS);
+    let scopes = non_empty_header(headers, HEADER_SCOPES);
+    let Some(id) = id else {
+        // Attributes without an id do not make an identity, and must not pass silently.
+        return match (email, groups, scopes) {
+            (None, None, None) => Ok(None),
+            _ => Err(unauthenticated("Not authenticated")),
+        };
+    };
+    // Envoy's `claim_to_headers` joins list claims with commas, so accept those for scopes
+    // too (no real scope contains a comma).
+    let scopes = scopes.map_or_else(Vec::new, |s| split_scopes(settings, s.split(',')));
+    Ok(Some(Principal {
+        id: Some(id.to_owned()),
+        email: email.map(str::to_owned),
+        groups: groups.map_or_else(Vec::new, split_groups),
+        scopes,
+    }))
+}
+
+// ---- validation ----
+
+static ID_RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-zA-Z0-9@._\-:+/]+$").unwrap());
+static EMAIL_RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[^@\s]+@[^@\s]+$").unwrap());
+static PERMISSION_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)+$").unwrap());
+
+const MAX_ID_CHARS: usize = 256;
+const MAX_EMAIL_CHARS: usize = 320;
+const MAX_GROUPS: usize = 100;
+const MAX_GROUP_CHARS: usize = 256;
+
+/// NMP's principal format rules (all 400). A scope written like a permission (`models.read`)
+/// is rejected because it is a permission passed by mistake and would never match a scope.
+pub fn validate_principal(p: &Principal) -> Result<(), IdentityError> {
+    if let Some(id) = &p.id
+        && (id.chars().count() > MAX_ID_CHARS || !ID_RE.is_match(id))
+    {
+        return Err(invalid("Invalid principal ID format".into()));
+    }
+    if let Some(email) = &p.email
+        && (email.chars().count() > MAX_EMAIL_CHARS || !EMAIL_RE.is_match(email))
+    {
+        return Err(invalid("Invalid email format".into()));
+    }
+    if p.groups.len() > MAX_GROUPS {
+        return Err(invalid(format!("Too many groups (at most {MAX_GROUPS})")));
+    }
+    if p.groups.iter().any(|g| g.chars().count() > MAX_GROUP_CHARS) {
+        return Err(invalid(format!(
+            "Group name too long (at most {MAX_GROUP_CHARS} characters)"
+        )));
+    }
+    if let Some(scope) = p.scopes.iter().find(|s| PERMISSION_RE.is_match(s)) {
+        return Err(invalid(format!("Invalid scope format: {scope}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{ListValue, Value};
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn to_value(j: &Json) -> Value {
+        let kind = match j {
+            Json::Null => Kind::NullValue(0),
+            Json::Bool(b) => Kind::BoolValue(*b),
+            Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            Json::String(s) => Kind::StringValue(s.clone()),
+            Json::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(to_value).collect(),
+            }),
+            Json::Object(_) => Kind::StructValue(to_struct(j)),
+        };
+        Value { kind: Some(kind) }
+    }
+
+    fn to_struct(j: &Json) -> Struct {
+        Struct {
+            fields: j
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), to_value(v)))
+                .collect(),
+        }
+    }
+
+    /// The jwt_authn namespace struct with `claims` under the default payload key.
+    fn meta(claims: Json) -> Struct {
+        to_struct(&json!({ "jwt_payload": claims }))
+    }
+
+    fn enc(j: &Json) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(j).unwrap())
+    }
+
+    fn jwt(header: Json, claims: Json, signature: &str) -> String {
+        format!("{}.{}.{signature}", enc(&header), enc(&claims))
+    }
+
+    fn unsigned(claims: Json) -> String {
+        jwt(json!({"alg": "none"}), claims, "")
+    }
+
+    fn valid_claims(sub: &str) -> Json {
+        json!({"sub": sub, "iat": NOW - 10, "exp": NOW + 3600})
+    }
+
+    fn bearer(token: &str) -> HashMap<String, String> {
+        headers(&[("authorization", &format!("Bearer {token}"))])
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn unsigned_ok() -> IdentitySettings {
+        IdentitySettings {
+            allow_unsigned_jwt: true,
+            ..IdentitySettings::default()
+        }
+    }
+
+    fn trusting() -> IdentitySettings {
+        IdentitySettings {
+            trust_principal_headers: true,
+            allow_unsigned_jwt: true,
+            ..IdentitySettings::default()
+        }
+    }
+
+    fn run(
+        s: &IdentitySettings,
+        h: &HashMap<String, String>,
+        m: Option<&Struct>,
+    ) -> Result<Option<Identity>, IdentityError> {
+        identify(s, h, m, NOW)
+    }
+
+    fn ok(r: Result<Option<Identity>, IdentityError>) -> Identity {
+        r.expect("expected success").expect("expected an identity")
+    }
+
+    fn err_401(r: Result<Option<Identity>, IdentityError>, detail: &str) {
+        assert_eq!(
+            r,
+            Err(IdentityError::Unauthenticated {
+                detail: detail.into()
+            })
+        );
+    }
+
+    fn err_400(r: Result<Option<Identity>, IdentityError>, needle: &str) {
+        match r {
+            Err(e @ IdentityError::InvalidPrincipal { .. }) => {
+                assert!(e.detail().contains(needle), "{e:?} lacks {needle:?}");
+                assert_eq!(e.status(), 400);
+            }
+            other => panic!("expected 400, got {other:?}"),
+        }
+    }
+
+    fn bearer_result(claims: Json) -> Result<Option<Identity>, IdentityError> {
+        run(&unsigned_ok(), &bearer(&unsigned(claims)), None)
+    }
+
+    // ---- metadata mapping ----
+
+    #[test]
+    fn metadata_default_claims() {
+        let m = meta(json!({
+            "sub": "alice", "email": "alice@example.com",
+            "groups": ["eng", " ops ", ""], "scope": "openid  models:read",
+        }));
+        let id = ok(run(&IdentitySettings::default(), &HashMap::new(), Some(&m)));
+        assert_eq!(id.source, Source::JwtAuthnMetadata);
+        assert_eq!(
+            id.principal,
+            Principal {
+                id: Some("alice".into()),
+                email: Some("alice@example.com".into()),
+                groups: vec!["eng".into(), "ops".into()],
+                scopes: vec!["openid".into(), "models:read".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn metadata_custom_claim_names_and_key() {
+        let s = IdentitySettings {
+            jwt_authn_metadata_key: "claims".into(),
+            subject_claim: "oid".into(),
+            email_claim: "upn".into(),
+            groups_claim: "roles".into(),
+            ..IdentitySettings::default()
+        };
+        let m = to_struct(&json!({"claims": {
+            "sub": "ignored", "oid": "u-1", "upn": "u@x.io", "roles": "a, b,,c ",
+            "email": "other@x.io", "groups": ["ignored"],
+        }}));
+        let p = ok(run(&s, &HashMap::new(), Some(&m))).principal;
+        assert_eq!(p.id.as_deref(), Some("u-1"));
+        assert_eq!(p.email.as_deref(), Some("u@x.io"));
+        assert_eq!(p.groups, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn metadata_cognito_groups_only_when_groups_claim_absent() {
+        let s = IdentitySettings::default();
+        let m = meta(json!({"sub": "a", "cognito:groups": ["admins"]}));
+        assert_eq!(
+            ok(run(&s, &HashMap::new(), Some(&m))).principal.groups,
+            ["admins"]
+        );
+        let m = meta(json!({"sub": "a", "groups": "g1", "cognito:groups": ["admins"]}));
+        assert_eq!(
+            ok(run(&s, &HashMap::new(), Some(&m))).principal.groups,
+            ["g1"]
+        );
+        let m = meta(json!({"sub": "a", "cognito:groups": 5}));
+        err_400(run(&s, &HashMap::new(), Some(&m)), "cognito:groups");
+    }
+
+    #[test]
+    fn metadata_scp_list_or_string_and_scope_precedence() {
+        let s = IdentitySettings::default();
+        let scopes = |claims: Json| {
+            ok(run(&s, &HashMap::new(), Some(&meta(claims))))
+                .principal
+                .scopes
+        };
+        assert_eq!(
+            scopes(json!({"sub": "a", "scp": ["x:read", "y:write"]})),
+            ["x:read", "y:write"]
+        );
+        assert_eq!(
+            scopes(json!({"sub": "a", "scp": "x:read y:write"})),
+            ["x:read", "y:write"]
+        );
+        assert_eq!(
+            scopes(json!({"sub": "a", "scope": "s:r", "scp": ["x:read"]})),
+            ["s:r"]
+        );
+        assert!(scopes(json!({"sub": "a", "scope": "", "scp": ["x:read"]})).is_empty());
+        assert!(scopes(json!({"sub": "a"})).is_empty());
+    }
+
+    #[test]
+    fn metadata_scope_prefix_stripped() {
+        let s = IdentitySettings {
+            scope_prefix: Some("api://client/".into()),
+            ..IdentitySettings::default()
+        };
+        let m = meta(json!({"sub": "a", "scope": "api://client/models:read openid api://client/"}));
+        assert_eq!(
+            ok(run(&s, &HashMap::new(), Some(&m))).principal.scopes,
+            ["models:read", "openid"]
+        );
+        let m = meta(json!({"sub": "a", "scp": ["api://client/x:read"]}));
+        assert_eq!(
+            ok(run(&s, &HashMap::new(), Some(&m))).principal.scopes,
+            ["x:read"]
+        );
+    }
+
+    #[test]
+    fn metadata_wrong_claim_types_are_400_naming_the_claim() {
+        let s = IdentitySettings::default();
+        let cases = [
+            (json!({"sub": 42}), "'sub'"),
+            (json!({"sub": ["a"]}), "'sub'"),
+            (json!({"sub": "a", "email": ["a@b"]}), "'email'"),
+            (json!({"sub": "a", "groups": {"x": 1}}), "'groups'"),
+            (json!({"sub": "a", "groups": ["ok", 3]}), "'groups'"),
+            (json!({"sub": "a", "scope": ["x:read"]}), "'scope'"),
+            (json!({"sub": "a", "scp": 7}), "'scp'"),
+            (json!({"sub": "a", "scp": [true]}), "'scp'"),
+        ];
+        for (claims, name) in cases {
+            err_400(run(&s, &HashMap::new(), Some(&meta(claims))), name);
+        }
+    }
+
+    #[test]
+    fn metadata_without_subject_is_401() {
+        let s = IdentitySettings::default();
+        for claims in [
+            json!({"email": "a@b.c"}),
+            json!({"sub": ""}),
+            json!({"sub": null}),
+        ] {
+            err_401(run(&s, &HashMap::new(), Some(&meta(claims))), NO_SUBJECT);
+        }
+    }
+
+    #[test]
+    fn metadata_missing_key_falls_through_and_non_struct_is_401() {
+        let s = IdentitySettings::default();
+        let other_key = to_struct(&json!({"other": {"sub": "a"}}));
+        assert_eq!(run(&s, &HashMap::new(), Some(&other_key)), Ok(None));
+        assert_eq!(run(&s, &HashMap::new(), None), Ok(None));
+        let not_struct = to_struct(&json!({"jwt_payload": "a.b.c"}));
+        err_401(run(&s, &HashMap::new(), Some(&not_struct)), INVALID_TOKEN);
+    }
+
+    #[test]
+    fn jwt_authn_metadata_reads_the_namespace() {
+        let mut attrs = AttributeContext::default();
+        assert!(jwt_authn_metadata(&attrs).is_none());
+        let ns = meta(json!({"sub": "a"}));
+        attrs.metadata_context = Some(Metadata {
+            filter_metadata: [(JWT_AUTHN_NAMESPACE.to_string(), ns.clone())].into(),
+            ..Metadata::default()
+        });
+        assert_eq!(jwt_authn_metadata(&attrs), Some(&ns));
+    }
+
+    // ---- precedence, trust, conflicts ----
+
+    #[test]
+    fn metadata_beats_bearer_beats_headers() {
+        let s = trusting();
+        let m = meta(json!({"sub": "alice", "email": "meta@x.io"}));
+        let mut h = bearer(&unsigned(valid_claims("alice")));
+        h.insert(HEADER_ID.into(), "alice".into());
+        let id = ok(run(&s, &h, Some(&m)));
+        assert_eq!(id.source, Source::JwtAuthnMetadata);
+        assert_eq!(id.principal.email.as_deref(), Some("meta@x.io"));
+
+        let id = ok(run(&s, &h, None));
+        assert_eq!(id.source, Source::BearerToken);
+
+        h.remove("authorization");
+        assert_eq!(ok(run(&s, &h, None)).source, Source::TrustedHeaders);
+    }
+
+    #[test]
+    fn trust_off_ignores_headers_entirely() {
+        let s = IdentitySettings::default();
+        let h = headers(&[(HEADER_ID, "mallory"), (HEADER_EMAIL, "m@x.io")]);
+        assert_eq!(run(&s, &h, None), Ok(None));
+        // Not even a conflict: the headers are simply not an input.
+        let m = meta(json!({"sub": "alice"}));
+        assert_eq!(
+            ok(run(&s, &h, Some(&m))).principal.id.as_deref(),
+            Some("alice")
+        );
+        let h = headers(&[(HEADER_EMAIL, "m@x.io")]);
+        assert_eq!(run(&s, &h, None), Ok(None));
+    }
+
+    #[test]
+    fn conflicting_identities_are_denied() {
+        let s = trusting();
+        let m = meta(json!({"sub": "alice"}));
+        let h = headers(&[(HEADER_ID, "mallory")]);
+        err_401(run(&s, &h, Some(&m)), "Conflicting identities");
+
+        // A signed token is read unverified only to detect the conflict.
+        let signed = jwt(json!({"alg": "RS256"}), valid_claims("mallory"), "sig");
+        err_401(
+            run(&s, &bearer(&signed), Some(&m)),
+            "Conflicting identities",
+        );
+        let same = jwt(json!({"alg": "RS256"}), valid_claims("alice"), "sig");
+        assert_eq!(
+            ok(run(&s, &bearer(&same), Some(&m))).source,
+            Source::JwtAuthnMetadata
+        );
+
+        let mut h = bearer(&unsigned(valid_claims("alice")));
+        h.insert(HEADER_ID.into(), "mallory".into());
+        err_401(run(&s, &h, None), "Conflicting identities");
+    }
+
+    #[test]
+    fn verify_bearer_off_ignores_authorization() {
+        let s = IdentitySettings {
+            verify_bearer: false,
+            ..unsigned_ok()
+        };
+        let h = bearer(&unsigned(valid_claims("alice")));
+        assert_eq!(run(&s, &h, None), Ok(None));
+        let m = meta(json!({"sub": "bob"}));
+        assert_eq!(
+            ok(run(&s, &h, Some(&m))).principal.id.as_deref(),
+            Some("bob")
+        );
+    }
+
+    // ---- trusted headers ----
+
+    #[test]
+    fn trusted_headers_mapping() {
+        let s = IdentitySettings {
+            scope_prefix: Some("api://c/".into()),
+            ..trusting()
+        };
+        let h = headers(&[
+            (HEADER_ID, "service:jobs"),
+            (HEADER_EMAIL, "jobs@x.io"),
+            (HEADER_GROUPS, "a, b,,"),
+            (HEADER_SCOPES, "api://c/x:read  openid,y:write"),
+        ]);
+        let id = ok(run(&s, &h, None));
+        assert_eq!(id.source, Source::TrustedHeaders);
+        assert_eq!(
+            id.principal,
+            Principal {
+                id: Some("service:jobs".into()),
+                email: Some("jobs@x.io".into()),
+                groups: vec!["a".into(), "b".into()],
+                scopes: vec!["x:read".into(), "openid".into(), "y:write".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn trusted_headers_need_an_id() {
+        let s = trusting();
+        err_401(
+            run(&s, &headers(&[(HEADER_EMAIL, "a@b.c")]), None),
+            "Not authenticated",
+        );
+        err_401(
+            run(&s, &headers(&[(HEADER_ID, ""), (HEADER_GROUPS, "g")]), None),
+            "Not authenticated",
+        );
+        assert_eq!(run(&s, &HashMap::new(), None), Ok(None));
+    }
+
+    // ---- bearer tokens ----
+
+    #[test]
+    fn unsigned_token_accepted_and_mapped() {
+        let claims = json!({
+            "sub": "alice", "iat": NOW, "exp": NOW + 60, "email": "alice@x.io",
+            "groups": "g1,g2", "scp": ["x:read"],
+        });
+        let id = ok(bearer_result(claims));
+        assert_eq!(id.source, Source::BearerToken);
+        assert_eq!(
+            id.principal,
+            Principal {
+                id: Some("alice".into()),
+                email: Some("alice@x.io".into()),
+                groups: vec!["g1".into(), "g2".into()],
+                scopes: vec!["x:read".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_others_are_401() {
+        let token = unsigned(valid_claims("alice"));
+        let h = headers(&[("authorization", &format!("bEaReR {token}"))]);
+        assert_eq!(
+            ok(run(&unsigned_ok(), &h, None)).source,
+            Source::BearerToken
+        );
+        for value in [
+            "Basic YWxpY2U6cHc=",
+            "Bearer",
+            "Bearer   ",
+            token.as_str(),
+            "",
+        ] {
+            let h = headers(&[("authorization", value)]);
+            err_401(
+                run(&unsigned_ok(), &h, None),
+                "Invalid authentication credentials",
+            );
+        }
+    }
+
+    #[test]
+    fn padded_base64_accepted() {
+        let header = URL_SAFE.encode(br#"{"alg":"none"}"#);
+        let claims = URL_SAFE.encode(serde_json::to_vec(&valid_claims("alice")).unwrap());
+        assert!(header.ends_with('=') || claims.ends_with('='));
+        let h = bearer(&format!("{header}.{claims}."));
+        assert_eq!(
+            ok(run(&unsigned_ok(), &h, None)).principal.id.as_deref(),
+            Some("alice")
+        );
+    }
+
+    #[test]
+    fn expiry_and_not_before_with_leeway() {
+        let at = |exp: u64, nbf: Option<u64>| {
+            let mut c = json!({"sub": "a", "iat": NOW - 100, "exp": exp});
+            if let Some(nbf) = nbf {
+                c["nbf"] = json!(nbf);
+            }
+            bearer_result(c)
+        };
+        assert!(at(NOW - 60, None).is_ok()); // exactly at the leeway edge
+        err_401(at(NOW - 61, None), INVALID_TOKEN);
+        assert!(at(NOW + 3600, Some(NOW + 60)).is_ok());
+        err_401(at(NOW + 3600, Some(NOW + 61)), INVALID_TOKEN);
+        err_401(
+            bearer_result(json!({"sub": "a", "iat": NOW, "exp": NOW + 10, "nbf": "soon"})),
+            INVALID_TOKEN,
+        );
+    }
+
+    #[test]
+    fn leeway_is_capped() {
+        let s = IdentitySettings {
+            leeway_seconds: 1_000_000,
+            ..unsigned_ok()
+        };
+        let claims = json!({"sub": "a", "iat": NOW - 1000, "exp": NOW - MAX_LEEWAY_SECONDS - 1});
+        err_401(run(&s, &bearer(&unsigned(claims)), None), INVALID_TOKEN);
+    }
+
+    #[test]
+    fn required_claims() {
+        err_401(
+            bearer_result(json!({"iat": NOW, "exp": NOW + 10})),
+            NO_SUBJECT,
+        );
+        err_401(
+            bearer_result(json!({"sub": "", "iat": NOW, "exp": NOW + 10})),
+            NO_SUBJECT,
+        );
+        err_400(
+            bearer_result(json!({"sub": 5, "iat": NOW, "exp": NOW + 10})),
+            "'sub'",
+        );
+        err_401(
+            bearer_result(json!({"sub": "a", "iat": NOW})),
+            INVALID_TOKEN,
+        );
+        err_401(
+            bearer_result(json!({"sub": "a", "exp": NOW + 10})),
+            INVALID_TOKEN,
+        );
+        err_401(
+            bearer_result(json!({"sub": "a", "iat": NOW, "exp": "later"})),
+            INVALID_TOKEN,
+        );
+        // With a custom subject claim, `sub` is still required and the id comes from the other.
+        let s = IdentitySettings {
+            subject_claim: "oid".into(),
+            ..unsigned_ok()
+        };
+        let t = unsigned(json!({"sub": "a", "oid": "o-1", "iat": NOW, "exp": NOW + 10}));
+        assert_eq!(
+            ok(run(&s, &bearer(&t), None)).principal.id.as_deref(),
+            Some("o-1")
+        );
+        let t = unsigned(json!({"sub": "a", "iat": NOW, "exp": NOW + 10}));
+        err_401(run(&s, &bearer(&t), None), NO_SUBJECT);
+    }
+
+    #[test]
+    fn rejected_tokens() {
+        let c = valid_claims("alice");
+        let s = unsigned_ok();
+        let rejected = [
+            jwt(json!({"alg": "none"}), c.clone(), "sig"),
+            jwt(json!({"alg": "RS256"}), c.clone(), "c2ln"),
+            jwt(json!({"alg": "ES256"}), c.clone(), "c2ln"),
+            jwt(json!({"alg": "HS256"}), c.clone(), "c2ln"),
+            jwt(json!({"alg": "HS256"}), c.clone(), ""),
+            jwt(json!({"alg": "None"}), c.clone(), ""),
+            jwt(json!({"typ": "JWT"}), c.clone(), ""),
+            format!("{}.{}", enc(&json!({"alg": "none"})), enc(&c)),
+            format!("{}..", unsigned(c.clone())),
+            format!("{}.!!!.", enc(&json!({"alg": "none"}))),
+            format!(
+                "{}.{}.",
+                enc(&json!({"alg": "none"})),
+                URL_SAFE_NO_PAD.encode("{not json")
+            ),
+            format!(
+                "{}.{}.",
+                enc(&json!({"alg": "none"})),
+                enc(&json!(["array"]))
+            ),
+            format!("{}.{}.", URL_SAFE_NO_PAD.encode("nope"), enc(&c)),
+        ];
+        for token in rejected {
+            err_401(run(&s, &bearer(&token), None), INVALID_TOKEN);
+        }
+        // alg none is refused unless explicitly allowed.
+        let t = unsigned(c);
+        err_401(
+            run(&IdentitySettings::default(), &bearer(&t), None),
+            INVALID_TOKEN,
+        );
+    }
+
+    #[test]
+    fn token_size_limit() {
+        let with_pad = |pad: usize| {
+            let mut c = valid_claims("alice");
+            c["pad"] = json!("x".repeat(pad));
+            unsigned(c)
+        };
+        // base64 makes 3 bytes into 4 characters: start just below the target and step up.
+        let sized = |len: usize| {
+            let start = (len - with_pad(0).len()) * 3 / 4 - 4;
+            (start..start + 16)
+                .map(with_pad)
+                .find(|t| t.len() == len)
+                .expect("a token of that length")
+        };
+        let s = unsigned_ok();
+        assert!(run(&s, &bearer(&sized(MAX_TOKEN_BYTES)), None).is_ok());
+        err_401(
+            run(&s, &bearer(&sized(MAX_TOKEN_BYTES + 1)), None),
+            INVALID_TOKEN,
+        );
+    }
+
+    // ---- validation ----
+
+    fn with(f: impl FnOnce(&mut Principal)) -> Result<(), IdentityError> {
+        let mut p = Principal::with_id("alice");
+        f(&mut p);
+        validate_principal(&p)
+    }
+
+    fn is_400(r: Result<(), IdentityError>, detail: &str) {
+        assert_eq!(r, Err(invalid(detail.into())));
+    }
+
+    #[test]
+    fn principal_id_rules() {
+        assert!(with(|p| p.id = Some("service:a/b+c@d.e_f-g".into())).is_ok());
+        assert!(with(|p| p.id = Some("a".repeat(256))).is_ok());
+        is_400(
+            with(|p| p.id = Some("a".repeat(257))),
+            "Invalid principal ID format",
+        );
+        for bad in ["a b", "a;b", "é", "a\n"] {
+            is_400(
+                with(|p| p.id = Some(bad.into())),
+                "Invalid principal ID format",
+            );
+        }
+        // Reaches identify as a 400, not a 401.
+        let m = meta(json!({"sub": "bad id"}));
+        err_400(
+            run(&IdentitySettings::default(), &HashMap::new(), Some(&m)),
+            "Invalid principal ID format",
+        );
+    }
+
+    #[test]
+    fn email_rules() {
+        let email = |len: usize| format!("{}@example.com", "a".repeat(len - 12));
+        assert!(with(|p| p.email = Some(email(320))).is_ok());
+        is_400(with(|p| p.email = Some(email(321))), "Invalid email format");
+        for bad in ["alice", "a@b@c", "a b@c", "@c", "a@"] {
+            is_400(with(|p| p.email = Some(bad.into())), "Invalid email format");
+        }
+    }
+
+    #[test]
+    fn group_rules() {
+        assert!(with(|p| p.groups = vec!["g".into(); 100]).is_ok());
+        is_400(
+            with(|p| p.groups = vec!["g".into(); 101]),
+            "Too many groups (at most 100)",
+        );
+        assert!(with(|p| p.groups = vec!["g".repeat(256)]).is_ok());
+        is_400(
+            with(|p| p.groups = vec!["g".repeat(257)]),
+            "Group name too long (at most 256 characters)",
+        );
+    }
+
+    #[test]
+    fn scope_rules() {
+        for fine in [
+            "openid",
+            "api://x/y",
+            "models:read",
+            "Models.Read",
+            "a.",
+            ".a",
+            "a..b",
+        ] {
+            assert!(with(|p| p.scopes = vec![fine.into()]).is_ok(), "{fine}");
+        }
+        for bad in ["models.read", "a-b.c-d.e", "x1.y2"] {
+            is_400(
+                with(|p| p.scopes = vec![bad.into()]),
+                &format!("Invalid scope format: {bad}"),
+            );
+        }
+        let m = meta(json!({"sub": "a", "scope": "openid models.read"}));
+        err_400(
+            run(&IdentitySettings::default(), &HashMap::new(), Some(&m)),
+            "Invalid scope format: models.read",
+        );
+    }
+
+    #[test]
+    fn error_status_and_detail() {
+        let e = unauthenticated("Not authenticated");
+        assert_eq!((e.status(), e.detail()), (401, "Not authenticated"));
+    }
+}

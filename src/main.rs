@@ -1,0 +1,126 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use nmp_authz::config::{self, Config, SourceConfig};
+use nmp_authz::{server, sources, telemetry};
+
+/// Envoy ext_authz server for the NeMo Platform API: workspace-scoped RBAC and token scopes.
+#[derive(Parser, Debug)]
+#[command(name = "nmp-authz", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (gRPC ext_authz + PDP, HTTP health and metrics).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// gRPC listen address; overrides server.grpc_addr.
+        #[arg(long)]
+        grpc_addr: Option<SocketAddr>,
+        /// HTTP listen address; overrides server.http_addr.
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+    },
+    /// Load the configuration and every policy source, report what would be served, and exit
+    /// (non-zero with the reason on the first error).
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ConfigArgs {
+    /// Configuration file (YAML). Without it, the embedded quickstart default applies
+    /// (development only: unsigned tokens accepted).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, String> {
+        let mut config =
+            config::load_from_process_env(self.config.as_deref()).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.config.as_deref().and_then(Path::parent) {
+            resolve_relative_sources(&mut config, dir);
+        }
+        Ok(config)
+    }
+}
+
+/// Policy files named relative to the config file are read from beside it, wherever the
+/// server is started from.
+fn resolve_relative_sources(config: &mut Config, dir: &Path) {
+    for source in &mut config.policy.sources {
+        if let SourceConfig::File { file } = source
+            && file.is_relative()
+        {
+            *file = dir.join(&*file);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("nmp-authz: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve {
+            config,
+            grpc_addr,
+            http_addr,
+        } => {
+            let quickstart = config.config.is_none();
+            let mut config = config.load()?;
+            config.server.grpc_addr = grpc_addr.unwrap_or(config.server.grpc_addr);
+            config.server.http_addr = http_addr.unwrap_or(config.server.http_addr);
+            telemetry::init_logging();
+            if quickstart {
+                tracing::warn!(
+                    "DEVELOPMENT MODE: no --config given, running the embedded quickstart \
+                     default (unsigned tokens accepted, built-in catalog, bootstrap bindings); \
+                     do not expose this server"
+                );
+            }
+            if !config.auth.enabled {
+                tracing::warn!("auth.enabled is false: every request is allowed without checks");
+            }
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime
+                .block_on(server::run(config))
+                .map_err(|e| format!("{e:#}"))
+        }
+        Command::Validate { config } => {
+            let config = config.load()?;
+            let policy = sources::load(&config).map_err(|e| e.to_string())?;
+            println!(
+                "ok: policy revision {}, {} endpoint patterns, {} roles, {} bindings; auth {}",
+                policy.revision(),
+                policy.endpoint_count(),
+                policy.role_count(),
+                policy.binding_count(),
+                if config.auth.enabled {
+                    "enabled"
+                } else {
+                    "DISABLED"
+                },
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! NMP's decision semantics over a [`CompiledPolicy`]: `allow`, `has_permissions` and
+//! `has_role`. Pure functions: no I/O, no clock, nothing parsed from policy data.
+
+use super::Principal;
+use super::compile::{
+    CompiledMethod, CompiledPolicy, Endpoint, PermId, RequiredPermission, RoleId,
+};
+
+/// Paths NMP always allows, matched against the full path as sent (query included).
+pub const HEALTH_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/status", "/metrics"];
+/// The OPA bundle download, readable only with `iam.bundle.read` in `system`.
+pub const BUNDLE_PATH: &str = "/apis/auth/v2/iam/opa-bundle.tar.gz";
+const SYSTEM: &str = "system";
+const ALL_WORKSPACES: &str = "-";
+
+/// Why a request was allowed or denied; the name is stable (metrics, logs, metadata).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Allow rules.
+    HealthPath,
+    PlatformAdmin,
+    ServiceUnknownPath,
+    WorkspacePermission,
+    ServiceAllWorkspacesWrite,
+    SystemPermission,
+    PermissionlessRead,
+    AllWorkspacesRead,
+    PermissionlessEndpoint,
+    // Deny rules (override every allow).
+    NoEndpointsLoaded,
+    EndpointDenied,
+    DeniedPluginPrefix,
+    SecretAccessNotService,
+    BundleAccess,
+    NestedEntitiesInternal,
+    ServiceOnlyRoute,
+    PrincipalOnlyRoute,
+    // No allow rule applied.
+    NoIdentity,
+    ScopeMismatch,
+    NotPermitted,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::HealthPath,
+        Reason::PlatformAdmin,
+        Reason::ServiceUnknownPath,
+        Reason::WorkspacePermission,
+        Reason::ServiceAllWorkspacesWrite,
+        Reason::SystemPermission,
+        Reason::PermissionlessRead,
+        Reason::AllWorkspacesRead,
+        Reason::PermissionlessEndpoint,
+        Reason::NoEndpointsLoaded,
+        Reason::EndpointDenied,
+        Reason::DeniedPluginPrefix,
+        Reason::SecretAccessNotService,
+        Reason::BundleAccess,
+        Reason::NestedEntitiesInternal,
+        Reason::ServiceOnlyRoute,
+        Reason::PrincipalOnlyRoute,
+        Reason::NoIdentity,
+        Reason::ScopeMismatch,
+        Reason::NotPermitted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HealthPath => "health_path",
+            Reason::PlatformAdmin => "platform_admin",
+            Reason::ServiceUnknownPath => "service_unknown_path",
+            Reason::WorkspacePermission => "workspace_permission",
+            Reason::ServiceAllWorkspacesWrite => "service_all_workspaces_write",
+            Reason::SystemPermission => "system_permission",
+            Reason::PermissionlessRead => "permissionless_read",
+            Reason::AllWorkspacesRead => "all_workspaces_read",
+            Reason::PermissionlessEndpoint => "permissionless_endpoint",
+            Reason::NoEndpointsLoaded => "no_endpoints_loaded",
+            Reason::EndpointDenied => "endpoint_denied",
+            Reason::DeniedPluginPrefix => "denied_plugin_prefix",
+            Reason::SecretAccessNotService => "secret_access_not_service",
+            Reason::BundleAccess => "bundle_access",
+            Reason::NestedEntitiesInternal => "nested_entities_internal",
+            Reason::ServiceOnlyRoute => "service_only_route",
+            Reason::PrincipalOnlyRoute => "principal_only_route",
+            Reason::NoIdentity => "no_identity",
+            Reason::ScopeMismatch => "scope_mismatch",
+            Reason::NotPermitted => "not_permitted",
+        }
+    }
+
+    /// A short human sentence for deny bodies and explanations.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::HealthPath => "health path",
+            Reason::PlatformAdmin => "PlatformAdmin in system",
+            Reason::ServiceUnknownPath => "service principal on a path no endpoint matches",
+            Reason::WorkspacePermission => "required permissions held in the workspace",
+            Reason::ServiceAllWorkspacesWrite => {
+                "service principal holds the permissions across all workspaces"
+            }
+            Reason::SystemPermission => "required permissions held in system",
+            Reason::PermissionlessRead => "read of an endpoint that requires no permission",
+            Reason::AllWorkspacesRead => "read across all workspaces",
+            Reason::PermissionlessEndpoint => "endpoint requires no permission",
+            Reason::NoEndpointsLoaded => "no endpoints are loaded",
+            Reason::EndpointDenied => "endpoint is denied",
+            Reason::DeniedPluginPrefix => "path is under a denied plugin prefix",
+            Reason::SecretAccessNotService => {
+                "secret values are readable by service principals only"
+            }
+            Reason::BundleAccess => "policy bundle requires iam.bundle.read in system",
+            Reason::NestedEntitiesInternal => {
+                "nested entities APIs are for service principals and platform admins"
+            }
+            Reason::ServiceOnlyRoute => "route is for service principals only",
+            Reason::PrincipalOnlyRoute => "route is not for service principals",
+            Reason::NoIdentity => "no identity",
+            Reason::ScopeMismatch => "token scopes do not cover this endpoint",
+            Reason::NotPermitted => "required permissions not held",
+        }
+    }
+}
+
+/// The outcome of `allow` and the facts behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'p> {
+    pub allowed: bool,
+    pub reason: Reason,
+    /// The endpoint pattern matched, if any.
+    pub endpoint: Option<&'p str>,
+    /// The workspace the request addresses, if its endpoint has one (`-` is all workspaces).
+    pub workspace: Option<String>,
+}
+
+/// Everything `allow` derives from the request once, shared by the rules.
+struct Facts<'p, 'r> {
+    method: &'r str,
+    base_path: &'r str,
+    endpoint: Option<&'p Endpoint>,
+    entry: Option<&'p CompiledMethod>,
+    workspace: Option<&'r str>,
+    principal: Option<&'r Principal>,
+    /// id, email and groups, empty strings dropped.
+    applicable: Vec<&'r str>,
+}
+
+impl CompiledPolicy {
+    /// NMP's `allow`: `principal` is `None` when the caller presented no identity.
+    pub fn allow<'p>(
+        &'p self,
+        principal: Option<&Principal>,
+        method: &str,
+        path: &str,
+    ) -> Decision<'p> {
+        let base_path = path.split('?').next().unwrap_or_default();
+        let endpoint = self
+            .matcher
+            .best_match(base_path)
+            .map(|i| &self.endpoints[i]);
+        let entry = endpoint.and_then(|e| method_slot(method).and_then(|m| e.methods[m].as_ref()));
+        let workspace = endpoint
+            .and_then(|e| e.workspace_segment)
+            .and_then(|i| base_path.split('/').nth(i));
+        let facts = Facts {
+            method,
+            base_path,
+            endpoint,
+            entry,
+            workspace,
+            principal,
+            applicable: principal.map(applicable_principals).unwrap_or_default(),
+        };
+        let (allowed, reason) = match self.deny_rule(&facts, path) {
+            Some(reason) => (false, reason),
+            None => self.allow_rule(&facts, path),
+        };
+        Decision {
+            allowed,
+            reason,
+            endpoint: endpoint.map(|e| &*e.pattern),
+            workspace: workspace.map(str::to_string),
+        }
+    }
+
+    /// The first deny rule that applies. Deny rules override every allow rule.
+    fn deny_rule(&self, f: &Facts<'_, '_>, path: &str) -> Option<Reason> {
+        if self.endpoints.is_empty() && !HEALTH_PATHS.contains(&path) {
+            return Some(Reason::NoEndpointsLoaded);
+        }
+        if f.entry.is_some_and(|e| e.deny) {
+            return Some(Reason::EndpointDenied);
+        }
+        if self
+            .denied_prefixes
+            .iter()
+            .any(|p| under_prefix(f.base_path, p))
+        {
+            return Some(Reason::DeniedPluginPrefix);
+        }
+        // The rules below single out callers by their principal id; without one they do not
+        // fire (as in NMP). Identities on the Check path always carry an id.
+        let id = f.principal.and_then(|p| p.id.as_deref());
+        let human = id.is_some_and(|id| !id.starts_with("service:"));
+        if human && is_secret_access_path(f.base_path) {
+            return Some(Reason::SecretAccessNotService);
+        }
+        if f.base_path == BUNDLE_PATH {
+            let ok = !f.applicable.is_empty()
+                && self.scope_check(f)
+                && f.applicable
+                    .iter()
+                    .any(|p| self.holds_all_named(f, p, SYSTEM, &["iam.bundle.read"]));
+            if !ok {
+                return Some(Reason::BundleAccess);
+            }
+        }
+        let admin = self.is_platform_admin(&f.applicable);
+        if human
+            && !admin
+            && f.base_path.starts_with("/apis/entities/v2/")
+            && !is_entities_workspace_object_path(f.base_path, f.method)
+        {
+            return Some(Reason::NestedEntitiesInternal);
+        }
+        if let Some(callers) = f.entry.and_then(|e| e.callers) {
+            if callers.service_principal && !callers.principal && human && !admin {
+                return Some(Reason::ServiceOnlyRoute);
+            }
+            if callers.principal
+                && !callers.service_principal
+                && id.is_some_and(|id| id.starts_with("service:"))
+            {
+                return Some(Reason::PrincipalOnlyRoute);
+            }
+        }
+        None
+    }
+
+    /// The first allow rule that applies, or why none did.
+    fn allow_rule(&self, f: &Facts<'_, '_>, path: &str) -> (bool, Reason) {
+        if HEALTH_PATHS.contains(&path) {
+            return (true, Reason::HealthPath);
+        }
+        if f.applicable.is_empty() {
+            return (false, Reason::NoIdentity);
+        }
+        if self.is_platform_admin(&f.applicable) {
+            return (true, Reason::PlatformAdmin);
+        }
+        let service_id = f
+            .principal
+            .filter(|p| p.is_service())
+            .and_then(|p| p.id.as_deref());
+        if service_id.is_some() && f.endpoint.is_none() {
+            return (true, Reason::ServiceUnknownPath);
+        }
+        // Every rule below also needs the scope check.
+        if !self.scope_check(f) {
+            return (false, Reason::ScopeMismatch);
+        }
+        let required = f.entry.and_then(|e| e.permissions.as_deref());
+        let read = matches!(f.method, "GET" | "HEAD");
+        if let Some(required) = required.filter(|r| !r.is_empty()) {
+            let rule = match f.workspace {
+                Some(ALL_WORKSPACES) => {
+                    let write = matches!(f.method, "POST" | "PUT" | "PATCH" | "DELETE");
+                    (write
+                        && service_id
+                            .is_some_and(|id| self.holds_all(f, id, ALL_WORKSPACES, required)))
+                    .then_some(Reason::ServiceAllWorkspacesWrite)
+                }
+                Some(ws) => f
+                    .applicable
+                    .iter()
+                    .any(|p| self.holds_all(f, p, ws, required))
+                    .then_some(Reason::WorkspacePermission),
+                None => f
+                    .applicable
+                    .iter()
+                    .any(|p| self.holds_all(f, p, SYSTEM, required))
+                    .then_some(Reason::SystemPermission),
+            };
+            if let Some(reason) = rule {
+                return (true, reason);
+            }
+        }
+        if read
+            && f.endpoint.is_some()
+            && f.workspace.is_none()
+            && required.is_none_or(<[_]>::is_empty)
+        {
+            return (true, Reason::PermissionlessRead);
+        }
+        if read && f.workspace == Some(ALL_WORKSPACES) {
+            return (true, Reason::AllWorkspacesRead);
+        }
+        if required.is_some_and(<[_]>::is_empty) {
+            return (true, Reason::PermissionlessEndpoint);
+        }
+        (false, Reason::NotPermitted)
+    }
+
+    /// NMP's optional scope check: callers without platform scopes (none containing `:`)
+    /// pass; otherwise one of the endpoint's scopes must be among them.
+    fn scope_check(&self, f: &Facts<'_, '_>) -> bool {
+        let required = f.entry.map(|e| &*e.scopes).unwrap_or_default();
+        let Some(principal) = f.principal else {
+            return true;
+        };
+        let mut platform = principal
+            .scopes
+            .iter()
+            .filter(|s| s.contains(':'))
+            .peekable();
+        if platform.peek().is_none() || required.is_empty() {
+            return true;
+        }
+        platform.any(|s| required.iter().any(|r| **r == **s))
+    }
+
+    fn is_platform_admin(&self, applicable: &[&str]) -> bool {
+        let Some(admin) = self.platform_admin else {
+            return false;
+        };
+        applicable
+            .iter()
+            .any(|p| self.explicit_roles(p, SYSTEM).contains(&admin))
+    }
+
+    /// Roles bound to `principal` in `workspace` by the document.
+    fn explicit_roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
+        self.bindings
+            .get(principal)
+            .and_then(|w| w.get(workspace))
+            .map_or(&[], |r| &**r)
+    }
+
+    /// The roles `principal` holds in `workspace`: explicit bindings, or `ServiceSystem` for
+    /// the caller's own `service:` id when it has none there.
+    fn effective_roles<'a>(
+        &'a self,
+        f: &Facts<'_, '_>,
+        principal: &str,
+        workspace: &str,
+    ) -> &'a [RoleId] {
+        let explicit = self.explicit_roles(principal, workspace);
+        let is_service_id = principal.starts_with("service:")
+            && f.principal.and_then(|p| p.id.as_deref()) == Some(principal);
+        match (explicit.is_empty() && is_service_id, &self.service_system) {
+            (true, Some(service_system)) => std::slice::from_ref(service_system),
+            (true, None) => &[],
+            (false, _) => explicit,
+        }
+    }
+
+    fn grants(&self, roles: &[RoleId], permission: Option<PermId>) -> bool {
+        roles
+            .iter()
+            .any(|r| self.roles[*r as usize].permissions.grants(permission))
+    }
+
+    /// One principal holds every required permission (each in its own workspace when written
+    /// `ws/perm`); the `*` principal's bindings count for unprefixed permissions.
+    fn holds_all(
+        &self,
+        f: &Facts<'_, '_>,
+        principal: &str,
+        workspace: &str,
+        required: &[RequiredPermission],
+    ) -> bool {
+        required.iter().all(|r| match r.workspace.as_deref() {
+            Some(target) => self.grants(self.effective_roles(f, principal, target), r.permission),
+            None => {
+                self.grants(self.effective_roles(f, principal, workspace), r.permission)
+                    || self.grants(self.explicit_roles("*", workspace), r.permission)
+            }
+        })
+    }
+
+    /// [`Self::holds_all`] for permissions given as text (PDP input, built-in rules).
+    fn holds_all_named(
+        &self,
+        f: &Facts<'_, '_>,
+        principal: &str,
+        workspace: &str,
+        required: &[&str],
+    ) -> bool {
+        required.iter().all(|text| match self.parse_required(text) {
+            Some(r) => self.holds_all(f, principal, workspace, std::slice::from_ref(&r)),
+            None => false,
+        })
+    }
+
+    /// A permission as NMP reads one: `ws/perm` must have exactly one `/`.
+    fn parse_required(&self, text: &str) -> Option<RequiredPermission> {
+        let (workspace, perm) = match text.split_once('/') {
+            Some((_, perm)) if perm.contains('/') => return None,
+            Some((ws, perm)) => (Some(ws.into()), perm),
+            None => (None, text),
+        };
+        Some(RequiredPermission {
+            workspace,
+            permission: self.permission_ids.get(perm).copied(),
+        })
+    }
+
+    /// NMP's `has_permissions`: PlatformAdmin holds everything; otherwise one applicable
+    /// principal must hold all of `permissions` in `workspace`.
+    pub fn has_permissions(
+        &self,
+        principal: &Principal,
+        workspace: &str,
+        permissions: &[String],
+    ) -> bool {
+        let f = self.bare_facts(principal);
+        if f.applicable.is_empty() {
+            return false;
+        }
+        if self.is_platform_admin(&f.applicable) {
+            return true;
+        }
+        let required: Vec<&str> = permissions.iter().map(String::as_str).collect();
+        f.applicable
+            .iter()
+            .any(|p| self.holds_all_named(&f, p, workspace, &required))
+    }
+
+    /// NMP's `has_role`: the role is bound in `workspace` to an applicable principal directly,
+    /// through its email or a group, through `*`, or is `ServiceSystem` for a `service:` id
+    /// without bindings there.
+    pub fn has_role(&self, principal: &Principal, workspace: &str, role: &str) -> bool {
+        let f = self.bare_facts(principal);
+        let Some(&role) = self.role_ids.get(role) else {
+            return false;
+        };
+        !f.applicable.is_empty()
+            && (f
+                .applicable
+                .iter()
+                .any(|p| self.effective_roles(&f, p, workspace).contains(&role))
+                || self.explicit_roles("*", workspace).contains(&role))
+    }
+
+    fn bare_facts<'r>(&self, principal: &'r Principal) -> Facts<'_, 'r> {
+        Facts {
+            method: "",
+            base_path: "",
+            endpoint: None,
+            entry: None,
+            workspace: None,
+            principal: Some(principal),
+            applicable: applicable_principals(principal),
+        }
+    }
+}
+
+/// Principal id, email and each group, empty strings dropped.
+fn applicable_principals(p: &Principal) -> Vec<&str> {
+    let mut all: Vec<&str> =
+        p.id.iter()
+            .chain(p.email.iter())
+            .chain(p.groups.iter())
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+            .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Slot of an HTTP method in an endpoint's method table (NMP compares lower-cased).
+fn method_slot(method: &str) -> Option<usize> {
+    super::compile::METHODS
+        .iter()
+        .position(|m| m.eq_ignore_ascii_case(method))
+}
+
+/// Under a denied prefix: the prefix itself, or the prefix followed by `/`.
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// `/<a>/<b>/<c>/workspaces/<ws>/secrets/<name>/access`, as NMP's deny rule shapes it.
+fn is_secret_access_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    parts.len() == 9 && parts[4] == "workspaces" && parts[6] == "secrets" && parts[8] == "access"
+}
+
+/// The Entities API paths open to every caller: workspace list/create, single-workspace
+/// get/put/delete, and the members/projects/entities sub-resources of a real workspace.
+fn is_entities_workspace_object_path(path: &str, method: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if parts.len() < 4 || parts[..4] != ["apis", "entities", "v2", "workspaces"] {
+        return false;
+    }
+    let method = method.to_ascii_lowercase();
+    let method_in = |allowed: &[&str]| allowed.contains(&method.as_str());
+    match parts.len() {
+        4 => method_in(&["get", "post"]),
+        5 => method_in(&["get", "put", "delete"]),
+        _ => {
+            parts[4] != "-"
+                && matches!(parts[5], "members" | "projects" | "entities")
+                && method_in(&["get", "post", "put", "patch", "delete", "head"])
+        }
+    }
+}

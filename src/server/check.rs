@@ -1,0 +1,244 @@
+//! One ext_authz Check: identity, decision, and the CheckResponse Envoy acts on.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc::Status;
+
+use crate::identity::{self, IdentityError};
+use crate::policy::{CompiledPolicy, Principal, Reason};
+
+use super::State;
+
+pub const AUTHORIZED: &str = "x-nmp-authorized";
+pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
+pub const PRINCIPAL_EMAIL: &str = "x-nmp-principal-email";
+pub const PRINCIPAL_GROUPS: &str = "x-nmp-principal-groups";
+pub const SCOPES: &str = "x-nmp-scopes";
+
+/// The outcome of a Check in the terms the server reports (metrics, logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// 200 on allow, else the HTTP status Envoy returns to the client.
+    pub status: u16,
+    /// Decision reason, or the failure that came before a decision.
+    pub reason: &'static str,
+}
+
+/// Decides one Check request. `now_unix` is the only clock input (token expiry).
+pub fn check(state: &State, request: &CheckRequest, now_unix: u64) -> (CheckResponse, Outcome) {
+    let attributes = request.attributes.as_ref();
+    let Some(http) = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .filter(|h| !h.method.is_empty() && h.path.starts_with('/'))
+    else {
+        return deny(
+            400,
+            "malformed_request",
+            "Malformed request: no HTTP method or path",
+            None,
+        );
+    };
+    // Envoy sends lower-case names; lower-case anyway so a hand-built request cannot smuggle
+    // an `X-NMP-...` header past the strip list.
+    let headers: HashMap<String, String> = http
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    let metadata = attributes.and_then(identity::jwt_authn_metadata);
+
+    let identity = identity::identify(&state.identity, &headers, metadata, now_unix);
+    if !state.auth_enabled {
+        // Authorization is off: everything is allowed; a caller we can name is still named.
+        let principal = identity.ok().flatten().map(|i| i.principal);
+        return allow(&headers, principal.as_ref(), "auth_disabled");
+    }
+    let Some(policy) = state.policy.load_full() else {
+        return deny(
+            503,
+            "policy_unavailable",
+            "Authorization policy data is not available",
+            None,
+        );
+    };
+    let principal = match identity {
+        Ok(found) => found.map(|i| i.principal),
+        Err(IdentityError::Unauthenticated { detail }) => {
+            return deny(401, "invalid_identity", &detail, Some(&detail));
+        }
+        Err(IdentityError::InvalidPrincipal { detail }) => {
+            return deny(400, "invalid_principal", &detail, None);
+        }
+    };
+    let decision = policy.allow(principal.as_ref(), &http.method, &http.path);
+    let metadata = decision_metadata(&policy, principal.as_ref(), &decision);
+    let (mut response, outcome) = if decision.allowed {
+        allow(&headers, principal.as_ref(), decision.reason.as_str())
+    } else {
+        match decision.reason {
+            Reason::NoEndpointsLoaded => deny(
+                503,
+                decision.reason.as_str(),
+                "Authorization policy data has no endpoints",
+                None,
+            ),
+            _ if principal.is_none() => {
+                deny(401, decision.reason.as_str(), "Not authenticated", None)
+            }
+            reason => deny(
+                403,
+                reason.as_str(),
+                &format!("Permission denied: {}", reason.describe()),
+                None,
+            ),
+        }
+    };
+    response.dynamic_metadata = Some(metadata);
+    (response, outcome)
+}
+
+fn allow(
+    inbound: &HashMap<String, String>,
+    principal: Option<&Principal>,
+    reason: &'static str,
+) -> (CheckResponse, Outcome) {
+    let mut set: Vec<(&str, String)> = vec![(AUTHORIZED, "true".into())];
+    if let Some(p) = principal {
+        if let Some(id) = p.id.as_deref().filter(|id| !id.is_empty()) {
+            set.push((PRINCIPAL_ID, id.into()));
+        }
+        if let Some(email) = p.email.as_deref().filter(|e| !e.is_empty()) {
+            set.push((PRINCIPAL_EMAIL, email.into()));
+        }
+        if !p.groups.is_empty() {
+            set.push((PRINCIPAL_GROUPS, p.groups.join(",")));
+        }
+        if !p.scopes.is_empty() {
+            set.push((SCOPES, p.scopes.join(" ")));
+        }
+    }
+    // Every other inbound x-nmp-* header is the client's, not ours: remove it.
+    let mut headers_to_remove: Vec<String> = inbound
+        .keys()
+        .filter(|k| k.starts_with("x-nmp-") && !set.iter().any(|(name, _)| name == k))
+        .cloned()
+        .collect();
+    headers_to_remove.sort();
+    let response = CheckResponse {
+        status: Some(Status {
+            code: tonic::Code::Ok as i32,
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
+            headers_to_remove,
+            ..Default::default()
+        })),
+        dynamic_metadata: None,
+    };
+    (
+        response,
+        Outcome {
+            status: 200,
+            reason,
+        },
+    )
+}
+
+/// A header Envoy must set, replacing any value: `append: false` for Envoy versions that read
+/// only the deprecated field, `OVERWRITE_IF_EXISTS_OR_ADD` for those that read the action.
+#[allow(deprecated)]
+fn overwrite(key: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value,
+            ..Default::default()
+        }),
+        append: Some(BoolValue { value: false }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        keep_empty_value: false,
+    }
+}
+
+/// A denial Envoy sends to the client as is: NMP-style JSON `{"detail": ...}`.
+fn deny(
+    status: u16,
+    reason: &'static str,
+    detail: &str,
+    token_error: Option<&str>,
+) -> (CheckResponse, Outcome) {
+    let mut headers = vec![overwrite("content-type", "application/json".into())];
+    if status == 401 {
+        let challenge = match token_error {
+            Some(description) => format!(
+                "Bearer realm=\"nmp\", error=\"invalid_token\", error_description=\"{}\"",
+                description.replace(['"', '\\'], "'")
+            ),
+            None => "Bearer realm=\"nmp\"".into(),
+        };
+        headers.push(overwrite("www-authenticate", challenge));
+    }
+    let code = match status {
+        400 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        503 => tonic::Code::Unavailable,
+        _ => tonic::Code::PermissionDenied,
+    };
+    let response = CheckResponse {
+        status: Some(Status {
+            code: code as i32,
+            message: detail.into(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers,
+            body: serde_json::json!({ "detail": detail }).to_string(),
+        })),
+        dynamic_metadata: None,
+    };
+    (response, Outcome { status, reason })
+}
+
+/// Decision facts for Envoy's dynamic metadata (access logs, later filters).
+fn decision_metadata(
+    policy: &CompiledPolicy,
+    principal: Option<&Principal>,
+    decision: &crate::policy::Decision<'_>,
+) -> Struct {
+    let text = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.into())),
+    };
+    let mut fields = HashMap::from([
+        (
+            "allowed".to_string(),
+            Value {
+                kind: Some(Kind::BoolValue(decision.allowed)),
+            },
+        ),
+        ("reason".to_string(), text(decision.reason.as_str())),
+        ("policy_revision".to_string(), text(policy.revision())),
+    ]);
+    if let Some(id) = principal.and_then(|p| p.id.as_deref()) {
+        fields.insert("principal_id".into(), text(id));
+    }
+    if let Some(ws) = &decision.workspace {
+        fields.insert("workspace".into(), text(ws));
+    }
+    if let Some(endpoint) = decision.endpoint {
+        fields.insert("endpoint".into(), text(endpoint));
+    }
+    Struct { fields }
+}

@@ -1,0 +1,159 @@
+//! gRPC: Envoy's `envoy.service.auth.v3.Authorization`, the project's PDP service,
+//! `grpc.health.v1.Health` and reflection, on one listener.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::identity::{self, IdentityError};
+use crate::pdp_proto::policy_decision_server::{PolicyDecision, PolicyDecisionServer};
+use crate::pdp_proto::{
+    AllowRequest, AllowResponse, HasPermissionsRequest, HasPermissionsResponse, HasRoleRequest,
+    HasRoleResponse, PrincipalInput,
+};
+use crate::policy::{CompiledPolicy, Principal};
+
+use super::{State, check, now_unix};
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pdp_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(AuthzService(state.clone())))
+        .add_service(PolicyDecisionServer::new(PdpService(state)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthzService(pub Arc<State>);
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let (response, outcome) = check::check(&self.0, request.get_ref(), now_unix());
+        self.0.metrics.record_check(outcome.status, outcome.reason);
+        tracing::debug!(status = outcome.status, reason = outcome.reason, "check");
+        Ok(Response::new(response))
+    }
+}
+
+/// NMP's PDP entrypoints for platform services. Callers identify like any request (bearer
+/// token, or trusted principal metadata) and must be `service:` principals.
+#[derive(Debug, Clone)]
+pub struct PdpService(pub Arc<State>);
+
+impl PdpService {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
+        let policy = self
+            .0
+            .policy
+            .load_full()
+            .ok_or_else(|| Status::unavailable("Authorization policy data is not available"))?;
+        if !self.0.auth_enabled {
+            return Ok(policy);
+        }
+        let headers: HashMap<String, String> = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        match identity::identify(&self.0.identity, &headers, None, now_unix()) {
+            Ok(Some(caller)) if caller.principal.is_service() => Ok(policy),
+            Ok(Some(_)) => Err(Status::permission_denied(
+                "The PDP API is for service principals only",
+            )),
+            Ok(None) => Err(Status::unauthenticated("Not authenticated")),
+            Err(IdentityError::Unauthenticated { detail }) => Err(Status::unauthenticated(detail)),
+            Err(IdentityError::InvalidPrincipal { detail }) => {
+                Err(Status::invalid_argument(detail))
+            }
+        }
+    }
+}
+
+/// The principal an input describes; invalid ids, emails, groups or scopes are rejected.
+fn principal_input(
+    input: Option<PrincipalInput>,
+    scopes: Vec<String>,
+) -> Result<Principal, Status> {
+    let input = input.unwrap_or_default();
+    let principal = Principal {
+        id: input.principal_id,
+        email: Some(input.principal_email).filter(|e| !e.is_empty()),
+        groups: input.principal_groups,
+        scopes,
+    };
+    identity::validate_principal(&principal)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(principal)
+}
+
+#[tonic::async_trait]
+impl PolicyDecision for PdpService {
+    async fn allow(
+        &self,
+        request: Request<AllowRequest>,
+    ) -> Result<Response<AllowResponse>, Status> {
+        let policy = self.authorize(&request)?;
+        let input = request.into_inner();
+        let principal = principal_input(input.principal, input.scopes)?;
+        let allowed = policy
+            .allow(Some(&principal), &input.method, &input.path)
+            .allowed;
+        Ok(Response::new(AllowResponse {
+            allowed,
+            headers: HashMap::from([("X-NMP-Authorized".to_string(), allowed.to_string())]),
+        }))
+    }
+
+    async fn has_permissions(
+        &self,
+        request: Request<HasPermissionsRequest>,
+    ) -> Result<Response<HasPermissionsResponse>, Status> {
+        let policy = self.authorize(&request)?;
+        let input = request.into_inner();
+        let principal = principal_input(input.principal, Vec::new())?;
+        Ok(Response::new(HasPermissionsResponse {
+            allowed: policy.has_permissions(&principal, &input.workspace, &input.permissions),
+        }))
+    }
+
+    async fn has_role(
+        &self,
+        request: Request<HasRoleRequest>,
+    ) -> Result<Response<HasRoleResponse>, Status> {
+        let policy = self.authorize(&request)?;
+        let input = request.into_inner();
+        let principal = principal_input(input.principal, Vec::new())?;
+        Ok(Response::new(HasRoleResponse {
+            has_role: policy.has_role(&principal, &input.workspace, &input.role),
+        }))
+    }
+}

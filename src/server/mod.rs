@@ -1,0 +1,158 @@
+//! The server's faces: ext_authz and PDP over gRPC, health and metrics over HTTP, and the
+//! policy reload loop that feeds them.
+
+pub mod check;
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::identity::IdentitySettings;
+use crate::policy::CompiledPolicy;
+use crate::sources;
+use crate::telemetry::Metrics;
+
+/// What every request handler shares. The policy is swapped whole; readers never wait.
+#[derive(Debug)]
+pub struct State {
+    pub policy: ArcSwapOption<CompiledPolicy>,
+    pub auth_enabled: bool,
+    pub identity: IdentitySettings,
+    pub metrics: Metrics,
+}
+
+impl State {
+    pub fn new(config: &Config, policy: Option<CompiledPolicy>) -> Self {
+        let oidc = &config.auth.oidc;
+        Self {
+            policy: ArcSwapOption::from(policy.map(Arc::new)),
+            auth_enabled: config.auth.enabled,
+            identity: IdentitySettings {
+                jwt_authn_metadata_key: config.identity.jwt_authn_metadata_key.clone(),
+                verify_bearer: config.identity.verify_bearer,
+                trust_principal_headers: config.identity.trust_principal_headers,
+                allow_unsigned_jwt: config.auth.allow_unsigned_jwt,
+                subject_claim: oidc.subject_claim.clone(),
+                email_claim: oidc.email_claim.clone(),
+                groups_claim: oidc.groups_claim.clone(),
+                scope_prefix: oidc.scope_prefix.clone(),
+                leeway_seconds: oidc.leeway_seconds,
+            },
+            metrics: Metrics::default(),
+        }
+    }
+
+    /// Ready when a policy with endpoints is loaded (or authorization is off).
+    pub fn ready(&self) -> bool {
+        !self.auth_enabled
+            || self
+                .policy
+                .load()
+                .as_ref()
+                .is_some_and(|p| p.endpoint_count() > 0)
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Runs both listeners until SIGINT/SIGTERM. The initial policy must load: a server that
+/// starts without its policy would only ever answer 503.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let policy = sources::load(&config)?;
+    tracing::info!(
+        revision = policy.revision(),
+        endpoints = policy.endpoint_count(),
+        roles = policy.role_count(),
+        bindings = policy.binding_count(),
+        "policy loaded"
+    );
+    let state = Arc::new(State::new(&config, Some(policy)));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_addr).await?;
+    let http_listener = tokio::net::TcpListener::bind(config.server.http_addr).await?;
+    tracing::info!(
+        grpc = %grpc_listener.local_addr()?,
+        http = %http_listener.local_addr()?,
+        "listening"
+    );
+
+    let reload = tokio::spawn(reload_loop(
+        config.clone(),
+        state.clone(),
+        shutdown_rx.clone(),
+    ));
+    let grpc = tokio::spawn(grpc::serve(
+        grpc_listener,
+        state.clone(),
+        shutdown_rx.clone(),
+    ));
+    let http = tokio::spawn(http::serve(http_listener, state.clone(), shutdown_rx));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = shutdown_tx.send(true);
+    grpc.await??;
+    http.await??;
+    reload.abort();
+    Ok(())
+}
+
+/// Re-reads the sources every refresh interval and swaps in what compiles; a failed load
+/// keeps the last good policy and says why.
+async fn reload_loop(config: Config, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    let interval = Duration::from_secs(config.auth.policy_data_refresh_interval.max(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let loaded = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || sources::load(&config)).await
+        };
+        match loaded {
+            Ok(Ok(policy)) => {
+                let current = state.policy.load();
+                if current
+                    .as_ref()
+                    .is_some_and(|p| p.revision() == policy.revision())
+                {
+                    continue;
+                }
+                tracing::info!(revision = policy.revision(), "policy reloaded");
+                state.policy.store(Some(Arc::new(policy)));
+                state.metrics.policy_loaded();
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "policy reload failed; keeping the last good policy");
+                state.metrics.policy_load_failed();
+            }
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,127 @@
+//! Logs and metrics. Counters are plain atomics in a map fixed at start-up, so recording a
+//! decision takes no lock.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::policy::Reason;
+
+/// The HTTP statuses a Check can end in.
+const STATUSES: [u16; 5] = [200, 400, 401, 403, 503];
+
+/// Outcomes decided before the policy is consulted.
+const PRE_DECISION: [&str; 5] = [
+    "malformed_request",
+    "policy_unavailable",
+    "invalid_identity",
+    "invalid_principal",
+    "auth_disabled",
+];
+
+#[derive(Debug)]
+pub struct Metrics {
+    decisions: HashMap<&'static str, [AtomicU64; STATUSES.len()]>,
+    policy_loads: AtomicU64,
+    policy_load_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reasons = Reason::ALL.iter().map(|r| r.as_str()).chain(PRE_DECISION);
+        Self {
+            decisions: reasons.map(|r| (r, Default::default())).collect(),
+            policy_loads: AtomicU64::new(1),
+            policy_load_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_check(&self, status: u16, reason: &str) {
+        let slot = STATUSES.iter().position(|s| *s == status);
+        if let (Some(counters), Some(slot)) = (self.decisions.get(reason), slot) {
+            counters[slot].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn policy_loaded(&self) {
+        self.policy_loads.fetch_add(1, Relaxed);
+    }
+
+    pub fn policy_load_failed(&self) {
+        self.policy_load_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, revision: Option<&str>, ready: bool) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP nmp_authz_decisions_total Check decisions by HTTP status and reason.\n",
+        );
+        out.push_str("# TYPE nmp_authz_decisions_total counter\n");
+        let mut reasons: Vec<_> = self.decisions.iter().collect();
+        reasons.sort_by_key(|(r, _)| **r);
+        for (reason, counters) in reasons {
+            for (status, counter) in STATUSES.iter().zip(counters) {
+                let n = counter.load(Relaxed);
+                if n > 0 {
+                    let result = if *status == 200 { "allow" } else { "deny" };
+                    let _ = writeln!(
+                        out,
+                        "nmp_authz_decisions_total{{result=\"{result}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nmp_authz_policy_loads_total Successful policy loads."
+        );
+        let _ = writeln!(out, "# TYPE nmp_authz_policy_loads_total counter");
+        let _ = writeln!(
+            out,
+            "nmp_authz_policy_loads_total {}",
+            self.policy_loads.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP nmp_authz_policy_load_failures_total Failed policy loads."
+        );
+        let _ = writeln!(out, "# TYPE nmp_authz_policy_load_failures_total counter");
+        let _ = writeln!(
+            out,
+            "nmp_authz_policy_load_failures_total {}",
+            self.policy_load_failures.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP nmp_authz_policy_info The policy revision in use."
+        );
+        let _ = writeln!(out, "# TYPE nmp_authz_policy_info gauge");
+        if let Some(revision) = revision {
+            let _ = writeln!(out, "nmp_authz_policy_info{{revision=\"{revision}\"}} 1");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP nmp_authz_ready 1 when the server has valid policy data."
+        );
+        let _ = writeln!(out, "# TYPE nmp_authz_ready gauge");
+        let _ = writeln!(out, "nmp_authz_ready {}", u8::from(ready));
+        out
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

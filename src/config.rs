@@ -9,6 +9,8 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+pub use crate::identity::MAX_LEEWAY_SECONDS;
+
 /// The embedded quickstart configuration: what `serve` runs without `--config`. Development only:
 /// it accepts unsigned tokens.
 pub const QUICKSTART_YAML: &str = include_str!("quickstart.yaml");
@@ -18,9 +20,6 @@ pub const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
 
 /// Prefix of the environment overrides; the rest of the name is a key path under `auth`.
 pub const ENV_PREFIX: &str = "NMP_AUTH_";
-
-/// Upper bound for `auth.oidc.leeway_seconds`: more clock skew than this makes `exp` meaningless.
-pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -263,13 +262,10 @@ pub fn parse(
     source_name: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut tree: Value =
-        serde_saphyr::from_str_with_options(yaml, yaml_options()).map_err(|e| {
-            ConfigError::Syntax {
-                source_name: source_name.into(),
-                reason: one_line(&e.to_string()),
-            }
-        })?;
+    let mut tree: Value = crate::yaml::to_value(yaml).map_err(|reason| ConfigError::Syntax {
+        source_name: source_name.into(),
+        reason,
+    })?;
     let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
     check_sections(&mut tree, &defaults, "")?;
     apply_env(&mut tree, &defaults, env)?;
@@ -284,14 +280,7 @@ pub fn parse(
     Ok(config)
 }
 
-fn yaml_options() -> serde_saphyr::Options {
-    // No source snippets: errors stay on one line and still say "at line L, column C".
-    serde_saphyr::options! { with_snippet: false }
-}
-
 fn one_line(s: &str) -> String {
-    // The library's advice about its own options means nothing to an operator.
-    let s = s.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -382,9 +371,9 @@ fn typed_env_value(shape: &Value, raw: &str) -> Result<Value, String> {
             .map(Value::from)
             .map_err(|_| format!("expected a non-negative integer, got {raw:?}")),
         Value::Array(_) if trimmed.starts_with('[') => {
-            serde_saphyr::from_str_with_options::<Vec<String>>(trimmed, yaml_options())
+            crate::yaml::to_value::<Vec<String>>(trimmed)
                 .map(Value::from)
-                .map_err(|e| format!("invalid list {raw:?}: {}", one_line(&e.to_string())))
+                .map_err(|e| format!("invalid list {raw:?}: {e}"))
         }
         Value::Array(_) => Ok(Value::from(
             trimmed

@@ -10,6 +10,7 @@ pub mod policy;
 pub mod server;
 pub mod sources;
 pub mod telemetry;
+pub mod yaml;
 
 /// The project's own PDP service, generated from `proto/nmp_authz/v1/pdp.proto`.
 pub mod pdp_proto {

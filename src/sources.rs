@@ -1,9 +1,11 @@
 //! Where policy data comes from: the built-in catalog and policy files, merged in order, then
 //! compiled. Each load either yields a whole new policy or an error naming what is wrong.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::config::{Config, SourceConfig};
+use crate::policy::document::Entry;
 use crate::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, builtin};
 
 /// Why a load failed: the source, and the document path or I/O error inside it.
@@ -17,6 +19,8 @@ pub struct LoadError {
 /// Reads every configured source and compiles the merged document.
 pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
     let mut merged = PolicyDocument::default();
+    // Which source each entry finally came from, so a compile error can name the file.
+    let mut origin: HashMap<Entry, String> = HashMap::new();
     // The revision identifies the exact inputs, so replicas that read the same data agree.
     let mut revision = Fnv64::default();
     for source in &config.policy.sources {
@@ -45,6 +49,7 @@ pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
             }
         };
         tracing::debug!(source = %name, "policy source read");
+        origin.extend(doc.entries().map(|entry| (entry, name.clone())));
         merged.merge(doc);
     }
     let defaults = BindingDefaults {
@@ -54,8 +59,13 @@ pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
     };
     revision.update(format!("{defaults:?}").as_bytes());
     CompiledPolicy::build(merged, &defaults, format!("{:016x}", revision.0)).map_err(|e| {
+        let source_name = match e.entry.as_ref().and_then(|entry| origin.get(entry)) {
+            Some(name) => name.clone(),
+            None if e.path.starts_with("auth.") => "configuration".into(),
+            None => "(merged sources)".into(),
+        };
         LoadError {
-            source_name: "(merged)".into(),
+            source_name,
             message: e.to_string(),
         }
     })

@@ -3,12 +3,12 @@
 //! indexed by principal then workspace, and endpoint patterns in a segment trie. Nothing here
 //! runs per request.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::document::{DocumentError, MethodDef, PolicyDocument};
+use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, PrincipalDef, RoleDef};
 use super::matcher::{Matcher, Pattern};
 
 /// NMP's permission syntax: dotted lower-case words, e.g. `inference.deployment-configs.read`.
@@ -55,15 +55,39 @@ impl Default for BindingDefaults {
 
 impl BindingDefaults {
     /// NMP's bootstrap: `default:*` Editor, `system:*` Viewer and WorkspaceCreator, and the
-    /// admin email as PlatformAdmin in `system`. Existing bindings are kept.
-    pub fn apply(&self, doc: &mut PolicyDocument) {
+    /// admin email as PlatformAdmin in `system`. Existing bindings are kept. A role these need
+    /// and the document lacks is an error naming the setting, not a binding nobody wrote.
+    pub fn apply(&self, doc: &mut PolicyDocument) -> Result<(), DocumentError> {
+        let mut bind = |setting: &str, principal: &str, workspace: &str, roles: &[&str]| {
+            if let Some(missing) = roles.iter().find(|r| !doc.authz.roles.contains_key(**r)) {
+                return Err(DocumentError::new(
+                    setting,
+                    format!(
+                        "binds {principal:?} to {missing} in {workspace:?}, but the policy data defines no role {missing:?}"
+                    ),
+                ));
+            }
+            doc.bind(principal, workspace, roles);
+            Ok(())
+        };
         if self.bootstrap_bindings {
-            doc.bind("*", &self.default_workspace, &["Editor"]);
-            doc.bind("*", "system", &["Viewer", "WorkspaceCreator"]);
+            bind(
+                "auth.bootstrap_bindings",
+                "*",
+                &self.default_workspace,
+                &["Editor"],
+            )?;
+            bind(
+                "auth.bootstrap_bindings",
+                "*",
+                "system",
+                &["Viewer", "WorkspaceCreator"],
+            )?;
         }
         if let Some(admin) = self.admin_email.as_deref().filter(|a| !a.is_empty()) {
-            doc.bind(admin, "system", &["PlatformAdmin"]);
+            bind("auth.admin_email", admin, "system", &["PlatformAdmin"])?;
         }
+        Ok(())
     }
 }
 
@@ -164,7 +188,6 @@ impl CompiledPolicy {
         defaults: &BindingDefaults,
         revision: impl Into<String>,
     ) -> Result<Self, DocumentError> {
-        defaults.apply(&mut doc);
         let authz = &doc.authz;
         let mut permission_ids: HashMap<Box<str>, PermId> = HashMap::new();
         let mut intern = |perm: &str| -> PermId {
@@ -181,33 +204,15 @@ impl CompiledPolicy {
             .collect();
         let mut own = Vec::with_capacity(authz.roles.len());
         for (name, role) in &authz.roles {
-            let mut set = PermSet::default();
-            for (i, perm) in role.permissions.iter().enumerate() {
-                if perm == "*" {
-                    set.all = true;
-                } else if PERMISSION_SYNTAX.is_match(perm) {
-                    set.insert(intern(perm));
-                } else {
-                    return Err(DocumentError::new(
-                        format!("authz.roles.{name}.permissions[{i}]"),
-                        format!("{perm:?} is not a permission (expected e.g. models.read, or *)"),
-                    ));
-                }
-            }
-            for (i, included) in role.includes.iter().enumerate() {
-                if !authz.roles.contains_key(included) {
-                    return Err(DocumentError::new(
-                        format!("authz.roles.{name}.includes[{i}]"),
-                        format!("unknown role {included:?}"),
-                    ));
-                }
-            }
+            let set = own_permissions(&doc, name, role, &mut intern)
+                .map_err(|e| e.in_entry(Entry::Role(name.clone())))?;
             own.push(set);
         }
         check_include_cycles(&doc)?;
         let mut roles = Vec::with_capacity(own.len());
         for name in authz.roles.keys() {
-            let reachable = included_roles(&doc, name)?;
+            let reachable =
+                included_roles(&doc, name).map_err(|e| e.in_entry(Entry::Role(name.clone())))?;
             let mut permissions = PermSet::default();
             for r in reachable {
                 permissions.union(&own[role_ids[r] as usize]);
@@ -215,55 +220,24 @@ impl CompiledPolicy {
             roles.push(CompiledRole { permissions });
         }
 
-        // Endpoints.
         let mut endpoints = Vec::with_capacity(authz.endpoints.len());
         let mut patterns = Vec::with_capacity(authz.endpoints.len());
         for (pattern_text, methods) in &authz.endpoints {
-            let at = format!("authz.endpoints[{pattern_text:?}]");
-            let pattern = Pattern::parse(pattern_text).map_err(|m| DocumentError::new(&at, m))?;
-            let mut compiled: [Option<CompiledMethod>; METHODS.len()] = Default::default();
-            for (method, def) in methods {
-                let Some(slot) = METHODS.iter().position(|m| m == method) else {
-                    return Err(DocumentError::new(
-                        format!("{at}.{method}"),
-                        format!(
-                            "unknown method key {method:?} (expected lower-case: {})",
-                            METHODS.join(", ")
-                        ),
-                    ));
-                };
-                compiled[slot] = Some(compile_method(&format!("{at}.{method}"), def, &mut intern)?);
-            }
-            endpoints.push(Endpoint {
-                pattern: pattern_text.as_str().into(),
-                workspace_segment: pattern.workspace_segment(),
-                methods: compiled,
-            });
+            let (endpoint, pattern) = compile_endpoint(pattern_text, methods, &mut intern)
+                .map_err(|e| e.in_entry(Entry::Endpoint(pattern_text.clone())))?;
+            endpoints.push(endpoint);
             patterns.push(pattern);
         }
         let matcher = Matcher::new(patterns);
 
-        // Bindings: every bound role must exist.
+        // The bootstrap bindings join after the document's own entries are checked, so an
+        // error in the document is reported as itself.
+        defaults.apply(&mut doc)?;
+        let authz = &doc.authz;
         let mut bindings = Bindings::with_capacity(authz.principals.len());
         for (principal, def) in &authz.principals {
-            let mut by_workspace = HashMap::with_capacity(def.workspaces.len());
-            for (workspace, bound) in &def.workspaces {
-                let ids = bound
-                    .iter()
-                    .enumerate()
-                    .map(|(i, role)| {
-                        role_ids.get(role.as_str()).copied().ok_or_else(|| {
-                            DocumentError::new(
-                                format!(
-                                    "authz.principals[{principal:?}].workspaces[{workspace:?}][{i}]"
-                                ),
-                                format!("unknown role {role:?}"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Box<[RoleId]>, _>>()?;
-                by_workspace.insert(workspace.as_str().into(), ids);
-            }
+            let by_workspace = compile_bindings(principal, def, &role_ids)
+                .map_err(|e| e.in_entry(Entry::Principal(principal.clone())))?;
             bindings.insert(principal.as_str().into(), by_workspace);
         }
 
@@ -313,6 +287,90 @@ impl CompiledPolicy {
     }
 }
 
+/// A role's own permissions (before `includes`), checking its syntax and its includes.
+fn own_permissions(
+    doc: &PolicyDocument,
+    name: &str,
+    role: &RoleDef,
+    intern: &mut impl FnMut(&str) -> PermId,
+) -> Result<PermSet, DocumentError> {
+    let mut set = PermSet::default();
+    for (i, perm) in role.permissions.iter().enumerate() {
+        if perm == "*" {
+            set.all = true;
+        } else if PERMISSION_SYNTAX.is_match(perm) {
+            set.insert(intern(perm));
+        } else {
+            return Err(DocumentError::new(
+                format!("authz.roles.{name}.permissions[{i}]"),
+                format!("{perm:?} is not a permission (expected e.g. models.read, or *)"),
+            ));
+        }
+    }
+    for (i, included) in role.includes.iter().enumerate() {
+        if !doc.authz.roles.contains_key(included) {
+            return Err(DocumentError::new(
+                format!("authz.roles.{name}.includes[{i}]"),
+                format!("unknown role {included:?}"),
+            ));
+        }
+    }
+    Ok(set)
+}
+
+fn compile_endpoint(
+    pattern_text: &str,
+    methods: &BTreeMap<String, MethodDef>,
+    intern: &mut impl FnMut(&str) -> PermId,
+) -> Result<(Endpoint, Pattern), DocumentError> {
+    let at = format!("authz.endpoints[{pattern_text:?}]");
+    let pattern = Pattern::parse(pattern_text).map_err(|m| DocumentError::new(&at, m))?;
+    let mut compiled: [Option<CompiledMethod>; METHODS.len()] = Default::default();
+    for (method, def) in methods {
+        let Some(slot) = METHODS.iter().position(|m| m == method) else {
+            return Err(DocumentError::new(
+                format!("{at}.{method}"),
+                format!(
+                    "unknown method key {method:?} (expected lower-case: {})",
+                    METHODS.join(", ")
+                ),
+            ));
+        };
+        compiled[slot] = Some(compile_method(&format!("{at}.{method}"), def, intern)?);
+    }
+    let endpoint = Endpoint {
+        pattern: pattern_text.into(),
+        workspace_segment: pattern.workspace_segment(),
+        methods: compiled,
+    };
+    Ok((endpoint, pattern))
+}
+
+/// One principal's bindings by workspace; every bound role must exist.
+fn compile_bindings(
+    principal: &str,
+    def: &PrincipalDef,
+    role_ids: &HashMap<Box<str>, RoleId>,
+) -> Result<HashMap<Box<str>, Box<[RoleId]>>, DocumentError> {
+    let mut by_workspace = HashMap::with_capacity(def.workspaces.len());
+    for (workspace, bound) in &def.workspaces {
+        let ids = bound
+            .iter()
+            .enumerate()
+            .map(|(i, role)| {
+                role_ids.get(role.as_str()).copied().ok_or_else(|| {
+                    DocumentError::new(
+                        format!("authz.principals[{principal:?}].workspaces[{workspace:?}][{i}]"),
+                        format!("unknown role {role:?}"),
+                    )
+                })
+            })
+            .collect::<Result<Box<[RoleId]>, _>>()?;
+        by_workspace.insert(workspace.as_str().into(), ids);
+    }
+    Ok(by_workspace)
+}
+
 /// Fails naming the cycle when `includes` loops back on itself.
 fn check_include_cycles(doc: &PolicyDocument) -> Result<(), DocumentError> {
     #[derive(Clone, Copy, PartialEq)]
@@ -332,10 +390,12 @@ fn check_include_cycles(doc: &PolicyDocument) -> Result<(), DocumentError> {
                 let start = chain.iter().position(|r| *r == name).unwrap_or(0);
                 let mut cycle = chain[start..].to_vec();
                 cycle.push(name);
+                let role = chain[chain.len() - 1];
                 return Err(DocumentError::new(
-                    format!("authz.roles.{}.includes", chain[chain.len() - 1]),
+                    format!("authz.roles.{role}.includes"),
                     format!("includes cycle: {}", cycle.join(" -> ")),
-                ));
+                )
+                .in_entry(Entry::Role(role.to_string())));
             }
             None => {}
         }

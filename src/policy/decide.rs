@@ -199,10 +199,10 @@ impl CompiledPolicy {
         {
             return Some(Reason::DeniedPluginPrefix);
         }
-        // The rules below single out callers by their principal id; without one they do not
-        // fire (as in NMP). Identities on the Check path always carry an id.
-        let id = f.principal.and_then(|p| p.id.as_deref());
-        let human = id.is_some_and(|id| !id.starts_with("service:"));
+        // The rules below single out callers that are not `service:` principals. A caller
+        // with no id at all (possible only in PDP input) is not a service either.
+        let service = f.principal.is_some_and(Principal::is_service);
+        let human = !f.applicable.is_empty() && !service;
         if human && is_secret_access_path(f.base_path) {
             return Some(Reason::SecretAccessNotService);
         }
@@ -228,10 +228,7 @@ impl CompiledPolicy {
             if callers.service_principal && !callers.principal && human && !admin {
                 return Some(Reason::ServiceOnlyRoute);
             }
-            if callers.principal
-                && !callers.service_principal
-                && id.is_some_and(|id| id.starts_with("service:"))
-            {
+            if callers.principal && !callers.service_principal && service {
                 return Some(Reason::PrincipalOnlyRoute);
             }
         }

@@ -81,6 +81,17 @@ pub struct PolicyConfig {
 pub struct DocumentError {
     pub path: String,
     pub message: String,
+    /// The top-level entry the error is in, so a merge of several sources can say which
+    /// source that entry came from.
+    pub entry: Option<Entry>,
+}
+
+/// A named top-level entry of the `authz` document; merging replaces whole entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Entry {
+    Role(String),
+    Endpoint(String),
+    Principal(String),
 }
 
 impl DocumentError {
@@ -88,7 +99,13 @@ impl DocumentError {
         Self {
             path: path.into(),
             message: message.into(),
+            entry: None,
         }
+    }
+
+    pub fn in_entry(mut self, entry: Entry) -> Self {
+        self.entry = Some(entry);
+        self
     }
 }
 
@@ -115,7 +132,7 @@ impl PolicyDocument {
         let value: serde_json::Value = match format {
             Format::Json => serde_json::from_str(text)
                 .map_err(|e| DocumentError::new("(document)", format!("invalid JSON: {e}")))?,
-            Format::Yaml => serde_saphyr::from_str(text)
+            Format::Yaml => crate::yaml::to_value(text)
                 .map_err(|e| DocumentError::new("(document)", format!("invalid YAML: {e}")))?,
         };
         Self::from_value(value)
@@ -133,6 +150,14 @@ impl PolicyDocument {
                 e.into_inner().to_string(),
             )
         })
+    }
+
+    /// Every named entry of the document.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let a = &self.authz;
+        (a.roles.keys().cloned().map(Entry::Role))
+            .chain(a.endpoints.keys().cloned().map(Entry::Endpoint))
+            .chain(a.principals.keys().cloned().map(Entry::Principal))
     }
 
     /// Merges `later` over `self`: later roles, endpoints and principals replace earlier ones of

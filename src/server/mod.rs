@@ -67,6 +67,9 @@ pub fn now_unix() -> u64 {
 /// Runs both listeners until SIGINT/SIGTERM. The initial policy must load: a server that
 /// starts without its policy would only ever answer 503.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Installed before the listeners exist, so a SIGTERM that arrives as soon as the server
+    // says it is listening is a graceful shutdown, not a kill.
+    let shutdown_requested = shutdown_signal()?;
     let policy = sources::load(&config)?;
     tracing::info!(
         revision = policy.revision(),
@@ -98,7 +101,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let http = tokio::spawn(http::serve(http_listener, state.clone(), shutdown_rx));
 
-    shutdown_signal().await;
+    shutdown_requested.await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     grpc.await??;
@@ -142,17 +145,15 @@ async fn reload_loop(config: Config, state: Arc<State>, mut shutdown: watch::Rec
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+/// Resolves on the first SIGINT or SIGTERM; the handlers are in place when this returns.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }

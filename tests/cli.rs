@@ -1,0 +1,840 @@
+//! The `nmp-authz` binary as an operator uses it: help, `validate` on good and bad
+//! configuration and policy data, and `serve` end to end (addresses learned from the log, HTTP
+//! health and metrics over a plain TCP stream, SIGTERM for a clean exit).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_nmp-authz");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cli");
+const NMP_STATIC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/nmp/static-authz.yaml"
+);
+/// Upper bound for a server to start or stop; generous for a loaded CI machine.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary with a clean environment for what it reads: no inherited `NMP_AUTH_*` overrides,
+/// plain-text logs at `info`, no colours.
+fn nmp_authz() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("NMP_AUTH")) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = nmp_authz();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run nmp-authz")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// Asserts a non-zero exit whose stderr mentions every one of `needles`; returns stderr.
+fn assert_fails(out: &Output, needles: &[&str]) -> String {
+    assert!(!out.status.success(), "expected failure\n{}", describe(out));
+    let stderr = text(&out.stderr);
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "stderr should mention {needle:?}\n{}",
+            describe(out)
+        );
+    }
+    stderr
+}
+
+/// [`assert_fails`], and the reason is a single line.
+fn assert_fails_one_line(out: &Output, needles: &[&str]) {
+    let stderr = assert_fails(out, needles);
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "the reason should be one line\n{}",
+        describe(out)
+    );
+}
+
+/// A temporary directory holding `config.yaml` (and whatever else a test writes there).
+struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create dir");
+        }
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+
+    fn config(&self, contents: &str) -> String {
+        self.write("config.yaml", contents)
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned()
+    }
+
+    /// `config.yaml` with one policy file source, `policy.yaml` beside it holding `policy`.
+    fn with_policy(&self, policy: &str) -> String {
+        self.write("policy.yaml", policy);
+        self.config("policy:\n  sources:\n    - file: policy.yaml\n")
+    }
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(Path::new(FIXTURES).join(name)).expect("read fixture")
+}
+
+// --- help and subcommands -------------------------------------------------------------------
+
+#[test]
+fn help_exits_zero() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["validate", "--help"],
+        &["help"],
+    ] {
+        let out = run(args, &[]);
+        assert!(out.status.success(), "{args:?}\n{}", describe(&out));
+        assert!(
+            text(&out.stdout).contains("Usage"),
+            "{args:?}\n{}",
+            describe(&out)
+        );
+    }
+    let out = run(&["serve", "--help"], &[]);
+    let help = text(&out.stdout);
+    for flag in ["--config", "--grpc-addr", "--http-addr"] {
+        assert!(help.contains(flag), "serve --help lacks {flag}\n{help}");
+    }
+}
+
+#[test]
+fn bad_command_line_exits_non_zero() {
+    assert_fails(&run(&["frobnicate"], &[]), &["frobnicate"]);
+    assert_fails(&run(&[], &[]), &["Usage"]);
+    assert_fails(
+        &run(&["serve", "--grpc-addr", "nope"], &[]),
+        &["--grpc-addr"],
+    );
+    assert_fails(
+        &run(
+            &["validate", "--config", "/nonexistent/nmp-authz.yaml"],
+            &[],
+        ),
+        &["/nonexistent/nmp-authz.yaml"],
+    );
+}
+
+// --- validate: configuration ----------------------------------------------------------------
+
+#[test]
+fn validate_quickstart_is_ok() {
+    let out = run(&["validate"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("ok"), "{}", describe(&out));
+}
+
+#[test]
+fn validate_empty_config_file_uses_defaults() {
+    let w = Workdir::new();
+    let out = run(&["validate", "--config", &w.config("")], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(text(&out.stdout).contains("ok"), "{}", describe(&out));
+}
+
+#[test]
+fn config_errors_are_one_line_naming_the_key() {
+    let cases: &[(&str, &[&str])] = &[
+        ("surver:\n  grpc_addr: 0.0.0.0:1\n", &["surver"]),
+        (
+            "auth:\n  oidc:\n    isuer: https://idp.example.com\n",
+            &["auth.oidc.isuer"],
+        ),
+        ("auth:\n  enabled: maybe\n", &["auth.enabled"]),
+        ("server:\n  grpc_addr: nope\n", &["server.grpc_addr"]),
+        (
+            "auth:\n  oidc:\n    leeway_seconds: 900\n",
+            &["auth.oidc.leeway_seconds", "900"],
+        ),
+        (
+            "policy:\n  sources: [{fiel: x.yaml}]\n",
+            &["policy.sources[0]"],
+        ),
+    ];
+    for (yaml, needles) in cases {
+        let w = Workdir::new();
+        let out = run(&["validate", "--config", &w.config(yaml)], &[]);
+        assert_fails_one_line(&out, needles);
+        // The same configuration stops `serve` before it binds anything.
+        let out = run(
+            &[
+                "serve",
+                "--config",
+                &w.config(yaml),
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        assert_fails(&out, needles);
+    }
+}
+
+#[test]
+fn config_syntax_error_names_the_file() {
+    let w = Workdir::new();
+    let config = w.config("auth:\n  enabled: true\n   oidc: [\n");
+    assert_fails_one_line(
+        &run(&["validate", "--config", &config], &[]),
+        &["config.yaml"],
+    );
+}
+
+#[test]
+fn env_override_errors_name_the_variable() {
+    let out = run(&["validate"], &[("NMP_AUTH_OIDC__ISUER", "x")]);
+    assert_fails_one_line(&out, &["NMP_AUTH_OIDC__ISUER"]);
+    let out = run(&["validate"], &[("NMP_AUTH_ENABLED", "perhaps")]);
+    assert_fails_one_line(&out, &["NMP_AUTH_ENABLED", "perhaps"]);
+    // Overrides apply on top of a config file too, and valid ones are accepted.
+    let w = Workdir::new();
+    let config = w.config("auth:\n  enabled: true\n");
+    let out = run(
+        &["validate", "--config", &config],
+        &[("NMP_AUTH_OIDC__LEEWAY_SECONDS", "900")],
+    );
+    assert_fails_one_line(&out, &["leeway_seconds"]);
+    let out = run(
+        &["validate", "--config", &config],
+        &[
+            ("NMP_AUTH_ENABLED", "false"),
+            ("NMP_AUTH_ADMIN_EMAIL", "ops@example.com"),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+// --- validate: policy data ------------------------------------------------------------------
+
+/// A valid base policy with one extra block appended under `authz:`.
+fn policy_with(extra: &str) -> String {
+    format!("{}{extra}", fixture("policy.yaml"))
+}
+
+/// Bad policy documents: (name, document, what the error must mention besides the file).
+fn bad_policies() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    vec![
+        (
+            "unknown role in a binding",
+            policy_with("    bob:\n      workspaces:\n        ws2: [Viewer, Ghost]\n"),
+            vec![r#"authz.principals["bob"].workspaces["ws2"][1]"#, "Ghost"],
+        ),
+        (
+            "includes cycle",
+            "authz:\n  roles:\n    A: {includes: [B], permissions: [a.read]}\n    B: {includes: [A]}\n  endpoints:\n    /a: {get: {permissions: [a.read]}}\n".to_string(),
+            vec!["authz.roles.", "includes cycle", "A -> B -> A"],
+        ),
+        (
+            "malformed endpoint pattern",
+            "authz:\n  endpoints:\n    \"/a/{x\":\n      get: {permissions: [models.read]}\n"
+                .to_string(),
+            vec![r#"authz.endpoints["/a/{x"]"#],
+        ),
+        (
+            "unknown method key",
+            "authz:\n  endpoints:\n    /apis/x:\n      GETT: {permissions: [models.read]}\n"
+                .to_string(),
+            vec![r#"authz.endpoints["/apis/x"].GETT"#, "GETT"],
+        ),
+        (
+            "invalid endpoint permission",
+            "authz:\n  endpoints:\n    /apis/x:\n      get: {permissions: [models.read, Models_Read]}\n"
+                .to_string(),
+            vec![r#"authz.endpoints["/apis/x"].get.permissions[1]"#, "Models_Read"],
+        ),
+        (
+            "invalid role permission",
+            "authz:\n  roles:\n    Viewer: {permissions: [read-everything]}\n  endpoints:\n    /apis/x: {get: {permissions: []}}\n"
+                .to_string(),
+            vec!["authz.roles.Viewer.permissions[0]", "read-everything"],
+        ),
+        (
+            "invalid endpoint scope",
+            "authz:\n  endpoints:\n    /apis/x:\n      get: {permissions: [models.read], scopes: [models.read]}\n"
+                .to_string(),
+            vec![r#"authz.endpoints["/apis/x"].get.scopes[0]"#],
+        ),
+        (
+            "unknown key in a method entry",
+            "authz:\n  endpoints:\n    /apis/x:\n      get: {permissions: [models.read], owner: team-a}\n"
+                .to_string(),
+            vec![r#"authz.endpoints["/apis/x"].get.owner"#],
+        ),
+    ]
+}
+
+/// Parse-stage errors: the document path and the file are both named.
+#[test]
+fn policy_parse_errors_name_the_file_and_path() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "unknown key in a role",
+            "authz:\n  roles:\n    Viewer:\n      permisions: [models.read]\n",
+            &["authz.roles.Viewer", "permisions"],
+        ),
+        (
+            "unknown top-level key",
+            "authz:\n  endponts: {}\n",
+            &["endponts"],
+        ),
+        (
+            "invalid YAML",
+            "authz:\n  endpoints: {/a: [\n",
+            &["invalid YAML"],
+        ),
+    ];
+    for (_name, policy, needles) in cases {
+        let w = Workdir::new();
+        let config = w.with_policy(policy);
+        let out = run(&["validate", "--config", &config], &[]);
+        let policy_path = w.path("policy.yaml");
+        let mut all = needles.to_vec();
+        all.push(policy_path.to_str().unwrap());
+        assert_fails(&out, &all);
+    }
+}
+
+#[test]
+fn policy_errors_name_the_document_path() {
+    for (name, policy, needles) in bad_policies() {
+        let w = Workdir::new();
+        let out = run(&["validate", "--config", &w.with_policy(&policy)], &[]);
+        assert!(
+            !out.status.success(),
+            "{name}: expected failure\n{}",
+            describe(&out)
+        );
+        let stderr = text(&out.stderr);
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{name}: stderr should mention {needle:?}\n{}",
+                describe(&out)
+            );
+        }
+    }
+}
+
+/// Errors found when compiling the merged document must still say which file they came from.
+// BUG: src/sources.rs reports every compile-stage error (unknown role, includes cycle, bad
+// pattern, method key, permission/scope syntax, unknown method-entry key) as
+// `policy source (merged): ...`, so the operator is not told which file holds the mistake.
+// E.g. `policy.yaml` = `authz: {endpoints: {/apis/x: {GETT: {permissions: [models.read]}}}}`
+// gives `nmp-authz: policy source (merged): authz.endpoints["/apis/x"].GETT: unknown method key`.
+#[test]
+fn policy_compile_errors_name_the_file() {
+    let mut failures = Vec::new();
+    for (name, policy, _) in bad_policies() {
+        let w = Workdir::new();
+        let out = run(&["validate", "--config", &w.with_policy(&policy)], &[]);
+        let stderr = text(&out.stderr);
+        let file = w.path("policy.yaml");
+        if out.status.success() || !stderr.contains(file.to_str().unwrap()) {
+            failures.push(format!("{name}: {}", stderr.trim_end()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "policy errors that do not name policy.yaml:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// DESIGN §1: every subcommand exits non-zero with a one-line reason on bad input.
+// BUG: an invalid YAML policy file is reported with serde-saphyr's multi-line source snippet
+// (`--> <input>:2:19`, the offending lines, a caret): src/policy/document.rs parses with
+// `serde_saphyr::from_str` instead of options with `with_snippet: false` as src/config.rs does.
+// Input: policy.yaml = "authz:\n  endpoints: {/a: [\n".
+#[test]
+fn policy_errors_are_one_line() {
+    let mut cases: Vec<(String, String)> = bad_policies()
+        .into_iter()
+        .map(|(name, policy, _)| (name.to_string(), policy))
+        .collect();
+    cases.push((
+        "invalid YAML".into(),
+        "authz:\n  endpoints: {/a: [\n".into(),
+    ));
+    cases.push((
+        "unknown key".into(),
+        "authz:\n  roles:\n    Viewer:\n      permisions: [models.read]\n".into(),
+    ));
+    let mut failures = Vec::new();
+    for (name, policy) in cases {
+        let w = Workdir::new();
+        let out = run(&["validate", "--config", &w.with_policy(&policy)], &[]);
+        let stderr = text(&out.stderr);
+        if out.status.success() || stderr.trim_end().lines().count() != 1 {
+            failures.push(format!("{name}:\n{stderr}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "multi-line policy errors:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn missing_policy_file_is_named() {
+    let w = Workdir::new();
+    let config = w.config("policy:\n  sources:\n    - file: not-there.yaml\n");
+    let missing = w.path("not-there.yaml");
+    assert_fails_one_line(
+        &run(&["validate", "--config", &config], &[]),
+        &[missing.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn valid_policy_file_passes_and_extensions_are_accepted() {
+    let w = Workdir::new();
+    let config = w.with_policy(&fixture("policy.yaml"));
+    let out = run(&["validate", "--config", &config], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(stdout.contains("3 endpoint patterns"), "{stdout}");
+}
+
+#[test]
+fn relative_policy_paths_resolve_next_to_the_config_file() {
+    let w = Workdir::new();
+    w.write("etc/policies/main.yaml", &fixture("policy.yaml"));
+    w.write(
+        "etc/config.yaml",
+        "policy:\n  sources:\n    - file: policies/main.yaml\n",
+    );
+    // Started from elsewhere, with an absolute --config.
+    let out = nmp_authz()
+        .args(["validate", "--config"])
+        .arg(w.path("etc/config.yaml"))
+        .current_dir("/")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", describe(&out));
+    // Started from the tempdir, with a relative --config.
+    let out = nmp_authz()
+        .args(["validate", "--config", "etc/config.yaml"])
+        .current_dir(w.dir.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", describe(&out));
+    // The policy is not looked up in the working directory.
+    w.write("policies/main.yaml", &fixture("policy.yaml"));
+    w.write(
+        "other/config.yaml",
+        "policy:\n  sources:\n    - file: policies/main.yaml\n",
+    );
+    let out = nmp_authz()
+        .args(["validate", "--config", "other/config.yaml"])
+        .current_dir(w.dir.path())
+        .output()
+        .expect("run");
+    assert_fails(&out, &["other/policies/main.yaml"]);
+    // Absolute paths are used as given.
+    let absolute = w.path("etc/policies/main.yaml");
+    let config = w.config(&format!(
+        "policy:\n  sources:\n    - file: {}\n",
+        absolute.display()
+    ));
+    let out = run(&["validate", "--config", &config], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn validate_loads_nmp_static_document() {
+    if !Path::new(NMP_STATIC).exists() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "{NMP_STATIC} is required when CI=true"
+        );
+        eprintln!("SKIPPED: {NMP_STATIC} not found");
+        return;
+    }
+    let w = Workdir::new();
+    let config = w.config(&format!(
+        "auth:\n  admin_email: admin@example.com\npolicy:\n  sources:\n    - file: {NMP_STATIC}\n"
+    ));
+    let out = run(&["validate", "--config", &config], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("96 endpoint patterns"),
+        "{}",
+        describe(&out)
+    );
+}
+
+// --- serve ----------------------------------------------------------------------------------
+
+/// Removes terminal colour sequences (`ESC [ ... letter`) from a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A running `serve`: its stderr lines arrive on a channel from a reader thread, so the pipe
+/// never fills. Killed on drop if the test did not stop it.
+struct Server {
+    child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = nmp_authz()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nmp-authz serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    fn output(&self) -> String {
+        self.log.join("\n")
+    }
+
+    /// Waits (bounded) for the `listening grpc=ADDR http=ADDR` log line.
+    fn addresses(&mut self) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = parse_listening(&line);
+                    self.log.push(line);
+                    if let Some(addrs) = found {
+                        return addrs;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no `listening` log line within {PROCESS_DEADLINE:?}; stderr so far:\n{}",
+                    self.output()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait(PROCESS_DEADLINE);
+                    panic!(
+                        "server exited ({status:?}) before listening; stderr:\n{}",
+                        self.output()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit, collecting the rest of its stderr.
+    fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.log.push(line);
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Drain what the reader thread still holds.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.log.push(line);
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Poll interval while the process shuts down, not a fixed wait.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid} failed");
+        match self.wait(PROCESS_DEADLINE) {
+            Some(status) => status,
+            None => panic!(
+                "server did not exit within {PROCESS_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                self.output()
+            ),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `... listening grpc=127.0.0.1:1234 http=127.0.0.1:5678` → both addresses.
+fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|token| token.strip_prefix(name))
+            .and_then(|v| v.trim_matches('"').parse::<SocketAddr>().ok())
+    };
+    Some((field("grpc=")?, field("http=")?))
+}
+
+/// One HTTP/1.1 GET over a plain TCP stream: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect http");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let response = text(&response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const EPHEMERAL: [&str; 4] = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
+
+// BUG: src/server/mod.rs logs `listening` (and serves HTTP) before `shutdown_signal()` installs
+// the SIGTERM handler, so a SIGTERM that arrives in that window kills the process with the
+// default action (status "signal 15", no graceful shutdown). This test can therefore fail
+// intermittently; `sigterm_right_after_listening_exits_cleanly` reproduces it reliably.
+#[test]
+fn serve_end_to_end_with_config() {
+    let w = Workdir::new();
+    w.write("policy.yaml", &fixture("policy.yaml"));
+    let config = w.config(&fixture("config.yaml"));
+    let mut args = vec!["--config", config.as_str()];
+    args.extend(EPHEMERAL);
+    let mut server = Server::start(&args);
+    let (grpc, http) = server.addresses();
+    // The command line overrides server: from the file (which names port 1).
+    assert_ne!(grpc.port(), 1, "{}", server.output());
+    assert_ne!(http.port(), 1, "{}", server.output());
+    assert!(
+        !server.output().contains("DEVELOPMENT"),
+        "a config file is not development mode:\n{}",
+        server.output()
+    );
+
+    assert_eq!(http_get(http, "/health/live").0, 200);
+    let (status, body) = http_get(http, "/health/ready");
+    assert_eq!(status, 200, "{body}");
+    let (status, metrics) = http_get(http, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.lines().any(|l| l.trim() == "nmp_authz_ready 1"),
+        "{metrics}"
+    );
+    let (status, body) = http_get(http, "/no/such/path");
+    assert_eq!(status, 404, "{body}");
+    TcpStream::connect_timeout(&grpc, Duration::from_secs(10)).expect("gRPC port accepts");
+
+    let status = server.terminate();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status:?}\n{}",
+        server.output()
+    );
+}
+
+// BUG: intermittent for the same reason as `serve_end_to_end_with_config`.
+#[test]
+fn serve_quickstart_says_development() {
+    let mut server = Server::start(&EPHEMERAL);
+    let (_, http) = server.addresses();
+    assert!(
+        server.output().contains("DEVELOPMENT"),
+        "quickstart must say it is a development mode:\n{}",
+        server.output()
+    );
+    assert_eq!(http_get(http, "/health/ready").0, 200);
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.output());
+}
+
+/// Once `listening` is logged, SIGTERM must mean a graceful exit 0.
+// BUG: fails because the SIGTERM handler is installed only after the `listening` log line (see
+// `serve_end_to_end_with_config`). Reproduce: `nmp-authz serve --grpc-addr 127.0.0.1:0
+// --http-addr 127.0.0.1:0`, send SIGTERM as soon as stderr shows `listening`: most runs end
+// killed by signal 15 instead of exiting 0. Installing the handler before binding fixes it.
+#[test]
+fn sigterm_right_after_listening_exits_cleanly() {
+    let w = Workdir::new();
+    w.write("policy.yaml", &fixture("policy.yaml"));
+    let config = w.config(&fixture("config.yaml"));
+    let mut args = vec!["--config", config.as_str()];
+    args.extend(EPHEMERAL);
+    let mut failures = Vec::new();
+    for attempt in 1..=10 {
+        let mut server = Server::start(&args);
+        // A shell armed before the server is ready, so SIGTERM follows the log line at once.
+        let mut trigger = Command::new("sh")
+            .args([
+                "-c",
+                "read _ && kill -TERM \"$0\"",
+                &server.child.id().to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        server.addresses();
+        let mut stdin = trigger.stdin.take().expect("piped stdin");
+        stdin.write_all(b"go\n").expect("arm trigger");
+        drop(stdin);
+        assert!(trigger.wait().expect("wait sh").success(), "kill failed");
+        let status = server
+            .wait(PROCESS_DEADLINE)
+            .unwrap_or_else(|| panic!("server did not exit:\n{}", server.output()));
+        if !status.success() {
+            failures.push(format!(
+                "attempt {attempt}: {status:?}\n{}",
+                server.output()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "SIGTERM right after `listening` did not exit 0:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn serve_with_bad_policy_does_not_start() {
+    let w = Workdir::new();
+    let config = w.with_policy("authz:\n  roles:\n    A: {includes: [A]}\n");
+    let mut args = vec!["--config", config.as_str()];
+    args.extend(EPHEMERAL);
+    let mut server = Server::start(&args);
+    let status = server.wait(PROCESS_DEADLINE);
+    let output = server.output();
+    let status = status.unwrap_or_else(|| panic!("serve kept running:\n{output}"));
+    assert!(!status.success(), "{output}");
+    assert!(!output.contains("listening"), "{output}");
+    assert!(output.contains("includes cycle"), "{output}");
+
+    let w = Workdir::new();
+    let config = w.config("policy:\n  sources:\n    - file: missing.yaml\n");
+    let mut args = vec!["--config", config.as_str()];
+    args.extend(EPHEMERAL);
+    let mut server = Server::start(&args);
+    let status = server.wait(PROCESS_DEADLINE);
+    let output = server.output();
+    let status = status.unwrap_or_else(|| panic!("serve kept running:\n{output}"));
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("missing.yaml"), "{output}");
+}

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
 };
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::identity::{self, IdentityError};
@@ -39,9 +39,14 @@ pub async fn serve(
         .add_service(PolicyDecisionServer::new(PdpService(state)))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
+        // Small request/response exchanges: without TCP_NODELAY each one can wait on a
+        // delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            },
+        )
         .await?;
     Ok(())
 }

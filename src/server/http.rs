@@ -24,6 +24,7 @@ pub async fn serve(
             accepted = listener.accept() => accepted?,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();

@@ -1,0 +1,227 @@
+//! The project's PDP service (`nmp_authz.v1.PolicyDecision`) over loopback gRPC: NMP's
+//! `allow`, `has_permissions` and `has_role`, callable by `service:` principals only.
+
+mod common;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use nmp_authz::config::Config;
+use nmp_authz::pdp_proto::policy_decision_client::PolicyDecisionClient;
+use nmp_authz::pdp_proto::{AllowRequest, HasPermissionsRequest, HasRoleRequest, PrincipalInput};
+use nmp_authz::server::{State, grpc};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+/// An unsigned quickstart token, built here (test code) rather than by the server.
+fn unsigned_token(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 600});
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{claims}.")
+}
+
+struct Pdp {
+    client: PolicyDecisionClient<Channel>,
+    _stop: watch::Sender<bool>,
+}
+
+async fn start(auth_enabled: bool) -> Pdp {
+    let mut config = Config::default();
+    config.auth.enabled = auth_enabled;
+    config.auth.allow_unsigned_jwt = true;
+    let state = State::new(&config, Some(common::policy(common::DECISION_POLICY)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(grpc::serve(listener, Arc::new(state), stopped));
+    let client = PolicyDecisionClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    Pdp {
+        client,
+        _stop: stop,
+    }
+}
+
+fn as_caller<T>(message: T, caller: Option<&str>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(sub) = caller {
+        let value = format!("Bearer {}", unsigned_token(sub)).parse().unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+fn input(id: &str) -> Option<PrincipalInput> {
+    Some(PrincipalInput {
+        principal_id: Some(id.into()),
+        ..Default::default()
+    })
+}
+
+fn allow_request(id: &str, method: &str, path: &str) -> AllowRequest {
+    AllowRequest {
+        principal: input(id),
+        method: method.into(),
+        path: path.into(),
+        scopes: vec![],
+    }
+}
+
+const MODELS: &str = "/apis/models/v2/workspaces/ws1/models";
+
+#[tokio::test]
+async fn allow_answers_as_nmp() {
+    let mut pdp = start(true).await;
+    let caller = Some("service:evaluator");
+    let yes = pdp
+        .client
+        .allow(as_caller(allow_request("alice", "POST", MODELS), caller))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(yes.allowed);
+    assert_eq!(yes.headers["X-NMP-Authorized"], "true");
+
+    let no = pdp
+        .client
+        .allow(as_caller(allow_request("viv", "POST", MODELS), caller))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!no.allowed);
+    assert_eq!(no.headers["X-NMP-Authorized"], "false");
+
+    // Scopes narrow: Editor alice with a read-only platform scope cannot write.
+    let mut scoped = allow_request("alice", "POST", MODELS);
+    scoped.scopes = vec!["platform:read".into()];
+    let scoped = pdp
+        .client
+        .allow(as_caller(scoped, caller))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!scoped.allowed);
+}
+
+#[tokio::test]
+async fn has_permissions_and_has_role() {
+    let mut pdp = start(true).await;
+    let caller = Some("service:evaluator");
+    let perms = |id: &str, ws: &str, perms: &[&str]| HasPermissionsRequest {
+        principal: input(id),
+        workspace: ws.into(),
+        permissions: perms.iter().map(|p| p.to_string()).collect(),
+    };
+    let held = pdp
+        .client
+        .has_permissions(as_caller(
+            perms("alice", "ws1", &["models.read", "models.write"]),
+            caller,
+        ))
+        .await
+        .unwrap();
+    assert!(held.into_inner().allowed);
+    let not_held = pdp
+        .client
+        .has_permissions(as_caller(perms("alice", "ws1", &["models.delete"]), caller))
+        .await
+        .unwrap();
+    assert!(!not_held.into_inner().allowed);
+    let elsewhere = pdp
+        .client
+        .has_permissions(as_caller(perms("alice", "ws2", &["models.read"]), caller))
+        .await
+        .unwrap();
+    assert!(!elsewhere.into_inner().allowed);
+
+    let role = |id: &str, ws: &str, role: &str| HasRoleRequest {
+        principal: input(id),
+        workspace: ws.into(),
+        role: role.into(),
+    };
+    let editor = pdp
+        .client
+        .has_role(as_caller(role("alice", "ws1", "Editor"), caller))
+        .await
+        .unwrap();
+    assert!(editor.into_inner().has_role);
+    // Roles are bound, not inherited: Editor includes Viewer, but alice is not bound Viewer.
+    let viewer = pdp
+        .client
+        .has_role(as_caller(role("alice", "ws1", "Viewer"), caller))
+        .await
+        .unwrap();
+    assert!(!viewer.into_inner().has_role);
+    // A service id without bindings in a workspace holds ServiceSystem there.
+    let service = pdp
+        .client
+        .has_role(as_caller(
+            role("service:jobs", "ws7", "ServiceSystem"),
+            caller,
+        ))
+        .await
+        .unwrap();
+    assert!(service.into_inner().has_role);
+}
+
+#[tokio::test]
+async fn only_service_principals_may_call() {
+    let mut pdp = start(true).await;
+    let request = || allow_request("alice", "GET", MODELS);
+    let anonymous = pdp
+        .client
+        .allow(as_caller(request(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    let human = pdp
+        .client
+        .allow(as_caller(request(), Some("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(human.code(), tonic::Code::PermissionDenied);
+    let service = pdp
+        .client
+        .allow(as_caller(request(), Some("service:evaluator")))
+        .await;
+    assert!(service.is_ok());
+}
+
+#[tokio::test]
+async fn invalid_input_principal_is_rejected() {
+    let mut pdp = start(true).await;
+    let caller = Some("service:evaluator");
+    let bad = pdp
+        .client
+        .allow(as_caller(allow_request("bad id!", "GET", MODELS), caller))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut scoped = allow_request("alice", "GET", MODELS);
+    scoped.scopes = vec!["models.read".into()];
+    let bad_scope = pdp
+        .client
+        .allow(as_caller(scoped, caller))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_scope.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn with_auth_disabled_anyone_may_call() {
+    let mut pdp = start(false).await;
+    let answer = pdp
+        .client
+        .allow(as_caller(allow_request("alice", "GET", MODELS), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(answer.allowed);
+}

@@ -124,7 +124,9 @@ fn cases() -> Vec<Case> {
         c("no identity", "GET", "/apis/models/v2/workspaces/ws1/models/featured", ANON, DENY, NoIdentity),
         c("principal with nothing in it", "GET", "/apis/models/v2/workspaces/ws1/models/featured", no_id(), DENY, NoIdentity),
         c("empty id is dropped", "GET", "/apis/models/v2/workspaces/ws1/models/featured", who(""), DENY, NoIdentity),
-        c("binding by email (no id)", "GET", "/apis/models/v2/workspaces/ws1/models", no_id().email("bob@example.com"), ALLOW, WorkspacePermission),
+        // As in NMP, an email or groups without a principal id identify nobody.
+        c("binding by email, no id", "GET", "/apis/models/v2/workspaces/ws1/models", no_id().email("bob@example.com"), DENY, NoIdentity),
+        c("binding by email, empty id", "GET", "/apis/models/v2/workspaces/ws1/models", who("").email("bob@example.com"), ALLOW, WorkspacePermission),
         c("binding by email", "GET", "/apis/models/v2/workspaces/ws1/models", who("bob").email("bob@example.com"), ALLOW, WorkspacePermission),
         c("same caller without the email", "GET", "/apis/models/v2/workspaces/ws1/models", who("bob"), DENY, NotPermitted),
         c("binding by the second group", "POST", "/apis/models/v2/workspaces/ws1/models", who("carol").groups(&["other", "team-a"]), ALLOW, WorkspacePermission),
@@ -275,8 +277,8 @@ fn cases() -> Vec<Case> {
         c("secret access, human holder", "GET", ACCESS, who("sara"), DENY, SecretAccessNotService),
         c("secret access, admin", "GET", ACCESS, root(), DENY, SecretAccessNotService),
         c("secret access, service: email/group", "GET", ACCESS, eve(), DENY, SecretAccessNotService),
-        // A caller without an id is not a `service:` caller: the deny applies.
-        c("secret access, no id, email holder", "GET", ACCESS, no_id().email("sec@example.com"), DENY, SecretAccessNotService),
+        // An empty id is not a `service:` id: the deny applies to the email's holder.
+        c("secret access, empty id, email holder", "GET", ACCESS, who("").email("sec@example.com"), DENY, SecretAccessNotService),
         c("secret access, service", "GET", ACCESS, svc(), ALLOW, WorkspacePermission),
         c("secret metadata, human holder", "GET", "/apis/secrets/v2/workspaces/ws1/secrets/s1", who("sara"), ALLOW, WorkspacePermission),
 
@@ -310,8 +312,8 @@ fn cases() -> Vec<Case> {
         // ---- Deny: `callers: [service_principal]` for humans (PlatformAdmin exempt) ----
         c("service-only route, human holder", "POST", "/apis/internal/v2/workspaces/ws1/sync", alice(), DENY, ServiceOnlyRoute),
         c("service-only route, service: email/group", "POST", "/apis/internal/v2/workspaces/ws1/sync", eve(), DENY, ServiceOnlyRoute),
-        // As for secret access: a caller without an id is not a service.
-        c("service-only route, no id, group holder", "POST", "/apis/internal/v2/workspaces/ws1/sync", no_id().groups(&["team-a"]), DENY, ServiceOnlyRoute),
+        // As for secret access: an empty id is not a service.
+        c("service-only route, empty id, group holder", "POST", "/apis/internal/v2/workspaces/ws1/sync", who("").groups(&["team-a"]), DENY, ServiceOnlyRoute),
         c("service-only route, service", "POST", "/apis/internal/v2/workspaces/ws1/sync", svc(), ALLOW, WorkspacePermission),
         c("service-only route, admin", "POST", "/apis/internal/v2/workspaces/ws1/sync", root(), ALLOW, PlatformAdmin),
 

@@ -592,13 +592,24 @@ fn group_and_email_bindings() {
         "/apis/entities/v2/workspaces/ws3/members",
         NotPermitted,
     );
-    // An email alone (no id) is an applicable principal too.
+    // As in NMP, an email without a principal id identifies nobody...
     let email_only = Principal {
         email: Some("carol@example.com".into()),
         ..Principal::default()
     };
-    c.allow(
+    c.deny(
         &email_only,
+        "GET",
+        "/apis/models/v2/workspaces/ws3/models",
+        NoIdentity,
+    );
+    // ...while with an (empty) id present the email's bindings apply.
+    let email_with_empty_id = Principal {
+        id: Some(String::new()),
+        ..email_only
+    };
+    c.allow(
+        &email_with_empty_id,
         "GET",
         "/apis/models/v2/workspaces/ws3/models",
         WorkspacePermission,

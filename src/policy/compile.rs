@@ -160,8 +160,6 @@ pub(crate) struct CompiledMethod {
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub pattern: Box<str>,
-    /// Index into the request's `/`-split path of the workspace segment, if the pattern has one.
-    pub workspace_segment: Option<usize>,
     pub methods: [Option<CompiledMethod>; METHODS.len()],
 }
 
@@ -340,7 +338,6 @@ fn compile_endpoint(
     }
     let endpoint = Endpoint {
         pattern: pattern_text.into(),
-        workspace_segment: pattern.workspace_segment(),
         methods: compiled,
     };
     Ok((endpoint, pattern))

@@ -155,13 +155,11 @@ impl CompiledPolicy {
         path: &str,
     ) -> Decision<'p> {
         let base_path = path.split('?').next().unwrap_or_default();
-        let endpoint = self
-            .matcher
-            .best_match(base_path)
-            .map(|i| &self.endpoints[i]);
+        let found = self.matcher.best_match(base_path);
+        let endpoint = found.map(|m| &self.endpoints[m.pattern]);
         let entry = endpoint.and_then(|e| method_slot(method).and_then(|m| e.methods[m].as_ref()));
-        let workspace = endpoint
-            .and_then(|e| e.workspace_segment)
+        let workspace = found
+            .and_then(|m| m.workspace_segment)
             .and_then(|i| base_path.split('/').nth(i));
         let facts = Facts {
             method,
@@ -453,8 +451,12 @@ impl CompiledPolicy {
     }
 }
 
-/// Principal id, email and each group, empty strings dropped.
+/// Principal id, email and each group, empty strings dropped. As in NMP, a principal without
+/// an id has none: an email or groups alone identify nobody.
 fn applicable_principals(p: &Principal) -> Vec<&str> {
+    if p.id.is_none() {
+        return Vec::new();
+    }
     let mut all: Vec<&str> =
         p.id.iter()
             .chain(p.email.iter())

@@ -19,6 +19,17 @@ pub struct Pattern {
     tail: bool,
     placeholders: usize,
     literals: usize,
+    /// Path segment index of a `{workspace}` / `{workspace_id}` placeholder.
+    named_workspace: Option<usize>,
+    /// Path segment index of a placeholder right after a `workspaces` segment.
+    after_workspaces: Option<usize>,
+}
+
+/// The endpoint a path matched and where in the path its workspace is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    pub pattern: usize,
+    pub workspace_segment: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +87,13 @@ impl Pattern {
         let tail = dash.is_some_and(|i| {
             i + 2 == segments.len() && matches!(segments[i + 1], Segment::Placeholder(_))
         });
+        let named_workspace = segments.iter().position(
+            |s| matches!(s, Segment::Placeholder(n) if &**n == "workspace" || &**n == "workspace_id"),
+        );
+        let after_workspaces = (2..segments.len()).find(|&i| {
+            matches!(&segments[i], Segment::Placeholder(_))
+                && segments[i - 1] == Segment::Literal("workspaces".into())
+        });
         if tail {
             segments.truncate(dash.unwrap_or_default());
         }
@@ -85,31 +103,9 @@ impl Pattern {
             tail,
             placeholders,
             literals,
+            named_workspace,
+            after_workspaces,
         })
-    }
-
-    /// Index (into the `/`-split request path) of the workspace: the `{workspace}` or
-    /// `{workspace_id}` placeholder, else the placeholder right after a `workspaces` segment.
-    pub fn workspace_segment(&self) -> Option<usize> {
-        let all = self.all_segments();
-        all.iter()
-            .position(|s| matches!(s, Segment::Placeholder(n) if &**n == "workspace" || &**n == "workspace_id"))
-            .or_else(|| {
-                (2..all.len()).find(|&i| {
-                    matches!(&all[i], Segment::Placeholder(_))
-                        && all[i - 1] == Segment::Literal("workspaces".into())
-                })
-            })
-    }
-
-    /// All segments, including a tail's `-` and `{rest}`.
-    fn all_segments(&self) -> Vec<Segment> {
-        let mut all = self.segments.clone();
-        if self.tail {
-            all.push(Segment::Literal("-".into()));
-            all.push(Segment::Placeholder("rest".into()));
-        }
-        all
     }
 
     pub fn text(&self) -> &str {
@@ -167,16 +163,37 @@ impl Matcher {
         Self { root, patterns }
     }
 
-    /// The winning pattern for a path (query already removed), if any pattern matches.
-    pub fn best_match(&self, path: &str) -> Option<usize> {
-        let mut best: Option<usize> = None;
+    /// The winning pattern for a path (query already removed), if any pattern matches, and
+    /// the path segment holding the workspace. As in NMP, the workspace may come from another
+    /// matching pattern: a `{workspace}`/`{workspace_id}` placeholder in any match counts
+    /// before a placeholder after a `workspaces` segment (the winner's first in each case).
+    pub fn best_match(&self, path: &str) -> Option<Match> {
+        let better = |candidate: usize, current: Option<usize>| {
+            current.is_none_or(|c| self.patterns[candidate].rank() < self.patterns[c].rank())
+        };
+        let (mut best, mut best_named, mut best_after) = (None, None, None);
         self.walk(&self.root, Some(path), &mut |id| {
-            let better = best.is_none_or(|b| self.patterns[id].rank() < self.patterns[b].rank());
-            if better {
+            let pattern = &self.patterns[id];
+            if better(id, best) {
                 best = Some(id);
             }
+            if pattern.named_workspace.is_some() && better(id, best_named) {
+                best_named = Some(id);
+            }
+            if pattern.after_workspaces.is_some() && better(id, best_after) {
+                best_after = Some(id);
+            }
         });
-        best
+        let winner = &self.patterns[best?];
+        let workspace_segment = winner
+            .named_workspace
+            .or_else(|| best_named.and_then(|id| self.patterns[id].named_workspace))
+            .or(winner.after_workspaces)
+            .or_else(|| best_after.and_then(|id| self.patterns[id].after_workspaces));
+        Some(Match {
+            pattern: best?,
+            workspace_segment,
+        })
     }
 
     /// Every pattern matching `path`, for explanations and tests.
@@ -226,7 +243,12 @@ mod tests {
     }
 
     fn best<'m>(m: &'m Matcher, path: &str) -> Option<&'m str> {
-        m.best_match(path).map(|i| m.patterns[i].text())
+        m.best_match(path)
+            .map(|found| m.patterns[found.pattern].text())
+    }
+
+    fn workspace(m: &Matcher, path: &str) -> Option<usize> {
+        m.best_match(path).and_then(|found| found.workspace_segment)
     }
 
     #[test]
@@ -292,18 +314,31 @@ mod tests {
 
     #[test]
     fn workspace_segment_prefers_named_placeholder() {
-        let p = Pattern::parse("/apis/x/v2/workspaces/{workspace}/models").unwrap();
-        assert_eq!(p.workspace_segment(), Some(5));
-        let p = Pattern::parse("/apis/entities/v2/workspaces/{name}").unwrap();
-        assert_eq!(p.workspace_segment(), Some(5));
-        let p = Pattern::parse("/t/{workspace_id}/workspaces/{w}").unwrap();
-        assert_eq!(p.workspace_segment(), Some(2));
+        let m = matcher(&[
+            "/apis/x/v2/workspaces/{workspace}/models",
+            "/apis/entities/v2/workspaces/{name}",
+            "/t/{workspace_id}/workspaces/{w}",
+            "/apis/entities/v2/workspaces",
+        ]);
+        assert_eq!(workspace(&m, "/apis/x/v2/workspaces/a/models"), Some(5));
+        assert_eq!(workspace(&m, "/apis/entities/v2/workspaces/a"), Some(5));
+        assert_eq!(workspace(&m, "/t/a/workspaces/b"), Some(2));
+        assert_eq!(workspace(&m, "/apis/entities/v2/workspaces"), None);
+    }
+
+    #[test]
+    fn workspace_may_come_from_a_matching_pattern_that_did_not_win() {
+        // The literal pattern wins the match, but NMP takes the workspace from any match.
+        let m = matcher(&["/p/workspaces/special", "/p/workspaces/{workspace}"]);
         assert_eq!(
-            Pattern::parse("/apis/entities/v2/workspaces")
-                .unwrap()
-                .workspace_segment(),
-            None
+            best(&m, "/p/workspaces/special"),
+            Some("/p/workspaces/special")
         );
+        assert_eq!(workspace(&m, "/p/workspaces/special"), Some(3));
+        // A named placeholder in a losing match beats an after-`workspaces` one in the winner.
+        let m = matcher(&["/q/workspaces/{id}/{workspace}", "/q/workspaces/{id}/x"]);
+        assert_eq!(best(&m, "/q/workspaces/a/x"), Some("/q/workspaces/{id}/x"));
+        assert_eq!(workspace(&m, "/q/workspaces/a/x"), Some(4));
     }
 
     #[test]

@@ -56,10 +56,12 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, revision: Option<&str>, ready: bool) -> String {
         let mut out = String::new();
-        out.push_str(
-            "# HELP nmp_authz_decisions_total Check decisions by HTTP status and reason.\n",
+        header(
+            &mut out,
+            "nmp_authz_decisions_total",
+            "counter",
+            "Check decisions by HTTP status and reason.",
         );
-        out.push_str("# TYPE nmp_authz_decisions_total counter\n");
         let mut reasons: Vec<_> = self.decisions.iter().collect();
         reasons.sort_by_key(|(r, _)| **r);
         for (reason, counters) in reasons {
@@ -74,42 +76,44 @@ impl Metrics {
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP nmp_authz_policy_loads_total Successful policy loads."
+        let loads = self.policy_loads.load(Relaxed);
+        header(
+            &mut out,
+            "nmp_authz_policy_loads_total",
+            "counter",
+            "Successful policy loads.",
         );
-        let _ = writeln!(out, "# TYPE nmp_authz_policy_loads_total counter");
-        let _ = writeln!(
-            out,
-            "nmp_authz_policy_loads_total {}",
-            self.policy_loads.load(Relaxed)
+        let _ = writeln!(out, "nmp_authz_policy_loads_total {loads}");
+        let failures = self.policy_load_failures.load(Relaxed);
+        header(
+            &mut out,
+            "nmp_authz_policy_load_failures_total",
+            "counter",
+            "Failed policy loads.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP nmp_authz_policy_load_failures_total Failed policy loads."
+        let _ = writeln!(out, "nmp_authz_policy_load_failures_total {failures}");
+        header(
+            &mut out,
+            "nmp_authz_policy_info",
+            "gauge",
+            "The policy revision in use.",
         );
-        let _ = writeln!(out, "# TYPE nmp_authz_policy_load_failures_total counter");
-        let _ = writeln!(
-            out,
-            "nmp_authz_policy_load_failures_total {}",
-            self.policy_load_failures.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP nmp_authz_policy_info The policy revision in use."
-        );
-        let _ = writeln!(out, "# TYPE nmp_authz_policy_info gauge");
         if let Some(revision) = revision {
             let _ = writeln!(out, "nmp_authz_policy_info{{revision=\"{revision}\"}} 1");
         }
-        let _ = writeln!(
-            out,
-            "# HELP nmp_authz_ready 1 when the server has valid policy data."
+        header(
+            &mut out,
+            "nmp_authz_ready",
+            "gauge",
+            "1 when the server has valid policy data.",
         );
-        let _ = writeln!(out, "# TYPE nmp_authz_ready gauge");
         let _ = writeln!(out, "nmp_authz_ready {}", u8::from(ready));
         out
     }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
@@ -123,5 +127,30 @@ pub fn init_logging() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_counted_by_result_status_and_reason() {
+        let metrics = Metrics::default();
+        metrics.record_check(403, "not_permitted");
+        metrics.record_check(403, "not_permitted");
+        metrics.record_check(200, "workspace_permission");
+        metrics.record_check(401, "invalid_identity");
+        let text = metrics.render(Some("abc"), true);
+        assert!(text.contains(
+            "nmp_authz_decisions_total{result=\"deny\",status=\"403\",reason=\"not_permitted\"} 2\n"
+        ));
+        assert!(text.contains(
+            "nmp_authz_decisions_total{result=\"allow\",status=\"200\",reason=\"workspace_permission\"} 1\n"
+        ));
+        assert!(text.contains("reason=\"invalid_identity\"} 1\n"));
+        assert!(text.contains("nmp_authz_policy_info{revision=\"abc\"} 1\n"));
+        assert!(text.contains("nmp_authz_ready 1\n"));
+        assert!(!text.contains("status=\"503\""), "no zero-valued series");
     }
 }

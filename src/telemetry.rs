@@ -1,8 +1,9 @@
 //! Logs and metrics. Counters are plain atomics in a map fixed at start-up, so recording a
 //! decision takes no lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::policy::Reason;
@@ -24,6 +25,8 @@ pub struct Metrics {
     decisions: HashMap<&'static str, [AtomicU64; STATUSES.len()]>,
     policy_loads: AtomicU64,
     policy_load_failures: AtomicU64,
+    /// (issuer, succeeded) -> count. Fetches are rare: a lock is fine here.
+    jwks_fetches: Mutex<BTreeMap<(String, bool), u64>>,
 }
 
 impl Default for Metrics {
@@ -33,6 +36,7 @@ impl Default for Metrics {
             decisions: reasons.map(|r| (r, Default::default())).collect(),
             policy_loads: AtomicU64::new(1),
             policy_load_failures: AtomicU64::new(0),
+            jwks_fetches: Mutex::default(),
         }
     }
 }
@@ -43,6 +47,11 @@ impl Metrics {
         if let (Some(counters), Some(slot)) = (self.decisions.get(reason), slot) {
             counters[slot].fetch_add(1, Relaxed);
         }
+    }
+
+    pub fn jwks_fetched(&self, issuer: &str, ok: bool) {
+        let mut fetches = self.jwks_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        *fetches.entry((issuer.to_string(), ok)).or_default() += 1;
     }
 
     pub fn policy_loaded(&self) {
@@ -101,6 +110,22 @@ impl Metrics {
         if let Some(revision) = revision {
             let _ = writeln!(out, "nmp_authz_policy_info{{revision=\"{revision}\"}} 1");
         }
+        header(
+            &mut out,
+            "nmp_authz_jwks_fetches_total",
+            "counter",
+            "Signing key fetches by issuer and result.",
+        );
+        let fetches = self.jwks_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        for ((issuer, ok), n) in fetches.iter() {
+            let result = if *ok { "success" } else { "failure" };
+            let issuer = issuer.replace(['"', '\\', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "nmp_authz_jwks_fetches_total{{issuer=\"{issuer}\",result=\"{result}\"}} {n}"
+            );
+        }
+        drop(fetches);
         header(
             &mut out,
             "nmp_authz_ready",

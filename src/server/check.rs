@@ -32,8 +32,8 @@ pub struct Outcome {
     pub reason: &'static str,
 }
 
-/// Decides one Check request. `now_unix` is the only clock input (token expiry).
-pub fn check(state: &State, request: &CheckRequest, now_unix: u64) -> (CheckResponse, Outcome) {
+/// Decides one Check request.
+pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Outcome) {
     let attributes = request.attributes.as_ref();
     let Some(http) = attributes
         .and_then(|a| a.request.as_ref())
@@ -56,7 +56,7 @@ pub fn check(state: &State, request: &CheckRequest, now_unix: u64) -> (CheckResp
         .collect();
     let metadata = attributes.and_then(identity::jwt_authn_metadata);
 
-    let identity = identity::identify(&state.identity, &headers, metadata, now_unix);
+    let identity = state.identify(&headers, metadata).await;
     if !state.auth_enabled {
         // Authorization is off: everything is allowed; a caller we can name is still named.
         let principal = identity.ok().flatten().map(|i| i.principal);
@@ -72,11 +72,12 @@ pub fn check(state: &State, request: &CheckRequest, now_unix: u64) -> (CheckResp
     };
     let principal = match identity {
         Ok(found) => found.map(|i| i.principal),
-        Err(IdentityError::Unauthenticated { detail }) => {
-            return deny(401, "invalid_identity", &detail, Some(&detail));
-        }
         Err(IdentityError::InvalidPrincipal { detail }) => {
             return deny(400, "invalid_principal", &detail, None);
+        }
+        Err(rejected) => {
+            let detail = rejected.detail();
+            return deny(401, "invalid_identity", detail, Some(detail));
         }
     };
     let decision = policy.allow(principal.as_ref(), &http.method, &http.path);

@@ -20,7 +20,7 @@ use crate::pdp_proto::{
 };
 use crate::policy::{CompiledPolicy, Principal};
 
-use super::{State, check, now_unix};
+use super::{State, check};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -60,7 +60,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (response, outcome) = check::check(&self.0, request.get_ref(), now_unix());
+        let (response, outcome) = check::check(&self.0, request.get_ref()).await;
         self.0.metrics.record_check(outcome.status, outcome.reason);
         tracing::debug!(status = outcome.status, reason = outcome.reason, "check");
         Ok(Response::new(response))
@@ -73,7 +73,7 @@ impl Authorization for AuthzService {
 pub struct PdpService(pub Arc<State>);
 
 impl PdpService {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
         let policy = self
             .0
             .policy
@@ -89,16 +89,16 @@ impl PdpService {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        match identity::identify(&self.0.identity, &headers, None, now_unix()) {
+        match self.0.identify(&headers, None).await {
             Ok(Some(caller)) if caller.principal.is_service() => Ok(policy),
             Ok(Some(_)) => Err(Status::permission_denied(
                 "The PDP API is for service principals only",
             )),
             Ok(None) => Err(Status::unauthenticated("Not authenticated")),
-            Err(IdentityError::Unauthenticated { detail }) => Err(Status::unauthenticated(detail)),
             Err(IdentityError::InvalidPrincipal { detail }) => {
                 Err(Status::invalid_argument(detail))
             }
+            Err(rejected) => Err(Status::unauthenticated(rejected.detail())),
         }
     }
 }
@@ -126,7 +126,7 @@ impl PolicyDecision for PdpService {
         &self,
         request: Request<AllowRequest>,
     ) -> Result<Response<AllowResponse>, Status> {
-        let policy = self.authorize(&request)?;
+        let policy = self.authorize(&request).await?;
         let input = request.into_inner();
         let principal = principal_input(input.principal, input.scopes)?;
         let allowed = policy
@@ -142,7 +142,7 @@ impl PolicyDecision for PdpService {
         &self,
         request: Request<HasPermissionsRequest>,
     ) -> Result<Response<HasPermissionsResponse>, Status> {
-        let policy = self.authorize(&request)?;
+        let policy = self.authorize(&request).await?;
         let input = request.into_inner();
         let principal = principal_input(input.principal, Vec::new())?;
         Ok(Response::new(HasPermissionsResponse {
@@ -154,7 +154,7 @@ impl PolicyDecision for PdpService {
         &self,
         request: Request<HasRoleRequest>,
     ) -> Result<Response<HasRoleResponse>, Status> {
-        let policy = self.authorize(&request)?;
+        let policy = self.authorize(&request).await?;
         let input = request.into_inner();
         let principal = principal_input(input.principal, Vec::new())?;
         Ok(Response::new(HasRoleResponse {

@@ -1,4 +1,4 @@
-//! HTTP: liveness, readiness and Prometheus metrics.
+//! HTTP: liveness, readiness, Prometheus metrics and the auth discovery document.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match req.uri().path() {
         "/health/live" | "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/apis/auth/discovery" => json(StatusCode::OK, state.discovery.clone()),
         "/health/ready" | "/readyz" => {
             if state.ready() {
                 json(StatusCode::OK, r#"{"status":"ready"}"#.into())

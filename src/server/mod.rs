@@ -12,10 +12,20 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::identity::IdentitySettings;
+use std::collections::HashMap;
+
+use envoy_types::pb::google::protobuf::Struct;
+
+use crate::identity::jwks::KeyFetcher;
+use crate::identity::signed::{IssuerKeys, TokenVerifier};
+use crate::identity::{self, Identity, IdentityError, IdentitySettings};
 use crate::policy::CompiledPolicy;
 use crate::sources;
 use crate::telemetry::Metrics;
+
+/// How long a request waits for an issuer's keys to be refetched when its token names a key
+/// they lack (a rotation). Envoy's ext_authz timeout must be longer (the companion config's is).
+const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(1);
 
 /// What every request handler shares. The policy is swapped whole; readers never wait.
 #[derive(Debug)]
@@ -23,12 +33,48 @@ pub struct State {
     pub policy: ArcSwapOption<CompiledPolicy>,
     pub auth_enabled: bool,
     pub identity: IdentitySettings,
-    pub metrics: Metrics,
+    /// Trusted issuers' keys and the verified-token cache.
+    pub keys: Arc<KeyFetcher>,
+    pub metrics: Arc<Metrics>,
+    /// The `GET /apis/auth/discovery` body.
+    pub discovery: String,
 }
 
 impl State {
     pub fn new(config: &Config, policy: Option<CompiledPolicy>) -> Self {
         let oidc = &config.auth.oidc;
+        let metrics = Arc::new(Metrics::default());
+        let verifier = if oidc.enabled {
+            let primary = oidc
+                .issuer
+                .iter()
+                .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), oidc.jwks_uri.clone())));
+            let additional = oidc
+                .additional_issuers
+                .iter()
+                .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), None)));
+            TokenVerifier::new(
+                primary.chain(additional).collect(),
+                oidc.audience.clone(),
+                oidc.leeway_seconds,
+            )
+        } else {
+            TokenVerifier::none()
+        };
+        let keys = KeyFetcher::new(
+            Arc::new(verifier),
+            Duration::from_secs(oidc.discovery_cache_ttl),
+            metrics.clone(),
+        );
+        let discovery = serde_json::json!({
+            "auth_enabled": config.auth.enabled,
+            "oidc": oidc.enabled.then(|| serde_json::json!({
+                "issuer": oidc.issuer,
+                "client_id": oidc.client_id,
+                "audience": oidc.audience,
+                "additional_issuers": oidc.additional_issuers,
+            })),
+        });
         Self {
             policy: ArcSwapOption::from(policy.map(Arc::new)),
             auth_enabled: config.auth.enabled,
@@ -43,7 +89,34 @@ impl State {
                 scope_prefix: oidc.scope_prefix.clone(),
                 leeway_seconds: oidc.leeway_seconds,
             },
-            metrics: Metrics::default(),
+            keys: Arc::new(keys),
+            metrics,
+            discovery: discovery.to_string(),
+        }
+    }
+
+    /// Who is calling. A token signed with a key its issuer does not publish yet triggers
+    /// one (rate-limited, shared) refetch of that issuer's keys before it is refused.
+    pub async fn identify(
+        &self,
+        headers: &HashMap<String, String>,
+        metadata: Option<&Struct>,
+    ) -> Result<Option<Identity>, IdentityError> {
+        let verifier = self.keys.verifier();
+        match identity::identify(&self.identity, verifier, headers, metadata, now_unix()) {
+            Err(IdentityError::UnknownSigningKey { issuer }) => {
+                let refreshed = tokio::time::timeout(
+                    UNKNOWN_KEY_WAIT,
+                    self.keys.refetch_for_unknown_key(&issuer),
+                )
+                .await
+                .unwrap_or(false);
+                if !refreshed {
+                    return Err(IdentityError::UnknownSigningKey { issuer });
+                }
+                identity::identify(&self.identity, verifier, headers, metadata, now_unix())
+            }
+            other => other,
         }
     }
 
@@ -94,6 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown_rx.clone(),
     ));
+    let keys = tokio::spawn(state.keys.clone().run(shutdown_rx.clone()));
     let grpc = tokio::spawn(grpc::serve(
         grpc_listener,
         state.clone(),
@@ -107,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     grpc.await??;
     http.await??;
     reload.abort();
+    keys.abort();
     Ok(())
 }
 

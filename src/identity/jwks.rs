@@ -1,0 +1,246 @@
+//! Fetching issuers' signing keys: `jwks_uri`, or the one named by the issuer's OpenID
+//! discovery document, over HTTP(S) (rustls, the system's roots). Keys are refreshed every
+//! `discovery_cache_ttl`; a token with an unknown `kid` triggers at most one refetch per issuer
+//! at a time and at most one per [`REFETCH_INTERVAL`]. While a provider is unreachable the
+//! keys already fetched keep working; failures are logged and counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::JwkSet;
+use serde_json::Value as Json;
+use tokio::sync::{Mutex, watch};
+
+use super::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use crate::telemetry::Metrics;
+
+/// A token signed with an unknown key refetches an issuer's keys at most this often.
+pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Bound on one discovery or JWKS request, connection included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a discovery document or JWKS body.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// After a failed scheduled refresh, try again this soon (never later than the cache TTL).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
+
+/// The time and outcome of an issuer's last fetch.
+#[derive(Debug, Clone, Copy)]
+struct LastFetch {
+    at: Instant,
+    ok: bool,
+}
+
+/// Keeps every trusted issuer's keys fresh.
+pub struct KeyFetcher {
+    verifier: Arc<TokenVerifier>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// One lock per issuer: holding it is being the one fetch in flight.
+    last_fetch: HashMap<String, Arc<Mutex<Option<LastFetch>>>>,
+    cache_ttl: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for KeyFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFetcher")
+            .field("verifier", &self.verifier)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: {reason}")]
+    Http { url: String, reason: String },
+    #[error("{url}: {reason}")]
+    Document { url: String, reason: String },
+}
+
+impl KeyFetcher {
+    pub fn new(verifier: Arc<TokenVerifier>, cache_ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
+            .map(|b| b.https_or_http().enable_http1().build())
+            .unwrap_or_else(|e| {
+                // No usable system roots: https fetches will fail (and be counted); http works.
+                tracing::error!(error = %e, "no TLS root certificates found");
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(
+                        rustls::ClientConfig::builder_with_provider(Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default protocol versions")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                    )
+                    .https_or_http()
+                    .enable_http1()
+                    .build()
+            });
+        let last_fetch = verifier
+            .issuers()
+            .map(|i| (i.issuer.clone(), Arc::default()))
+            .collect();
+        Self {
+            verifier,
+            client: Client::builder(TokioExecutor::new()).build(https),
+            last_fetch,
+            cache_ttl,
+            metrics,
+        }
+    }
+
+    pub fn verifier(&self) -> &Arc<TokenVerifier> {
+        &self.verifier
+    }
+
+    /// Fetches every issuer's keys now, then keeps them fresh until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let issuers: Vec<String> = self.last_fetch.keys().cloned().collect();
+        for issuer in issuers {
+            let fetcher = self.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let ok = fetcher.fetch_serialized(&issuer, None).await;
+                    let wait = if ok {
+                        fetcher.cache_ttl
+                    } else {
+                        RETRY_AFTER_FAILURE.min(fetcher.cache_ttl)
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                }
+            });
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    }
+
+    /// Called when a token names a key `issuer` does not publish: refetches unless a fetch
+    /// ran within [`REFETCH_INTERVAL`], joining one already in flight. True when the issuer's
+    /// keys are fresh from a successful fetch, so the token is worth checking again.
+    pub async fn refetch_for_unknown_key(self: &Arc<Self>, issuer: &str) -> bool {
+        let fetcher = self.clone();
+        let issuer = issuer.to_string();
+        // The fetch runs in its own task, so a caller that stops waiting cannot cancel it
+        // halfway for the callers behind it.
+        let task = tokio::spawn(async move {
+            fetcher
+                .fetch_serialized(&issuer, Some(REFETCH_INTERVAL))
+                .await
+        });
+        task.await.unwrap_or(false)
+    }
+
+    /// Fetches `issuer`'s keys unless one fetch is in flight (then waits for it) or, with
+    /// `min_interval`, one ran that recently (then reports how it went).
+    async fn fetch_serialized(&self, issuer: &str, min_interval: Option<Duration>) -> bool {
+        let (Some(lock), Some(keys)) = (self.last_fetch.get(issuer), self.verifier.issuer(issuer))
+        else {
+            return false;
+        };
+        let mut last = lock.lock().await;
+        if let (Some(min), Some(prev)) = (min_interval, *last)
+            && prev.at.elapsed() < min
+        {
+            return prev.ok;
+        }
+        let result = self.fetch(keys).await;
+        let ok = result.is_ok();
+        *last = Some(LastFetch {
+            at: Instant::now(),
+            ok,
+        });
+        self.metrics.jwks_fetched(issuer, ok);
+        match result {
+            Ok(count) => tracing::info!(issuer, keys = count, "signing keys fetched"),
+            Err(e) => {
+                tracing::warn!(issuer, error = %e, "signing keys fetch failed; keeping the keys already fetched")
+            }
+        }
+        ok
+    }
+
+    async fn fetch(&self, issuer: &IssuerKeys) -> Result<usize, FetchError> {
+        let jwks_uri = match &issuer.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => self.discover_jwks_uri(&issuer.issuer).await?,
+        };
+        let set: JwkSet = serde_json::from_slice(&self.get(&jwks_uri).await?).map_err(|e| {
+            FetchError::Document {
+                url: jwks_uri.clone(),
+                reason: format!("not a JWKS: {e}"),
+            }
+        })?;
+        let keys = usable_keys(&set);
+        let count = keys.len();
+        if issuer.replace(keys) {
+            // A key was withdrawn: tokens it signed must not live on in the cache.
+            self.verifier.forget_verified();
+        }
+        Ok(count)
+    }
+
+    async fn discover_jwks_uri(&self, issuer: &str) -> Result<String, FetchError> {
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let body = self.get(&url).await?;
+        let document: Json = serde_json::from_slice(&body).map_err(|e| FetchError::Document {
+            url: url.clone(),
+            reason: format!("not JSON: {e}"),
+        })?;
+        // OpenID Connect Discovery: the document must name the issuer it was fetched for.
+        if document.get("issuer").and_then(Json::as_str) != Some(issuer) {
+            return Err(FetchError::Document {
+                url,
+                reason: format!("its issuer is not {issuer:?}"),
+            });
+        }
+        document
+            .get("jwks_uri")
+            .and_then(Json::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| FetchError::Document {
+                url,
+                reason: "no jwks_uri".into(),
+            })
+    }
+
+    async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
+        let failed = |reason: String| FetchError::Http {
+            url: url.to_string(),
+            reason,
+        };
+        let uri: hyper::Uri = url.parse().map_err(|e| failed(format!("bad URL: {e}")))?;
+        let request = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(failed(format!("HTTP {}", response.status())));
+            }
+            Limited::new(response.into_body(), MAX_BODY_BYTES)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .map_err(|e| failed(format!("reading the body: {e}")))
+        };
+        tokio::time::timeout(FETCH_TIMEOUT, request)
+            .await
+            .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
+    }
+}

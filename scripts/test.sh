@@ -13,6 +13,16 @@ need() {
 need cargo "install Rust with rustup"
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
+# The OIDC tests get their tokens from a real OpenID provider (tests/oidc: the oidc-provider npm
+# package, run with node). Without node and npm they cannot run, so this fails with or without CI.
+need node "install Node.js 20 or later: the OIDC tests run a real OpenID provider with it"
+need npm "it comes with Node.js and installs tests/oidc's packages"
+if [ ! -f tests/oidc/node_modules/.package-lock.json ] ||
+    [ tests/oidc/node_modules/.package-lock.json -ot tests/oidc/package-lock.json ]; then
+    echo "== npm ci (tests/oidc)"
+    npm ci --prefix tests/oidc --no-audit --no-fund
+fi
+
 # NMP's own catalog is read from ../shared by the compatibility tests; it is never copied here.
 if [ ! -f ../shared/nmp/static-authz.yaml ]; then
     if [ "${CI:-}" = "true" ]; then

@@ -324,3 +324,4 @@ pub fn expect_principal_headers(
     }
     Ok(())
 }
+pub mod oidc;

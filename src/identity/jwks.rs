@@ -30,11 +30,13 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// After a failed scheduled refresh, try again this soon (never later than the cache TTL).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
 
-/// The time and outcome of an issuer's last fetch.
-#[derive(Debug, Clone, Copy)]
-struct LastFetch {
-    at: Instant,
-    ok: bool,
+/// An issuer's fetch history.
+#[derive(Debug, Clone, Copy, Default)]
+struct FetchLog {
+    /// When the last fetch (of any kind) finished, and whether it succeeded.
+    last: Option<(Instant, bool)>,
+    /// When an unknown `kid` last caused a fetch.
+    last_for_unknown_key: Option<Instant>,
 }
 
 /// Keeps every trusted issuer's keys fresh.
@@ -42,7 +44,7 @@ pub struct KeyFetcher {
     verifier: Arc<TokenVerifier>,
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     /// One lock per issuer: holding it is being the one fetch in flight.
-    last_fetch: HashMap<String, Arc<Mutex<Option<LastFetch>>>>,
+    fetch_log: HashMap<String, Arc<Mutex<FetchLog>>>,
     cache_ttl: Duration,
     metrics: Arc<Metrics>,
 }
@@ -85,14 +87,14 @@ impl KeyFetcher {
                     .enable_http1()
                     .build()
             });
-        let last_fetch = verifier
+        let fetch_log = verifier
             .issuers()
             .map(|i| (i.issuer.clone(), Arc::default()))
             .collect();
         Self {
             verifier,
             client: Client::builder(TokioExecutor::new()).build(https),
-            last_fetch,
+            fetch_log,
             cache_ttl,
             metrics,
         }
@@ -104,13 +106,13 @@ impl KeyFetcher {
 
     /// Fetches every issuer's keys now, then keeps them fresh until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let issuers: Vec<String> = self.last_fetch.keys().cloned().collect();
+        let issuers: Vec<String> = self.fetch_log.keys().cloned().collect();
         for issuer in issuers {
             let fetcher = self.clone();
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 loop {
-                    let ok = fetcher.fetch_serialized(&issuer, None).await;
+                    let ok = fetcher.fetch_serialized(&issuer, false).await;
                     let wait = if ok {
                         fetcher.cache_ttl
                     } else {
@@ -134,33 +136,36 @@ impl KeyFetcher {
         let issuer = issuer.to_string();
         // The fetch runs in its own task, so a caller that stops waiting cannot cancel it
         // halfway for the callers behind it.
-        let task = tokio::spawn(async move {
-            fetcher
-                .fetch_serialized(&issuer, Some(REFETCH_INTERVAL))
-                .await
-        });
+        let task = tokio::spawn(async move { fetcher.fetch_serialized(&issuer, true).await });
         task.await.unwrap_or(false)
     }
 
-    /// Fetches `issuer`'s keys unless one fetch is in flight (then waits for it) or, with
-    /// `min_interval`, one ran that recently (then reports how it went).
-    async fn fetch_serialized(&self, issuer: &str, min_interval: Option<Duration>) -> bool {
-        let (Some(lock), Some(keys)) = (self.last_fetch.get(issuer), self.verifier.issuer(issuer))
+    /// Fetches `issuer`'s keys. A caller that finds a fetch in flight waits for it and takes
+    /// its outcome instead of fetching again; `for_unknown_key` fetches also skip the fetch
+    /// (reporting the last outcome) when one ran for that reason within [`REFETCH_INTERVAL`].
+    async fn fetch_serialized(&self, issuer: &str, for_unknown_key: bool) -> bool {
+        let (Some(lock), Some(keys)) = (self.fetch_log.get(issuer), self.verifier.issuer(issuer))
         else {
             return false;
         };
-        let mut last = lock.lock().await;
-        if let (Some(min), Some(prev)) = (min_interval, *last)
-            && prev.at.elapsed() < min
+        let asked = Instant::now();
+        let mut log = lock.lock().await;
+        if let Some((at, ok)) = log.last
+            && at >= asked
         {
-            return prev.ok;
+            return ok;
+        }
+        if for_unknown_key {
+            if let (Some(prev), Some((_, ok))) = (log.last_for_unknown_key, log.last)
+                && prev.elapsed() < REFETCH_INTERVAL
+            {
+                return ok;
+            }
+            log.last_for_unknown_key = Some(asked);
         }
         let result = self.fetch(keys).await;
         let ok = result.is_ok();
-        *last = Some(LastFetch {
-            at: Instant::now(),
-            ok,
-        });
+        log.last = Some((Instant::now(), ok));
         self.metrics.jwks_fetched(issuer, ok);
         match result {
             Ok(count) => tracing::info!(issuer, keys = count, "signing keys fetched"),

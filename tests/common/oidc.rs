@@ -152,6 +152,8 @@ pub struct Options {
     pub clock_offset_secs: i64,
     /// Access token lifetime in seconds; the provider's default is 600.
     pub ttl_secs: Option<u64>,
+    /// The `iss` to claim instead of the provider's own URL (an impostor of another issuer).
+    pub issuer: Option<String>,
 }
 
 impl Options {
@@ -208,7 +210,10 @@ impl Provider {
             let mut provider = Provider {
                 child: None,
                 port,
-                issuer: format!("http://127.0.0.1:{port}"),
+                issuer: options
+                    .issuer
+                    .clone()
+                    .unwrap_or_else(|| format!("http://127.0.0.1:{port}")),
                 keys: keys.to_vec(),
                 options: options.clone(),
                 log: Arc::default(),
@@ -372,8 +377,13 @@ impl Provider {
 
     /// `GET /.well-known/openid-configuration`.
     pub fn discovery(&self) -> Value {
-        let url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let url = format!("{}/.well-known/openid-configuration", self.base_url());
         self.get_json(&url)
+    }
+
+    /// Where the provider listens (its issuer unless it claims another one).
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// The `jwks_uri` from discovery.
@@ -386,7 +396,7 @@ impl Provider {
 
     /// The published JWKS (public keys only).
     pub fn jwks(&self) -> Value {
-        self.get_json(&self.jwks_uri())
+        self.get_json(&self.jwks_uri().replacen(&self.issuer, &self.base_url(), 1))
     }
 
     /// The `kid`s in the published JWKS, in order.
@@ -403,10 +413,12 @@ impl Provider {
     pub fn token_endpoint(&self) -> String {
         self.token_endpoint
             .get_or_init(|| {
+                // Endpoints are advertised under the issuer URL, which an impostor does not
+                // serve: ask the provider itself.
                 self.discovery()["token_endpoint"]
                     .as_str()
                     .expect("discovery has a token_endpoint")
-                    .to_string()
+                    .replacen(&self.issuer, &self.base_url(), 1)
             })
             .clone()
     }

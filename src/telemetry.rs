@@ -166,7 +166,13 @@ mod tests {
         metrics.record_check(403, "not_permitted");
         metrics.record_check(200, "workspace_permission");
         metrics.record_check(401, "invalid_identity");
+        metrics.jwks_fetched("https://idp.example.com", true);
+        metrics.jwks_fetched("https://idp.example.com", false);
+        metrics.jwks_fetched("https://idp.example.com", false);
         let text = metrics.render(Some("abc"), true);
+        assert!(text.contains(
+            "nmp_authz_jwks_fetches_total{issuer=\"https://idp.example.com\",result=\"failure\"} 2\n"
+        ));
         assert!(text.contains(
             "nmp_authz_decisions_total{result=\"deny\",status=\"403\",reason=\"not_permitted\"} 2\n"
         ));

@@ -53,7 +53,7 @@ pub struct IdentitySettings {
     pub groups_claim: String,
     /// Stripped from each scope that starts with it, e.g. `api://client-id/`.
     pub scope_prefix: Option<String>,
-    /// Clock-skew allowance for `exp`/`nbf`; capped at [`MAX_LEEWAY_SECONDS`].
+    /// Clock-skew allowance for `exp`/`nbf`/`iat`; capped at [`MAX_LEEWAY_SECONDS`].
     pub leeway_seconds: u64,
 }
 
@@ -466,7 +466,8 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `exp` and `iat` are required numbers; `exp`/`nbf` are enforced with bounded leeway.
+/// `exp` and `iat` are required numbers; `exp`, `nbf` and `iat` are enforced with bounded
+/// leeway.
 fn check_times(
     claims: &Map<String, Json>,
     leeway_seconds: u64,
@@ -475,7 +476,7 @@ fn check_times(
     let number = |name: &str| claims.get(name).map(Json::as_f64);
     let now = now_unix as f64;
     let leeway = leeway_seconds.min(MAX_LEEWAY_SECONDS) as f64;
-    let (Some(Some(exp)), Some(Some(_iat))) = (number("exp"), number("iat")) else {
+    let (Some(Some(exp)), Some(Some(iat))) = (number("exp"), number("iat")) else {
         return Err(unauthenticated(INVALID_TOKEN));
     };
     let not_yet_valid = match number("nbf") {
@@ -483,7 +484,9 @@ fn check_times(
         Some(Some(nbf)) => now + leeway < nbf,
         Some(None) => true,
     };
-    if now > exp + leeway || not_yet_valid {
+    // A token issued in the future (beyond the clock-skew leeway) was not issued honestly.
+    let issued_in_future = now + leeway < iat;
+    if now > exp + leeway || not_yet_valid || issued_in_future {
         return Err(unauthenticated(INVALID_TOKEN));
     }
     Ok(())
@@ -1021,6 +1024,10 @@ mod tests {
             bearer_result(json!({"sub": "a", "iat": NOW, "exp": NOW + 10, "nbf": "soon"})),
             INVALID_TOKEN,
         );
+        // Issued in the future: fine within the leeway, refused beyond it.
+        let issued = |iat: u64| bearer_result(json!({"sub": "a", "iat": iat, "exp": NOW + 3600}));
+        assert!(issued(NOW + 60).is_ok());
+        err_401(issued(NOW + 61), INVALID_TOKEN);
     }
 
     #[test]

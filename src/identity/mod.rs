@@ -459,8 +459,8 @@ fn bearer_principal(
     Ok(Some(principal))
 }
 
-/// Wall-clock unix seconds, for the places that keep time themselves (caches).
-pub(crate) fn unix_now() -> u64 {
+/// Wall-clock unix seconds: what callers pass to [`identify`] as "now".
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

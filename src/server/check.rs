@@ -15,7 +15,7 @@ use envoy_types::pb::google::rpc::Status;
 use crate::identity::{self, IdentityError};
 use crate::policy::{CompiledPolicy, Principal, Reason};
 
-use super::{State, now_unix};
+use super::State;
 
 pub const AUTHORIZED: &str = "x-nmp-authorized";
 pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
@@ -60,8 +60,13 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
         // Authorization is off: everything is allowed; a caller we can name is still named
         // (without waiting on any key refetch for it).
         let verifier = state.keys.verifier();
-        let identity =
-            identity::identify(&state.identity, verifier, &headers, metadata, now_unix());
+        let identity = identity::identify(
+            &state.identity,
+            verifier,
+            &headers,
+            metadata,
+            identity::unix_now(),
+        );
         let principal = identity.ok().flatten().map(|i| i.principal);
         return allow(&headers, principal.as_ref(), "auth_disabled");
     }

@@ -6,7 +6,7 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
@@ -103,7 +103,13 @@ impl State {
         metadata: Option<&Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
         let verifier = self.keys.verifier();
-        match identity::identify(&self.identity, verifier, headers, metadata, now_unix()) {
+        match identity::identify(
+            &self.identity,
+            verifier,
+            headers,
+            metadata,
+            identity::unix_now(),
+        ) {
             Err(IdentityError::UnknownSigningKey { issuer }) => {
                 let refreshed = tokio::time::timeout(
                     UNKNOWN_KEY_WAIT,
@@ -114,7 +120,13 @@ impl State {
                 if !refreshed {
                     return Err(IdentityError::UnknownSigningKey { issuer });
                 }
-                identity::identify(&self.identity, verifier, headers, metadata, now_unix())
+                identity::identify(
+                    &self.identity,
+                    verifier,
+                    headers,
+                    metadata,
+                    identity::unix_now(),
+                )
             }
             other => other,
         }
@@ -129,12 +141,6 @@ impl State {
                 .as_ref()
                 .is_some_and(|p| p.endpoint_count() > 0)
     }
-}
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Runs both listeners until SIGINT/SIGTERM. The initial policy must load: a server that

@@ -5,6 +5,7 @@
 //! faces), [`telemetry`] (logs and metrics), and [`config`].
 
 pub mod config;
+pub mod fetch;
 pub mod identity;
 pub mod policy;
 pub mod server;

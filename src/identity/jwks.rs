@@ -9,16 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::JwkSet;
 use serde_json::Value as Json;
 use tokio::sync::{Mutex, watch};
 
 use super::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use crate::fetch::{FetchError, HttpClient};
 use crate::telemetry::Metrics;
 
 /// A token signed with an unknown key refetches an issuer's keys at most this often.
@@ -42,7 +38,7 @@ struct FetchLog {
 /// Keeps every trusted issuer's keys fresh.
 pub struct KeyFetcher {
     verifier: Arc<TokenVerifier>,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: HttpClient,
     /// One lock per issuer: holding it is being the one fetch in flight.
     fetch_log: HashMap<String, Arc<Mutex<FetchLog>>>,
     cache_ttl: Duration,
@@ -57,43 +53,15 @@ impl std::fmt::Debug for KeyFetcher {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("{url}: {reason}")]
-    Http { url: String, reason: String },
-    #[error("{url}: {reason}")]
-    Document { url: String, reason: String },
-}
-
 impl KeyFetcher {
     pub fn new(verifier: Arc<TokenVerifier>, cache_ttl: Duration, metrics: Arc<Metrics>) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-            .map(|b| b.https_or_http().enable_http1().build())
-            .unwrap_or_else(|e| {
-                // No usable system roots: https fetches will fail (and be counted); http works.
-                tracing::error!(error = %e, "no TLS root certificates found");
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(
-                        rustls::ClientConfig::builder_with_provider(Arc::new(
-                            rustls::crypto::ring::default_provider(),
-                        ))
-                        .with_safe_default_protocol_versions()
-                        .expect("ring supports the default protocol versions")
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                    )
-                    .https_or_http()
-                    .enable_http1()
-                    .build()
-            });
         let fetch_log = verifier
             .issuers()
             .map(|i| (i.issuer.clone(), Arc::default()))
             .collect();
         Self {
             verifier,
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: HttpClient::default(),
             fetch_log,
             cache_ttl,
             metrics,
@@ -181,12 +149,11 @@ impl KeyFetcher {
             Some(uri) => uri.clone(),
             None => self.discover_jwks_uri(&issuer.issuer).await?,
         };
-        let set: JwkSet = serde_json::from_slice(&self.get(&jwks_uri).await?).map_err(|e| {
-            FetchError::Document {
+        let set: JwkSet =
+            serde_json::from_slice(&self.get(&jwks_uri).await?).map_err(|e| FetchError {
                 url: jwks_uri.clone(),
                 reason: format!("not a JWKS: {e}"),
-            }
-        })?;
+            })?;
         let keys = usable_keys(&set);
         let count = keys.len();
         if issuer.replace(keys) {
@@ -202,13 +169,13 @@ impl KeyFetcher {
             issuer.trim_end_matches('/')
         );
         let body = self.get(&url).await?;
-        let document: Json = serde_json::from_slice(&body).map_err(|e| FetchError::Document {
+        let document: Json = serde_json::from_slice(&body).map_err(|e| FetchError {
             url: url.clone(),
             reason: format!("not JSON: {e}"),
         })?;
         // OpenID Connect Discovery: the document must name the issuer it was fetched for.
         if document.get("issuer").and_then(Json::as_str) != Some(issuer) {
-            return Err(FetchError::Document {
+            return Err(FetchError {
                 url,
                 reason: format!("its issuer is not {issuer:?}"),
             });
@@ -217,35 +184,17 @@ impl KeyFetcher {
             .get("jwks_uri")
             .and_then(Json::as_str)
             .map(str::to_string)
-            .ok_or_else(|| FetchError::Document {
+            .ok_or_else(|| FetchError {
                 url,
                 reason: "no jwks_uri".into(),
             })
     }
 
     async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
-        let failed = |reason: String| FetchError::Http {
-            url: url.to_string(),
-            reason,
-        };
-        let uri: hyper::Uri = url.parse().map_err(|e| failed(format!("bad URL: {e}")))?;
-        let request = async {
-            let response = self
-                .client
-                .get(uri)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(failed(format!("HTTP {}", response.status())));
-            }
-            Limited::new(response.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-                .map(|body| body.to_bytes())
-                .map_err(|e| failed(format!("reading the body: {e}")))
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, request)
-            .await
-            .map_err(|_| failed(format!("no answer within {FETCH_TIMEOUT:?}")))?
+        Ok(self
+            .client
+            .get(url, None, MAX_BODY_BYTES, FETCH_TIMEOUT)
+            .await?
+            .body)
     }
 }

@@ -1,66 +1,391 @@
-//! Where policy data comes from: the built-in catalog and policy files, merged in order, then
-//! compiled. Each load either yields a whole new policy or an error naming what is wrong.
+//! Where policy data comes from: the built-in catalog, policy files and NMP's OPA bundles,
+//! merged in configuration order and compiled into one policy. A refresh re-reads every source,
+//! parses only what changed, and compiles only when something did; a source that fails keeps
+//! its last good document, and the error is kept for readiness and metrics.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, SourceConfig};
+use crate::fetch::HttpClient;
 use crate::policy::document::Entry;
 use crate::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, builtin};
+use crate::telemetry::Metrics;
+
+/// Bound on a bundle download (compressed).
+const MAX_BUNDLE_BYTES: usize = 32 * 1024 * 1024;
+/// Bound on what a bundle's `data.json` may decompress to (a gzip bomb stops here).
+const MAX_BUNDLE_DATA_BYTES: u64 = 256 * 1024 * 1024;
+/// Bound on one bundle request.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a load failed: the source, and the document path or I/O error inside it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("policy source {source_name}: {message}")]
 pub struct LoadError {
     pub source_name: String,
     pub message: String,
 }
 
-/// Reads every configured source and compiles the merged document.
-pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
-    let mut merged = PolicyDocument::default();
-    // Which source each entry finally came from, so a compile error can name the file.
-    let mut origin: HashMap<Entry, String> = HashMap::new();
-    // The revision identifies the exact inputs, so replicas that read the same data agree.
-    let mut revision = Fnv64::default();
-    for source in &config.policy.sources {
-        let (name, doc) = match source {
+impl LoadError {
+    fn new(source_name: &str, message: impl Into<String>) -> Self {
+        Self {
+            source_name: source_name.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One source's last good document and how its loads have gone.
+#[derive(Debug)]
+struct Source {
+    config: SourceConfig,
+    name: String,
+    /// The last document read successfully, with a fingerprint of its bytes.
+    current: Option<(Arc<PolicyDocument>, u64)>,
+    /// Bundles: the ETag of the last good download, for `If-None-Match`.
+    etag: Option<String>,
+    last_success: Option<Instant>,
+    /// Set while the source fails; cleared by its next good read.
+    failing_since: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// What a refresh produced.
+#[derive(Debug)]
+pub enum Refresh {
+    /// Nothing changed since the last compile (or a source is still missing).
+    Unchanged,
+    /// A new policy, compiled from the current documents.
+    Compiled(Box<CompiledPolicy>),
+    /// The current documents do not compile together; the policy in use stays.
+    Failed(LoadError),
+}
+
+/// The state of a source, for readiness and metrics.
+#[derive(Debug, Clone)]
+pub struct SourceStatus {
+    pub name: String,
+    /// Fetched over the network (a bundle), as opposed to read locally.
+    pub remote: bool,
+    pub loaded: bool,
+    pub failing_for: Option<Duration>,
+    pub since_success: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+/// All configured sources and what was last compiled from them.
+#[derive(Debug)]
+pub struct Sources {
+    sources: Vec<Source>,
+    defaults: BindingDefaults,
+    client: HttpClient,
+    /// Fingerprint of the documents behind the last compile attempt.
+    compiled: Option<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sources {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let sources = config
+            .policy
+            .sources
+            .iter()
+            .map(|config| Source {
+                name: match config {
+                    SourceConfig::Builtin { .. } => "builtin".into(),
+                    SourceConfig::File { file } => file.display().to_string(),
+                    SourceConfig::BundleUrl { bundle_url } => bundle_url.clone(),
+                },
+                config: config.clone(),
+                current: None,
+                etag: None,
+                last_success: None,
+                failing_since: None,
+                last_error: None,
+            })
+            .collect();
+        Self {
+            sources,
+            defaults: BindingDefaults {
+                bootstrap_bindings: config.auth.bootstrap_bindings,
+                default_workspace: config.auth.default_workspace.clone(),
+                admin_email: config.auth.admin_email.clone(),
+            },
+            client: HttpClient::default(),
+            compiled: None,
+            metrics,
+        }
+    }
+
+    /// The policy files, for watching.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.sources
+            .iter()
+            .filter_map(|s| match &s.config {
+                SourceConfig::File { file } => Some(file.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Re-reads every source and compiles when the documents changed. Parsing and compiling
+    /// run on blocking threads, so request handling never waits on them.
+    pub async fn refresh(&mut self) -> Refresh {
+        for index in 0..self.sources.len() {
+            let result = self.read(index).await;
+            let source = &mut self.sources[index];
+            self.metrics.source_read(&source.name, result.is_ok());
+            match result {
+                Ok(Some(read)) => {
+                    source.current = Some(read);
+                    source.mark_success();
+                }
+                Ok(None) => source.mark_success(),
+                Err(message) => {
+                    tracing::error!(source = %source.name, error = %message, "policy source failed; keeping its last good data");
+                    source.failing_since.get_or_insert_with(Instant::now);
+                    source.last_error = Some(message);
+                }
+            }
+        }
+        let Some(documents) = self
+            .sources
+            .iter()
+            .map(|s| s.current.clone())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Refresh::Unchanged;
+        };
+        let mut fingerprint = Fnv64::default();
+        for (_, print) in &documents {
+            fingerprint.update(&print.to_le_bytes());
+        }
+        fingerprint.update(format!("{:?}", self.defaults).as_bytes());
+        if self.compiled == Some(fingerprint.0) {
+            return Refresh::Unchanged;
+        }
+        self.compiled = Some(fingerprint.0);
+        let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
+        let defaults = self.defaults.clone();
+        let revision = format!("{:016x}", fingerprint.0);
+        let compiled =
+            tokio::task::spawn_blocking(move || compile(&names, &documents, &defaults, revision))
+                .await;
+        match compiled {
+            Ok(Ok(policy)) => Refresh::Compiled(Box::new(policy)),
+            Ok(Err(e)) => Refresh::Failed(e),
+            Err(e) => Refresh::Failed(LoadError::new("(compile)", e.to_string())),
+        }
+    }
+
+    /// A source's new document, `None` when it has not changed, or why it could not be read.
+    async fn read(&mut self, index: usize) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+        let source = &self.sources[index];
+        let unchanged = |print: u64| source.current.as_ref().is_some_and(|(_, p)| *p == print);
+        match source.config.clone() {
             SourceConfig::Builtin { .. } => {
-                revision.update(b"builtin:");
-                revision.update(env!("CARGO_PKG_VERSION").as_bytes());
-                ("builtin".to_string(), builtin::builtin_document())
+                if source.current.is_some() {
+                    return Ok(None);
+                }
+                let print = Fnv64::of(concat!("builtin:", env!("CARGO_PKG_VERSION")).as_bytes());
+                Ok(Some((Arc::new(builtin::builtin_document()), print)))
             }
             SourceConfig::File { file } => {
-                let text = read_file(file)?;
-                revision.update(text.as_bytes());
-                let doc = PolicyDocument::parse(&text, Format::from_path(file)).map_err(|e| {
-                    LoadError {
-                        source_name: file.display().to_string(),
-                        message: e.to_string(),
-                    }
-                })?;
-                (file.display().to_string(), doc)
+                let bytes = std::fs::read(&file).map_err(|e| format!("cannot read: {e}"))?;
+                let print = Fnv64::of(&bytes);
+                if unchanged(print) {
+                    return Ok(None);
+                }
+                let doc = tokio::task::spawn_blocking(move || parse_file(&file, &bytes))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok(Some((Arc::new(doc), print)))
             }
             SourceConfig::BundleUrl { bundle_url } => {
-                return Err(LoadError {
-                    source_name: bundle_url.clone(),
-                    message: "bundle_url sources are not supported by this build yet".into(),
-                });
+                let etag = source.current.as_ref().and(source.etag.clone());
+                let fetched = self
+                    .client
+                    .get(
+                        &bundle_url,
+                        etag.as_deref(),
+                        MAX_BUNDLE_BYTES,
+                        BUNDLE_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|e| e.reason)?;
+                if fetched.status == hyper::StatusCode::NOT_MODIFIED {
+                    // Nothing to parse: the bundle is as we have it.
+                    return Ok(None);
+                }
+                let print = Fnv64::of(&fetched.body);
+                if unchanged(print) {
+                    self.sources[index].etag = fetched.etag;
+                    return Ok(None);
+                }
+                let doc = tokio::task::spawn_blocking(move || parse_bundle(&fetched.body))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                self.sources[index].etag = fetched.etag;
+                Ok(Some((Arc::new(doc), print)))
             }
-        };
-        tracing::debug!(source = %name, "policy source read");
-        origin.extend(doc.entries().map(|entry| (entry, name.clone())));
-        merged.merge(doc);
+        }
     }
-    let defaults = BindingDefaults {
-        bootstrap_bindings: config.auth.bootstrap_bindings,
-        default_workspace: config.auth.default_workspace.clone(),
-        admin_email: config.auth.admin_email.clone(),
-    };
-    revision.update(format!("{defaults:?}").as_bytes());
-    CompiledPolicy::build(merged, &defaults, format!("{:016x}", revision.0)).map_err(|e| {
+
+    /// True when a source has been failing and its last good read is older than `max` (or it
+    /// never had one): the policy can no longer be trusted to be current.
+    pub fn stale(&self, max: Duration) -> bool {
+        self.sources.iter().any(|s| {
+            s.failing_since.is_some() && s.last_success.is_none_or(|at| at.elapsed() > max)
+        })
+    }
+
+    pub fn status(&self) -> Vec<SourceStatus> {
+        self.sources
+            .iter()
+            .map(|s| SourceStatus {
+                name: s.name.clone(),
+                remote: matches!(s.config, SourceConfig::BundleUrl { .. }),
+                loaded: s.current.is_some(),
+                failing_for: s.failing_since.map(|t| t.elapsed()),
+                since_success: s.last_success.map(|t| t.elapsed()),
+                last_error: s.last_error.clone(),
+            })
+            .collect()
+    }
+}
+
+impl Source {
+    fn mark_success(&mut self) {
+        self.last_success = Some(Instant::now());
+        self.failing_since = None;
+        self.last_error = None;
+    }
+}
+
+/// Watches the directories of `files` (a Kubernetes ConfigMap replaces a file by swapping a
+/// symlink in its directory, which a watch on the file itself would miss) and wakes `changed`
+/// on any event there. `None` (logged) when watching is not possible: polling still runs.
+pub fn watch_files(
+    files: &[PathBuf],
+    changed: Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    if files.is_empty() {
+        return None;
+    }
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            changed.notify_one();
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch policy files; polling only"))
+    .ok()?;
+    let mut dirs: Vec<&Path> = files
+        .iter()
+        .map(|f| {
+            f.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; polling only");
+        }
+    }
+    Some(watcher)
+}
+
+/// Reads every configured source once and compiles them (for `validate` and start-up checks).
+pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LoadError::new("(runtime)", e.to_string()))?;
+    runtime.block_on(async {
+        let mut sources = Sources::new(config, Arc::default());
+        let outcome = sources.refresh().await;
+        if let Some(failed) = sources
+            .status()
+            .into_iter()
+            .find(|s| s.last_error.is_some())
+        {
+            return Err(LoadError::new(
+                &failed.name,
+                failed.last_error.unwrap_or_default(),
+            ));
+        }
+        match outcome {
+            Refresh::Compiled(policy) => Ok(*policy),
+            Refresh::Failed(e) => Err(e),
+            Refresh::Unchanged => Err(LoadError::new("(sources)", "no policy data loaded")),
+        }
+    })
+}
+
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<PolicyDocument, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    PolicyDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
+}
+
+/// NMP's `opa-bundle.tar.gz`: a gzip tar holding `data.json` (root `authz`) and `.manifest`.
+pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a gzip tar: {e}"))?;
+    let mut data = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("bad bundle entry: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad bundle entry path: {e}"))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_string();
+        if path == "data.json" {
+            let mut text = String::new();
+            entry
+                .take(MAX_BUNDLE_DATA_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("data.json: {e}"))?;
+            if text.len() as u64 > MAX_BUNDLE_DATA_BYTES {
+                return Err(format!(
+                    "data.json is larger than {MAX_BUNDLE_DATA_BYTES} bytes"
+                ));
+            }
+            data = Some(text);
+        }
+    }
+    let data = data.ok_or("the bundle has no data.json")?;
+    PolicyDocument::parse(&data, Format::Json).map_err(|e| format!("data.json: {e}"))
+}
+
+/// Merges the documents in order and compiles them; an error names the source its entry
+/// came from.
+fn compile(
+    names: &[String],
+    documents: &[(Arc<PolicyDocument>, u64)],
+    defaults: &BindingDefaults,
+    revision: String,
+) -> Result<CompiledPolicy, LoadError> {
+    let mut merged = PolicyDocument::default();
+    // Which source each entry finally came from, so a compile error can name it.
+    let mut origin: HashMap<Entry, &str> = HashMap::new();
+    for (name, (doc, _)) in names.iter().zip(documents) {
+        origin.extend(doc.entries().map(|entry| (entry, name.as_str())));
+        merged.merge(PolicyDocument::clone(doc));
+    }
+    CompiledPolicy::build(merged, defaults, revision).map_err(|e| {
         let source_name = match e.entry.as_ref().and_then(|entry| origin.get(entry)) {
-            Some(name) => name.clone(),
+            Some(name) => (*name).to_string(),
             None if e.path.starts_with("auth.") => "configuration".into(),
             None => "(merged sources)".into(),
         };
@@ -71,14 +396,9 @@ pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
     })
 }
 
-fn read_file(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|e| LoadError {
-        source_name: path.display().to_string(),
-        message: format!("cannot read: {e}"),
-    })
-}
-
-/// FNV-1a: a stable, dependency-free fingerprint for revision labels (not for security).
+/// FNV-1a: a stable, dependency-free fingerprint for change detection and revision labels
+/// (not for security).
+#[derive(Debug, Clone, Copy)]
 struct Fnv64(u64);
 
 impl Default for Fnv64 {
@@ -88,6 +408,12 @@ impl Default for Fnv64 {
 }
 
 impl Fnv64 {
+    fn of(bytes: &[u8]) -> u64 {
+        let mut f = Self::default();
+        f.update(bytes);
+        f.0
+    }
+
     fn update(&mut self, bytes: &[u8]) {
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);

@@ -12,9 +12,10 @@ use crate::policy::Reason;
 const STATUSES: [u16; 5] = [200, 400, 401, 403, 503];
 
 /// Outcomes decided before the policy is consulted.
-const PRE_DECISION: [&str; 5] = [
+const PRE_DECISION: [&str; 6] = [
     "malformed_request",
     "policy_unavailable",
+    "policy_stale",
     "invalid_identity",
     "invalid_principal",
     "auth_disabled",
@@ -27,6 +28,8 @@ pub struct Metrics {
     policy_load_failures: AtomicU64,
     /// (issuer, succeeded) -> count. Fetches are rare: a lock is fine here.
     jwks_fetches: Mutex<BTreeMap<(String, bool), u64>>,
+    /// (policy source, succeeded) -> reads.
+    source_reads: Mutex<BTreeMap<(String, bool), u64>>,
 }
 
 impl Default for Metrics {
@@ -37,6 +40,7 @@ impl Default for Metrics {
             policy_loads: AtomicU64::new(1),
             policy_load_failures: AtomicU64::new(0),
             jwks_fetches: Mutex::default(),
+            source_reads: Mutex::default(),
         }
     }
 }
@@ -50,8 +54,11 @@ impl Metrics {
     }
 
     pub fn jwks_fetched(&self, issuer: &str, ok: bool) {
-        let mut fetches = self.jwks_fetches.lock().unwrap_or_else(|e| e.into_inner());
-        *fetches.entry((issuer.to_string(), ok)).or_default() += 1;
+        count(&self.jwks_fetches, issuer, ok);
+    }
+
+    pub fn source_read(&self, source: &str, ok: bool) {
+        count(&self.source_reads, source, ok);
     }
 
     pub fn policy_loaded(&self) {
@@ -63,7 +70,15 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, revision: Option<&str>, ready: bool) -> String {
+    /// `policy_age_seconds`: since the policy in use was installed; `stale`: a source has
+    /// failed for longer than allowed.
+    pub fn render(
+        &self,
+        revision: Option<&str>,
+        policy_age_seconds: Option<u64>,
+        stale: bool,
+        ready: bool,
+    ) -> String {
         let mut out = String::new();
         header(
             &mut out,
@@ -116,16 +131,40 @@ impl Metrics {
             "counter",
             "Signing key fetches by issuer and result.",
         );
-        let fetches = self.jwks_fetches.lock().unwrap_or_else(|e| e.into_inner());
-        for ((issuer, ok), n) in fetches.iter() {
-            let result = if *ok { "success" } else { "failure" };
-            let issuer = issuer.replace(['"', '\\', '\n'], "_");
-            let _ = writeln!(
-                out,
-                "nmp_authz_jwks_fetches_total{{issuer=\"{issuer}\",result=\"{result}\"}} {n}"
-            );
+        labelled(
+            &mut out,
+            "nmp_authz_jwks_fetches_total",
+            "issuer",
+            &self.jwks_fetches,
+        );
+        header(
+            &mut out,
+            "nmp_authz_policy_source_reads_total",
+            "counter",
+            "Policy source reads by source and result.",
+        );
+        labelled(
+            &mut out,
+            "nmp_authz_policy_source_reads_total",
+            "source",
+            &self.source_reads,
+        );
+        header(
+            &mut out,
+            "nmp_authz_policy_age_seconds",
+            "gauge",
+            "Seconds since the policy in use was loaded.",
+        );
+        if let Some(age) = policy_age_seconds {
+            let _ = writeln!(out, "nmp_authz_policy_age_seconds {age}");
         }
-        drop(fetches);
+        header(
+            &mut out,
+            "nmp_authz_policy_stale",
+            "gauge",
+            "1 when a policy source has failed for longer than max_staleness_seconds.",
+        );
+        let _ = writeln!(out, "nmp_authz_policy_stale {}", u8::from(stale));
         header(
             &mut out,
             "nmp_authz_ready",
@@ -134,6 +173,26 @@ impl Metrics {
         );
         let _ = writeln!(out, "nmp_authz_ready {}", u8::from(ready));
         out
+    }
+}
+
+fn count(counts: &Mutex<BTreeMap<(String, bool), u64>>, label: &str, ok: bool) {
+    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    *counts.entry((label.to_string(), ok)).or_default() += 1;
+}
+
+/// One series per (label, result) of a counter kept by [`count`].
+fn labelled(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    counts: &Mutex<BTreeMap<(String, bool), u64>>,
+) {
+    let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+    for ((value, ok), n) in counts.iter() {
+        let result = if *ok { "success" } else { "failure" };
+        let value = value.replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\",result=\"{result}\"}} {n}");
     }
 }
 
@@ -169,7 +228,13 @@ mod tests {
         metrics.jwks_fetched("https://idp.example.com", true);
         metrics.jwks_fetched("https://idp.example.com", false);
         metrics.jwks_fetched("https://idp.example.com", false);
-        let text = metrics.render(Some("abc"), true);
+        metrics.source_read("policy.yaml", false);
+        let text = metrics.render(Some("abc"), Some(7), false, true);
+        assert!(text.contains("nmp_authz_policy_age_seconds 7\n"));
+        assert!(text.contains("nmp_authz_policy_stale 0\n"));
+        assert!(text.contains(
+            "nmp_authz_policy_source_reads_total{source=\"policy.yaml\",result=\"failure\"} 1\n"
+        ));
         assert!(text.contains(
             "nmp_authz_jwks_fetches_total{issuer=\"https://idp.example.com\",result=\"failure\"} 2\n"
         ));

@@ -70,6 +70,14 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
         let principal = identity.ok().flatten().map(|i| i.principal);
         return allow(&headers, principal.as_ref(), "auth_disabled");
     }
+    if state.stale.load(std::sync::atomic::Ordering::Relaxed) {
+        return deny(
+            503,
+            "policy_stale",
+            "Authorization policy data is stale",
+            None,
+        );
+    }
     let identity = state.identify(&headers, metadata).await;
     let Some(policy) = state.policy.load_full() else {
         return deny(

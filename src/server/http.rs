@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
 use super::State;
+use crate::identity;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -65,9 +67,14 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let policy = state.policy.load();
-            let body = state
-                .metrics
-                .render(policy.as_ref().map(|p| p.revision()), state.ready());
+            let loaded_at = state.policy_loaded_at.load(Ordering::Relaxed);
+            let age = (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at));
+            let body = state.metrics.render(
+                policy.as_ref().map(|p| p.revision()),
+                age,
+                state.stale.load(Ordering::Relaxed),
+                state.ready(),
+            );
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

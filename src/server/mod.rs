@@ -5,27 +5,28 @@ pub mod check;
 pub mod grpc;
 pub mod http;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use envoy_types::pb::google::protobuf::Struct;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use std::collections::HashMap;
-
-use envoy_types::pb::google::protobuf::Struct;
-
 use crate::identity::jwks::KeyFetcher;
 use crate::identity::signed::{IssuerKeys, TokenVerifier};
 use crate::identity::{self, Identity, IdentityError, IdentitySettings};
 use crate::policy::CompiledPolicy;
-use crate::sources;
+use crate::sources::{self, Refresh, Sources};
 use crate::telemetry::Metrics;
 
 /// How long a request waits for an issuer's keys to be refetched when its token names a key
 /// they lack (a rotation). Envoy's ext_authz timeout must be longer (the companion config's is).
 const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(1);
+/// How long file events are left to settle before the files are read again.
+const FILE_EVENT_SETTLE: Duration = Duration::from_millis(200);
 
 /// What every request handler shares. The policy is swapped whole; readers never wait.
 #[derive(Debug)]
@@ -38,6 +39,10 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The `GET /apis/auth/discovery` body.
     pub discovery: String,
+    /// Set when a policy source has failed for longer than `max_staleness_seconds`.
+    pub stale: AtomicBool,
+    /// Unix time of the last policy installed.
+    pub policy_loaded_at: AtomicU64,
 }
 
 impl State {
@@ -92,7 +97,24 @@ impl State {
             keys: Arc::new(keys),
             metrics,
             discovery: discovery.to_string(),
+            stale: AtomicBool::new(false),
+            policy_loaded_at: AtomicU64::new(0),
         }
+    }
+
+    /// Swaps in a newly compiled policy; Checks in flight keep the one they started with.
+    pub fn install(&self, policy: CompiledPolicy) {
+        tracing::info!(
+            revision = policy.revision(),
+            endpoints = policy.endpoint_count(),
+            roles = policy.role_count(),
+            bindings = policy.binding_count(),
+            "policy loaded"
+        );
+        self.policy.store(Some(Arc::new(policy)));
+        self.policy_loaded_at
+            .store(identity::unix_now(), Ordering::Relaxed);
+        self.metrics.policy_loaded();
     }
 
     /// Who is calling. A token signed with a key its issuer does not publish yet triggers
@@ -132,14 +154,15 @@ impl State {
         }
     }
 
-    /// Ready when a policy with endpoints is loaded (or authorization is off).
+    /// Ready when a current policy with endpoints is loaded (or authorization is off).
     pub fn ready(&self) -> bool {
         !self.auth_enabled
-            || self
-                .policy
-                .load()
-                .as_ref()
-                .is_some_and(|p| p.endpoint_count() > 0)
+            || !self.stale.load(Ordering::Relaxed)
+                && self
+                    .policy
+                    .load()
+                    .as_ref()
+                    .is_some_and(|p| p.endpoint_count() > 0)
     }
 }
 
@@ -149,15 +172,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before the listeners exist, so a SIGTERM that arrives as soon as the server
     // says it is listening is a graceful shutdown, not a kill.
     let shutdown_requested = shutdown_signal()?;
-    let policy = sources::load(&config)?;
-    tracing::info!(
-        revision = policy.revision(),
-        endpoints = policy.endpoint_count(),
-        roles = policy.role_count(),
-        bindings = policy.binding_count(),
-        "policy loaded"
-    );
-    let state = Arc::new(State::new(&config, Some(policy)));
+    let state = Arc::new(State::new(&config, None));
+    let mut sources = Sources::new(&config, state.metrics.clone());
+    let first = sources.refresh().await;
+    // A file or the built-in catalog failing at start-up is a configuration error; a bundle
+    // that cannot be fetched yet is not: the server starts unready (503) and keeps polling.
+    if let Some(failed) = sources
+        .status()
+        .into_iter()
+        .find(|s| s.last_error.is_some() && !s.remote)
+    {
+        anyhow::bail!(sources::LoadError {
+            source_name: failed.name,
+            message: failed.last_error.unwrap_or_default(),
+        });
+    }
+    match first {
+        Refresh::Compiled(policy) => state.install(*policy),
+        Refresh::Failed(e) => return Err(e.into()),
+        Refresh::Unchanged => tracing::warn!("no policy data yet: answering 503 until it loads"),
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_addr).await?;
@@ -170,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let reload = tokio::spawn(reload_loop(
         config.clone(),
+        sources,
         state.clone(),
         shutdown_rx.clone(),
     ));
@@ -191,37 +226,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Re-reads the sources every refresh interval and swaps in what compiles; a failed load
-/// keeps the last good policy and says why.
-async fn reload_loop(config: Config, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+/// Refreshes the sources every refresh interval, and soon after a policy file changes (a
+/// ConfigMap's symlink swap included). What compiles is swapped in whole; a failure keeps the
+/// last good policy, says why, and after `max_staleness_seconds` turns Checks into 503s until
+/// a good load.
+async fn reload_loop(
+    config: Config,
+    mut sources: Sources,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let interval = Duration::from_secs(config.auth.policy_data_refresh_interval.max(1));
+    let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let _watcher = sources::watch_files(&sources.files(), changed.clone());
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = changed.notified() => {
+                // Let a burst of file events (an editor's save, a symlink swap) settle.
+                tokio::time::sleep(FILE_EVENT_SETTLE).await;
+            }
             _ = shutdown.changed() => return,
         }
-        let loaded = {
-            let config = config.clone();
-            tokio::task::spawn_blocking(move || sources::load(&config)).await
-        };
-        match loaded {
-            Ok(Ok(policy)) => {
-                let current = state.policy.load();
-                if current
-                    .as_ref()
-                    .is_some_and(|p| p.revision() == policy.revision())
-                {
-                    continue;
-                }
-                tracing::info!(revision = policy.revision(), "policy reloaded");
-                state.policy.store(Some(Arc::new(policy)));
-                state.metrics.policy_loaded();
-            }
-            Ok(Err(e)) => {
+        match sources.refresh().await {
+            Refresh::Compiled(policy) => state.install(*policy),
+            Refresh::Unchanged => {}
+            Refresh::Failed(e) => {
                 tracing::error!(error = %e, "policy reload failed; keeping the last good policy");
                 state.metrics.policy_load_failed();
             }
-            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+        let stale = sources.stale(max_staleness);
+        if stale != state.stale.swap(stale, Ordering::Relaxed) {
+            if stale {
+                tracing::error!(
+                    max_staleness_seconds = max_staleness.as_secs(),
+                    "policy data is stale: denying every Check with 503 until a source loads again"
+                );
+            } else {
+                tracing::info!("policy data is current again");
+            }
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct Sources {
     client: HttpClient,
     /// Fingerprint of the documents behind the last compile attempt.
     compiled: Option<u64>,
+    /// When the documents last compiled, and since when they have not (with why).
+    last_compiled: Option<Instant>,
+    compile_failure: Option<(Instant, LoadError)>,
     metrics: Arc<Metrics>,
 }
 
@@ -117,6 +120,8 @@ impl Sources {
             },
             client: HttpClient::default(),
             compiled: None,
+            last_compiled: None,
+            compile_failure: None,
             metrics,
         }
     }
@@ -175,11 +180,23 @@ impl Sources {
         let compiled =
             tokio::task::spawn_blocking(move || compile(&names, &documents, &defaults, revision))
                 .await;
-        match compiled {
-            Ok(Ok(policy)) => Refresh::Compiled(Box::new(policy)),
-            Ok(Err(e)) => Refresh::Failed(e),
-            Err(e) => Refresh::Failed(LoadError::new("(compile)", e.to_string())),
-        }
+        let failure = match compiled {
+            Ok(Ok(policy)) => {
+                self.last_compiled = Some(Instant::now());
+                self.compile_failure = None;
+                return Refresh::Compiled(Box::new(policy));
+            }
+            Ok(Err(e)) => e,
+            Err(e) => LoadError::new("(compile)", e.to_string()),
+        };
+        // Documents that do not compile are a failed load: they count toward staleness until
+        // the sources change into something that compiles.
+        let since = self
+            .compile_failure
+            .as_ref()
+            .map_or_else(Instant::now, |(t, _)| *t);
+        self.compile_failure = Some((since, failure.clone()));
+        Refresh::Failed(failure)
     }
 
     /// A source's new document, `None` when it has not changed, or why it could not be read.
@@ -238,9 +255,16 @@ impl Sources {
     /// True when a source has been failing and its last good read is older than `max` (or it
     /// never had one): the policy can no longer be trusted to be current.
     pub fn stale(&self, max: Duration) -> bool {
-        self.sources.iter().any(|s| {
-            s.failing_since.is_some() && s.last_success.is_none_or(|at| at.elapsed() > max)
-        })
+        let too_old = |last: Option<Instant>| last.is_none_or(|at| at.elapsed() > max);
+        self.sources
+            .iter()
+            .any(|s| s.failing_since.is_some() && too_old(s.last_success))
+            || self.compile_failure.is_some() && too_old(self.last_compiled)
+    }
+
+    /// Why the current documents do not compile, if they do not.
+    pub fn compile_error(&self) -> Option<&LoadError> {
+        self.compile_failure.as_ref().map(|(_, e)| e)
     }
 
     pub fn status(&self) -> Vec<SourceStatus> {

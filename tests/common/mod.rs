@@ -324,4 +324,7 @@ pub fn expect_principal_headers(
     }
     Ok(())
 }
+pub mod bundle;
+pub mod gateway;
 pub mod oidc;
+pub mod process;

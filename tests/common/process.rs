@@ -1,0 +1,216 @@
+//! The `nmp-authz` binary as a process: started with `serve`, its addresses learned from the
+//! `listening` log line (no fixed waits), stopped with SIGTERM; plus a plain HTTP/1.1 GET.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Upper bound for a server to start or stop; generous for a loaded CI machine.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The binary with a clean environment for what it reads: no inherited `NMP_AUTH_*` overrides,
+/// plain-text logs at `info`, no colours.
+pub fn nmp_authz() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nmp-authz"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.starts_with("NMP_AUTH")) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Removes terminal colour sequences (`ESC [ ... letter`) from a log line.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A running `serve`: its stderr lines arrive on a channel from a reader thread, so the pipe
+/// never fills. Killed on drop if the test did not stop it.
+pub struct Server {
+    pub child: Child,
+    lines: Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Server {
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = nmp_authz()
+            .arg("serve")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nmp-authz serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(String::from_utf8_lossy(&buf).trim_end());
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.log.join("\n")
+    }
+
+    /// Waits (bounded) for the `listening grpc=ADDR http=ADDR` log line.
+    pub fn addresses(&mut self) -> (SocketAddr, SocketAddr) {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = parse_listening(&line);
+                    self.log.push(line);
+                    if let Some(addrs) = found {
+                        return addrs;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "no `listening` log line within {PROCESS_DEADLINE:?}; stderr so far:\n{}",
+                    self.output()
+                ),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.wait(PROCESS_DEADLINE);
+                    panic!(
+                        "server exited ({status:?}) before listening; stderr:\n{}",
+                        self.output()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit, collecting the rest of its stderr.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.log.push(line);
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Drain what the reader thread still holds.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+                    self.log.push(line);
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Poll interval while the process shuts down, not a fixed wait.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid} failed");
+        match self.wait(PROCESS_DEADLINE) {
+            Some(status) => status,
+            None => panic!(
+                "server did not exit within {PROCESS_DEADLINE:?} of SIGTERM; stderr:\n{}",
+                self.output()
+            ),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `... listening grpc=127.0.0.1:1234 http=127.0.0.1:5678` → both addresses.
+pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|token| token.strip_prefix(name))
+            .and_then(|v| v.trim_matches('"').parse::<SocketAddr>().ok())
+    };
+    Some((field("grpc=")?, field("http=")?))
+}
+
+/// One HTTP/1.1 GET over a plain TCP stream: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect http");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let response = text(&response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,166 @@
+//! Live policy through the real server: a bundle change flips decisions within the refresh
+//! interval, a failing source turns into 503 + not ready after `max_staleness_seconds` and
+//! recovers by itself, and a policy file change is picked up by the file watch.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::bundle::{BundleServer, Serve, THINGS, bundle, document};
+use common::check_request;
+use common::process::{Server, http_get};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+
+/// Bound on waiting for a change to show (several refresh intervals).
+const CHANGE_DEADLINE: Duration = Duration::from_secs(15);
+
+/// An unsigned quickstart token for `sub`, built here (test code), not by the server.
+fn unsigned_token(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+    let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 600}).to_string();
+    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims))
+}
+
+struct Running {
+    server: Server,
+    http: std::net::SocketAddr,
+    client: AuthorizationClient<tonic::transport::Channel>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Running {
+    fn start(config_yaml: &str, dir: &std::path::Path) -> Running {
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, config_yaml).unwrap();
+        let mut server = Server::start(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]);
+        let (grpc, http) = server.addresses();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let client = runtime
+            .block_on(AuthorizationClient::connect(format!("http://{grpc}")))
+            .unwrap();
+        Running {
+            server,
+            http,
+            client,
+            runtime,
+        }
+    }
+
+    /// The HTTP status Envoy would return for alice reading THINGS.
+    fn alice_reads(&mut self) -> i32 {
+        let authorization = format!("Bearer {}", unsigned_token("alice"));
+        let request = check_request("GET", THINGS, None, &[("authorization", &authorization)]);
+        let response = self
+            .runtime
+            .block_on(self.client.check(request))
+            .unwrap()
+            .into_inner();
+        match response.http_response {
+            Some(HttpResponse::OkResponse(_)) => 200,
+            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
+            _ => 0,
+        }
+    }
+
+    /// Asks until alice's request gets `status`, within [`CHANGE_DEADLINE`].
+    fn until(&mut self, status: i32, what: &str) -> Duration {
+        let start = Instant::now();
+        loop {
+            let got = self.alice_reads();
+            if got == status {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < CHANGE_DEADLINE,
+                "{what}: still {got} after {CHANGE_DEADLINE:?}; server log:\n{}",
+                self.server.output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn bundle_changes_and_staleness_through_the_server() {
+    let bundles = BundleServer::start(Serve::Bundle {
+        body: bundle(&document("alice"), "r1"),
+        etag: "\"r1\"".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(
+        &format!(
+            "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
+             policy_data_refresh_interval: 1\npolicy:\n  max_staleness_seconds: 2\n  \
+             sources:\n    - bundle_url: {}\n",
+            bundles.url
+        ),
+        dir.path(),
+    );
+    assert_eq!(running.alice_reads(), 200);
+
+    bundles.set(Serve::Bundle {
+        body: bundle(&document(""), "r2"),
+        etag: "\"r2\"".into(),
+    });
+    let took = running.until(403, "binding removed");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} with a 1 s interval"
+    );
+
+    // The source breaks: the last good policy serves until max_staleness, then 503.
+    bundles.set(Serve::Raw(b"not a bundle".to_vec()));
+    running.until(503, "stale after the source failed");
+    assert_eq!(http_get(running.http, "/health/ready").0, 503);
+    let (_, metrics) = http_get(running.http, "/metrics");
+    assert!(metrics.contains("nmp_authz_policy_stale 1"), "{metrics}");
+    assert!(
+        metrics.contains("nmp_authz_policy_source_reads_total{source=")
+            && metrics.contains("result=\"failure\"}"),
+        "{metrics}"
+    );
+
+    // The source is back: allowed and ready again, no restart.
+    bundles.set(Serve::Bundle {
+        body: bundle(&document("alice"), "r3"),
+        etag: "\"r3\"".into(),
+    });
+    running.until(200, "recovered");
+    assert_eq!(http_get(running.http, "/health/ready").0, 200);
+    assert_eq!(running.server.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_policy_file_change_is_picked_up_without_waiting_for_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, document("alice")).unwrap();
+    // A refresh interval far longer than the test: only the file watch can explain a change.
+    let mut running = Running::start(
+        "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
+         policy_data_refresh_interval: 3600\npolicy:\n  max_staleness_seconds: 3600\n  \
+         sources:\n    - file: policy.json\n",
+        dir.path(),
+    );
+    assert_eq!(running.alice_reads(), 200);
+    // As a ConfigMap update does it: a new file renamed over the old one.
+    let next = dir.path().join("policy.json.next");
+    std::fs::write(&next, document("")).unwrap();
+    std::fs::rename(&next, &policy).unwrap();
+    let took = running.until(403, "file changed");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

@@ -5,11 +5,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use crate::policy::Reason;
 
 /// The HTTP statuses a Check can end in.
 const STATUSES: [u16; 5] = [200, 400, 401, 403, 503];
+
+/// Upper bounds (seconds) of the Check latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.01, 0.1, 1.0, 2.5,
+];
 
 /// Outcomes decided before the policy is consulted.
 const PRE_DECISION: [&str; 6] = [
@@ -26,6 +32,10 @@ pub struct Metrics {
     decisions: HashMap<&'static str, [AtomicU64; STATUSES.len()]>,
     policy_loads: AtomicU64,
     policy_load_failures: AtomicU64,
+    /// Check latency: counts per bucket (not cumulative), total nanoseconds, count.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_nanos: AtomicU64,
+    latency_count: AtomicU64,
     /// (issuer, succeeded) -> count. Fetches are rare: a lock is fine here.
     jwks_fetches: Mutex<BTreeMap<(String, bool), u64>>,
     /// (policy source, succeeded) -> reads.
@@ -39,6 +49,9 @@ impl Default for Metrics {
             decisions: reasons.map(|r| (r, Default::default())).collect(),
             policy_loads: AtomicU64::new(1),
             policy_load_failures: AtomicU64::new(0),
+            latency_buckets: Default::default(),
+            latency_nanos: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
             jwks_fetches: Mutex::default(),
             source_reads: Mutex::default(),
         }
@@ -46,7 +59,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_check(&self, status: u16, reason: &str) {
+    pub fn record_check(&self, status: u16, reason: &str, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|le| seconds <= *le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
+        self.latency_nanos
+            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
         let slot = STATUSES.iter().position(|s| *s == status);
         if let (Some(counters), Some(slot)) = (self.decisions.get(reason), slot) {
             counters[slot].fetch_add(1, Relaxed);
@@ -100,6 +122,27 @@ impl Metrics {
                 }
             }
         }
+        header(
+            &mut out,
+            "nmp_authz_check_duration_seconds",
+            "histogram",
+            "Time to answer a Check, in the server.",
+        );
+        let mut cumulative = 0;
+        for (i, counter) in self.latency_buckets.iter().enumerate() {
+            cumulative += counter.load(Relaxed);
+            let le = LATENCY_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), |le| le.to_string());
+            let _ = writeln!(
+                out,
+                "nmp_authz_check_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let seconds = self.latency_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "nmp_authz_check_duration_seconds_sum {seconds}");
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(out, "nmp_authz_check_duration_seconds_count {count}");
         let loads = self.policy_loads.load(Relaxed);
         header(
             &mut out,
@@ -221,16 +264,22 @@ mod tests {
     #[test]
     fn decisions_are_counted_by_result_status_and_reason() {
         let metrics = Metrics::default();
-        metrics.record_check(403, "not_permitted");
-        metrics.record_check(403, "not_permitted");
-        metrics.record_check(200, "workspace_permission");
-        metrics.record_check(401, "invalid_identity");
+        let fast = Duration::from_micros(20);
+        metrics.record_check(403, "not_permitted", fast);
+        metrics.record_check(403, "not_permitted", fast);
+        metrics.record_check(200, "workspace_permission", fast);
+        metrics.record_check(401, "invalid_identity", Duration::from_secs(5));
         metrics.jwks_fetched("https://idp.example.com", true);
         metrics.jwks_fetched("https://idp.example.com", false);
         metrics.jwks_fetched("https://idp.example.com", false);
         metrics.source_read("policy.yaml", false);
         let text = metrics.render(Some("abc"), Some(7), false, true);
         assert!(text.contains("nmp_authz_policy_age_seconds 7\n"));
+        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.00001\"} 0\n"));
+        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.000025\"} 3\n"));
+        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"2.5\"} 3\n"));
+        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("nmp_authz_check_duration_seconds_count 4\n"));
         assert!(text.contains("nmp_authz_policy_stale 0\n"));
         assert!(text.contains(
             "nmp_authz_policy_source_reads_total{source=\"policy.yaml\",result=\"failure\"} 1\n"

@@ -225,3 +225,40 @@ async fn with_auth_disabled_anyone_may_call() {
         .into_inner();
     assert!(answer.allowed);
 }
+
+/// `grpc.health.v1` follows readiness: NOT_SERVING without policy data, SERVING with it.
+#[tokio::test]
+async fn grpc_health_follows_readiness() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let status_of = |policy: Option<nmp_authz::policy::CompiledPolicy>| async move {
+        let state = State::new(&Config::default(), policy);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(grpc::serve(listener, Arc::new(state), stopped));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+        let service = "envoy.service.auth.v3.Authorization";
+        // The reporter publishes at start; ask until it has (bounded).
+        for _ in 0..100 {
+            let answer = client
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await;
+            if let Ok(answer) = answer {
+                return answer.into_inner().status();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("no health status for {service}");
+    };
+    assert_eq!(status_of(None).await, ServingStatus::NotServing);
+    let policy = common::policy(common::DECISION_POLICY);
+    assert_eq!(status_of(Some(policy)).await, ServingStatus::Serving);
+}

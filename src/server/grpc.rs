@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -28,9 +29,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
+    tokio::spawn(report_health(health, state.clone(), shutdown.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pdp_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -51,6 +50,44 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often gRPC health follows readiness (policy loaded, current, not shutting down).
+const HEALTH_POLL: Duration = Duration::from_millis(500);
+
+/// Keeps `grpc.health.v1` (overall and for the Authorization service) equal to readiness, so
+/// Envoy's gRPC health checks stop sending Checks to a replica that would answer 503.
+async fn report_health(
+    health: tonic_health::server::HealthReporter,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut reported = None;
+    loop {
+        let ready = state.ready();
+        if reported != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            reported = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_POLL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
+
 #[derive(Debug, Clone)]
 pub struct AuthzService(pub Arc<State>);
 
@@ -60,8 +97,11 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
         let (response, outcome) = check::check(&self.0, request.get_ref()).await;
-        self.0.metrics.record_check(outcome.status, outcome.reason);
+        self.0
+            .metrics
+            .record_check(outcome.status, outcome.reason, started.elapsed());
         tracing::debug!(status = outcome.status, reason = outcome.reason, "check");
         Ok(Response::new(response))
     }

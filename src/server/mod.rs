@@ -43,6 +43,8 @@ pub struct State {
     pub stale: AtomicBool,
     /// Unix time of the last policy installed.
     pub policy_loaded_at: AtomicU64,
+    /// Set on SIGTERM: readiness goes false before the listeners close.
+    pub shutting_down: AtomicBool,
 }
 
 impl State {
@@ -99,6 +101,7 @@ impl State {
             discovery: discovery.to_string(),
             stale: AtomicBool::new(false),
             policy_loaded_at: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
         }
     }
 
@@ -154,8 +157,12 @@ impl State {
         }
     }
 
-    /// Ready when a current policy with endpoints is loaded (or authorization is off).
+    /// Ready when a current policy with endpoints is loaded (or authorization is off), and
+    /// not shutting down.
     pub fn ready(&self) -> bool {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return false;
+        }
         !self.auth_enabled
             || !self.stale.load(Ordering::Relaxed)
                 && self
@@ -217,7 +224,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = tokio::spawn(http::serve(http_listener, state.clone(), shutdown_rx));
 
     shutdown_requested.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutting down: not ready any more; finishing in-flight requests");
+    state.shutting_down.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(true);
     grpc.await??;
     http.await??;

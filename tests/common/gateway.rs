@@ -13,6 +13,7 @@
 //!
 //! Everything here blocks (std::net, std::process) and is bounded by [`DEADLINE`].
 
+use super::process::{parse_listening, strip_ansi};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -451,7 +452,11 @@ impl NmpAuthz {
         let (grpc, http) = loop {
             // This run's log only: an earlier run said `listening` too.
             let log = strip_ansi(&fs::read_to_string(&log_path).unwrap_or_default());
-            if let Some(found) = log.lines().find_map(parse_listening) {
+            if let Some(found) = log
+                .lines()
+                .map(strip_ansi)
+                .find_map(|line| parse_listening(&line))
+            {
                 break found;
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -497,41 +502,6 @@ impl Drop for NmpAuthz {
             let _ = child.wait();
         }
     }
-}
-
-/// `... listening grpc=127.0.0.1:1234 http=127.0.0.1:5678` → both addresses.
-fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let line = strip_ansi(line);
-    if !line.contains("listening") {
-        return None;
-    }
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|word| word.strip_prefix(name))
-            .and_then(|v| v.trim_matches('"').parse::<SocketAddr>().ok())
-    };
-    Some((field("grpc=")?, field("http=")?))
-}
-
-/// Removes terminal colour sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 // ---- the recording upstream ----

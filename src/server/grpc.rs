@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use crate::identity::{self, IdentityError};
 use crate::pdp_proto::policy_decision_server::{PolicyDecision, PolicyDecisionServer};
 use crate::pdp_proto::{
     AllowRequest, AllowResponse, HasPermissionsRequest, HasPermissionsResponse, HasRoleRequest,
@@ -21,7 +20,7 @@ use crate::pdp_proto::{
 };
 use crate::policy::{CompiledPolicy, Principal};
 
-use super::{State, check};
+use super::{State, check, pdp};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -120,14 +119,6 @@ pub struct PdpService(pub Arc<State>);
 
 impl PdpService {
     async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
-        let policy = self
-            .0
-            .policy
-            .load_full()
-            .ok_or_else(|| Status::unavailable("Authorization policy data is not available"))?;
-        if !self.0.auth_enabled {
-            return Ok(policy);
-        }
         let headers: HashMap<String, String> = request
             .metadata()
             .clone()
@@ -135,18 +126,21 @@ impl PdpService {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        match self.0.identify(&headers, None).await {
-            Ok(Some(caller)) if caller.principal.is_service() => Ok(policy),
-            Ok(Some(_)) => Err(Status::permission_denied(
-                "The PDP API is for service principals only",
-            )),
-            Ok(None) => Err(Status::unauthenticated("Not authenticated")),
-            Err(IdentityError::InvalidPrincipal { detail }) => {
-                Err(Status::invalid_argument(detail))
-            }
-            Err(rejected) => Err(Status::unauthenticated(rejected.detail())),
-        }
+        pdp::authorize_caller(&self.0, &headers)
+            .await
+            .map_err(status)
     }
+}
+
+/// A PDP refusal as a gRPC status.
+fn status(refused: pdp::Refused) -> Status {
+    let code = match refused.status {
+        400 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        _ => tonic::Code::Unavailable,
+    };
+    Status::new(code, refused.detail)
 }
 
 /// The principal an input describes; invalid ids, emails, groups or scopes are rejected.
@@ -155,15 +149,13 @@ fn principal_input(
     scopes: Vec<String>,
 ) -> Result<Principal, Status> {
     let input = input.unwrap_or_default();
-    let principal = Principal {
-        id: input.principal_id,
-        email: Some(input.principal_email).filter(|e| !e.is_empty()),
-        groups: input.principal_groups,
+    pdp::input_principal(
+        input.principal_id,
+        Some(input.principal_email),
+        input.principal_groups,
         scopes,
-    };
-    identity::validate_principal(&principal)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    Ok(principal)
+    )
+    .map_err(status)
 }
 
 #[tonic::async_trait]

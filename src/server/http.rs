@@ -1,18 +1,20 @@
-//! HTTP: liveness, readiness, Prometheus metrics and the auth discovery document.
+//! HTTP: liveness, readiness, Prometheus metrics, the auth discovery document, and NMP's PDP API
+//! for platform services.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
-use super::State;
+use super::{State, pdp};
 use crate::identity;
 
 pub async fn serve(
@@ -30,7 +32,7 @@ pub async fn serve(
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, &req)) }
+            async move { Ok::<_, Infallible>(route(&state, req).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(stream), service);
@@ -45,7 +47,20 @@ pub async fn serve(
     Ok(())
 }
 
-fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Bound on a PDP request body.
+const MAX_PDP_BODY: usize = 64 * 1024;
+
+async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Some(entrypoint) = req.uri().path().strip_prefix(PDP_PREFIX) {
+        if req.method() != Method::POST {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"detail":"Method not allowed"}"#.into(),
+            );
+        }
+        let entrypoint = entrypoint.to_string();
+        return pdp_answer(state, &entrypoint, req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -83,6 +98,50 @@ fn route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             response
         }
         _ => json(StatusCode::NOT_FOUND, r#"{"detail":"Not found"}"#.into()),
+    }
+}
+
+/// NMP's PDP over HTTP: `POST /apis/auth/v2/authz/{allow,has_permissions,has_role}`.
+const PDP_PREFIX: &str = "/apis/auth/v2/authz/";
+
+async fn pdp_answer(
+    state: &State,
+    entrypoint: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let headers: HashMap<String, String> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let answered = async {
+        let policy = pdp::authorize_caller(state, &headers).await?;
+        let body = Limited::new(req.into_body(), MAX_PDP_BODY)
+            .collect()
+            .await
+            .map_err(|e| pdp::Refused {
+                status: 400,
+                detail: format!("Invalid request body: {e}"),
+            })?
+            .to_bytes();
+        pdp::answer(&policy, entrypoint, &body)
+    };
+    match answered.await {
+        Ok(result) => json(StatusCode::OK, result.to_string()),
+        Err(refused) => {
+            let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut response = json(
+                status,
+                serde_json::json!({"detail": refused.detail}).to_string(),
+            );
+            if refused.status == 401 {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"nmp\""),
+                );
+            }
+            response
+        }
     }
 }
 

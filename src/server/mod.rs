@@ -4,6 +4,7 @@
 pub mod check;
 pub mod grpc;
 pub mod http;
+pub mod pdp;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -276,13 +276,12 @@ mod http_face {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = watch::channel(false);
-        std::mem::forget(stop); // serve for the rest of the test process
         tokio::spawn(nmp_authz::server::http::serve(
             listener,
             Arc::new(state),
             stopped,
         ));
-        addr
+        (addr, stop)
     }
 
     /// (status, JSON body) of one request, over a plain TCP stream.

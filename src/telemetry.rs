@@ -243,6 +243,89 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// Which decisions are logged: every denial, and one allow in `allow_every` (1: all; 0: none).
+/// Set with `NMP_AUTHZ_DECISION_LOG_SAMPLE`, the fraction of allows to log (default 1).
+#[derive(Debug)]
+pub struct DecisionLog {
+    allow_every: u64,
+    allows: AtomicU64,
+}
+
+impl DecisionLog {
+    pub fn new(allow_fraction: f64) -> Self {
+        let allow_every = if allow_fraction <= 0.0 || allow_fraction.is_nan() {
+            0
+        } else {
+            (1.0 / allow_fraction.min(1.0)).round() as u64
+        };
+        Self {
+            allow_every,
+            allows: AtomicU64::new(0),
+        }
+    }
+
+    /// From `NMP_AUTHZ_DECISION_LOG_SAMPLE`; an unreadable value logs every allow (and says so).
+    pub fn from_env() -> Self {
+        let fraction = match std::env::var("NMP_AUTHZ_DECISION_LOG_SAMPLE") {
+            Err(_) => 1.0,
+            Ok(text) => text.trim().parse::<f64>().unwrap_or_else(|_| {
+                tracing::warn!(value = %text, "NMP_AUTHZ_DECISION_LOG_SAMPLE is not a number; logging every decision");
+                1.0
+            }),
+        };
+        Self::new(fraction)
+    }
+
+    pub fn should_log(&self, status: u16) -> bool {
+        status != 200
+            || self.allow_every > 0 && self.allows.fetch_add(1, Relaxed) % self.allow_every == 0
+    }
+}
+
+/// One structured decision record. Redacted by construction: no header value, no token, no
+/// query string (it can carry credentials) is ever logged; only the decision's facts.
+pub fn log_decision(
+    request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+    response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
+    status: u16,
+    reason: &str,
+    took: Duration,
+) {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let method = http.map_or("", |h| h.method.as_str());
+    let path = http.map_or("", |h| h.path.split('?').next().unwrap_or_default());
+    let fact = |key: &str| {
+        response
+            .dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(key))
+            .and_then(|v| match &v.kind {
+                Some(Kind::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            })
+            .unwrap_or("")
+    };
+    tracing::info!(
+        target: "nmp_authz::decision",
+        allowed = status == 200,
+        status,
+        reason,
+        method,
+        path,
+        principal_id = fact("principal_id"),
+        workspace = fact("workspace"),
+        endpoint = fact("endpoint"),
+        policy_revision = fact("policy_revision"),
+        micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        "decision"
+    );
+}
+
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -260,6 +343,17 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decision_log_sampling() {
+        let count =
+            |log: &DecisionLog, status: u16| (0..100).filter(|_| log.should_log(status)).count();
+        assert_eq!(count(&DecisionLog::new(1.0), 200), 100);
+        assert_eq!(count(&DecisionLog::new(0.1), 200), 10);
+        assert_eq!(count(&DecisionLog::new(0.0), 200), 0);
+        // Denials are always logged.
+        assert_eq!(count(&DecisionLog::new(0.0), 403), 100);
+    }
 
     #[test]
     fn decisions_are_counted_by_result_status_and_reason() {

@@ -164,3 +164,61 @@ fn a_policy_file_change_is_picked_up_without_waiting_for_the_interval() {
     let took = running.until(403, "file changed");
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+/// Decision logs are structured JSON with the decision's facts, and never carry a token, a
+/// header value or a query string.
+#[test]
+fn decision_logs_are_json_and_redacted() {
+    let mut server = Server::start_with_env(
+        &["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"],
+        &[("NMP_AUTHZ_LOG_FORMAT", "json")],
+    );
+    let (grpc, _) = server.addresses();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime
+        .block_on(AuthorizationClient::connect(format!("http://{grpc}")))
+        .unwrap();
+    let token = unsigned_token("alice");
+    let secrets = [
+        format!("Bearer {token}"),
+        "Bearer not.a.jwt-SECRET-TOKEN".to_string(),
+    ];
+    for authorization in &secrets {
+        let request = check_request(
+            "GET",
+            "/apis/models/v2/workspaces/default/models?access_token=QUERY-SECRET",
+            None,
+            &[
+                ("authorization", authorization),
+                ("cookie", "session=COOKIE-SECRET"),
+            ],
+        );
+        runtime.block_on(client.check(request)).unwrap();
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+    let log = server.output();
+    let decisions: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|v: &serde_json::Value| v["fields"]["message"] == "decision")
+        .collect();
+    assert_eq!(decisions.len(), 2, "one record per Check:\n{log}");
+    assert_eq!(decisions[0]["fields"]["status"], 200);
+    assert_eq!(decisions[0]["fields"]["principal_id"], "alice");
+    assert_eq!(
+        decisions[0]["fields"]["path"],
+        "/apis/models/v2/workspaces/default/models"
+    );
+    assert_eq!(decisions[1]["fields"]["status"], 401);
+    for secret in [
+        token.as_str(),
+        "SECRET-TOKEN",
+        "QUERY-SECRET",
+        "COOKIE-SECRET",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} leaked into the log:\n{log}"
+        );
+    }
+}

@@ -19,6 +19,7 @@ use crate::pdp_proto::{
     HasRoleResponse, PrincipalInput,
 };
 use crate::policy::{CompiledPolicy, Principal};
+use crate::telemetry;
 
 use super::{State, check, pdp};
 
@@ -104,10 +105,19 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let (response, outcome) = check::check(&self.0, request.get_ref()).await;
+        let took = started.elapsed();
         self.0
             .metrics
-            .record_check(outcome.status, outcome.reason, started.elapsed());
-        tracing::debug!(status = outcome.status, reason = outcome.reason, "check");
+            .record_check(outcome.status, outcome.reason, took);
+        if self.0.decision_log.should_log(outcome.status) {
+            telemetry::log_decision(
+                request.get_ref(),
+                &response,
+                outcome.status,
+                outcome.reason,
+                took,
+            );
+        }
         Ok(Response::new(response))
     }
 }

@@ -21,7 +21,7 @@ use crate::identity::signed::{IssuerKeys, TokenVerifier};
 use crate::identity::{self, Identity, IdentityError, IdentitySettings};
 use crate::policy::CompiledPolicy;
 use crate::sources::{self, Refresh, Sources};
-use crate::telemetry::Metrics;
+use crate::telemetry::{DecisionLog, Metrics};
 
 /// How long a request waits for an issuer's keys to be refetched when its token names a key
 /// they lack (a rotation). Envoy's ext_authz timeout must be longer (the companion config's is).
@@ -46,6 +46,7 @@ pub struct State {
     pub policy_loaded_at: AtomicU64,
     /// Set on SIGTERM: readiness goes false before the listeners close.
     pub shutting_down: AtomicBool,
+    pub decision_log: DecisionLog,
 }
 
 impl State {
@@ -103,6 +104,7 @@ impl State {
             stale: AtomicBool::new(false),
             policy_loaded_at: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            decision_log: DecisionLog::from_env(),
         }
     }
 

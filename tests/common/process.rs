@@ -60,9 +60,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = nmp_authz()
             .arg("serve")
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -174,6 +180,15 @@ impl Drop for Server {
 
 /// `... listening grpc=127.0.0.1:1234 http=127.0.0.1:5678` → both addresses.
 pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    // JSON logs (`NMP_AUTHZ_LOG_FORMAT=json`): the addresses are fields of the record.
+    if let Ok(record) = serde_json::from_str::<serde_json::Value>(line) {
+        let fields = &record["fields"];
+        if fields["message"] != "listening" {
+            return None;
+        }
+        let addr = |name: &str| fields[name].as_str()?.parse::<SocketAddr>().ok();
+        return Some((addr("grpc")?, addr("http")?));
+    }
     if !line.contains("listening") {
         return None;
     }

@@ -278,7 +278,11 @@ impl DecisionLog {
 
     pub fn should_log(&self, status: u16) -> bool {
         status != 200
-            || self.allow_every > 0 && self.allows.fetch_add(1, Relaxed) % self.allow_every == 0
+            || self.allow_every > 0
+                && self
+                    .allows
+                    .fetch_add(1, Relaxed)
+                    .is_multiple_of(self.allow_every)
     }
 }
 

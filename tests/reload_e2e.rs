@@ -222,3 +222,108 @@ fn decision_logs_are_json_and_redacted() {
         );
     }
 }
+
+/// Many reloads while a client sends Checks without pause: no Check fails, and every answer
+/// matches the policy revision it reports (a half-applied policy would show as a mismatch).
+#[test]
+fn checks_never_fail_or_mix_revisions_during_reloads() {
+    use nmp_authz::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Revision `rev-allow-N` lets alice read; `rev-deny-N` does not. 5k other bindings make
+    /// each compile take real time.
+    fn policy(generation: usize) -> CompiledPolicy {
+        let allow = generation % 2 == 0;
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&document(if allow { "alice" } else { "" })).unwrap();
+        let principals = doc["authz"]["principals"].as_object_mut().unwrap();
+        for n in 0..5_000 {
+            principals.insert(
+                format!("user-{n}@example.com"),
+                serde_json::json!({"workspaces": {format!("ws{}", n % 50): ["Viewer"]}}),
+            );
+        }
+        let doc = PolicyDocument::parse(&doc.to_string(), Format::Json).unwrap();
+        let kind = if allow { "allow" } else { "deny" };
+        let defaults = BindingDefaults {
+            bootstrap_bindings: false,
+            ..BindingDefaults::default()
+        };
+        CompiledPolicy::build(doc, &defaults, format!("rev-{kind}-{generation}")).unwrap()
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut config = nmp_authz::config::Config::default();
+    config.auth.allow_unsigned_jwt = true;
+    let state = Arc::new(nmp_authz::server::State::new(&config, Some(policy(0))));
+    let (checks, reloads) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(nmp_authz::server::grpc::serve(
+            listener,
+            state.clone(),
+            stopped,
+        ));
+        let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let reloader = {
+            let (state, done) = (state.clone(), done.clone());
+            tokio::spawn(async move {
+                for generation in 1..=20 {
+                    let compiled = tokio::task::spawn_blocking(move || policy(generation))
+                        .await
+                        .unwrap();
+                    state.install(compiled);
+                }
+                done.store(true, Ordering::Relaxed);
+            })
+        };
+        let authorization = format!("Bearer {}", unsigned_token("alice"));
+        let mut checks = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            let request = check_request("GET", THINGS, None, &[("authorization", &authorization)]);
+            let started = Instant::now();
+            let response = client
+                .check(request)
+                .await
+                .expect("no Check fails during reloads")
+                .into_inner();
+            checks.push((response, started.elapsed()));
+        }
+        reloader.await.unwrap();
+        (checks, 20)
+    });
+
+    let mut revisions = std::collections::BTreeSet::new();
+    let mut slowest = Duration::ZERO;
+    for (response, took) in &checks {
+        let revision = common::metadata(response, "policy_revision")
+            .unwrap()
+            .to_string();
+        let allowed = matches!(response.http_response, Some(HttpResponse::OkResponse(_)));
+        assert_eq!(
+            allowed,
+            revision.starts_with("rev-allow-"),
+            "decision and revision disagree: {revision} allowed={allowed}"
+        );
+        revisions.insert(revision);
+        slowest = slowest.max(*took);
+    }
+    assert!(
+        revisions.len() >= 5,
+        "Checks should span many of the {reloads} reloads, saw {revisions:?}"
+    );
+    eprintln!(
+        "{} Checks across {} revisions during {reloads} reloads; slowest Check {slowest:?}",
+        checks.len(),
+        revisions.len()
+    );
+}

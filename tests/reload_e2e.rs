@@ -234,7 +234,7 @@ fn checks_never_fail_or_mix_revisions_during_reloads() {
     /// Revision `rev-allow-N` lets alice read; `rev-deny-N` does not. 5k other bindings make
     /// each compile take real time.
     fn policy(generation: usize) -> CompiledPolicy {
-        let allow = generation % 2 == 0;
+        let allow = generation.is_multiple_of(2);
         let mut doc: serde_json::Value =
             serde_json::from_str(&document(if allow { "alice" } else { "" })).unwrap();
         let principals = doc["authz"]["principals"].as_object_mut().unwrap();

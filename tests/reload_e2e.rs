@@ -125,7 +125,16 @@ fn bundle_changes_and_staleness_through_the_server() {
     // The source breaks: the last good policy serves until max_staleness, then 503.
     bundles.set(Serve::Raw(b"not a bundle".to_vec()));
     running.until(503, "stale after the source failed");
-    assert_eq!(http_get(running.http, "/health/ready").0, 503);
+    let (status, body) = http_get(running.http, "/health/ready");
+    assert_eq!(status, 503);
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["stale"], true);
+    assert!(
+        ready["sources"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("gzip")),
+        "readiness names the failing source's error: {ready}"
+    );
     let (_, metrics) = http_get(running.http, "/metrics");
     assert!(metrics.contains("nmp_authz_policy_stale 1"), "{metrics}");
     assert!(
@@ -142,6 +151,36 @@ fn bundle_changes_and_staleness_through_the_server() {
     running.until(200, "recovered");
     assert_eq!(http_get(running.http, "/health/ready").0, 200);
     assert_eq!(running.server.terminate().code(), Some(0));
+}
+
+/// A Kubernetes ConfigMap volume: `policy.json -> ..data/policy.json`, `..data -> <timestamped
+/// dir>`; an update writes a new directory and swaps the `..data` symlink by rename.
+#[test]
+fn a_configmap_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("policy");
+    std::fs::create_dir(&mount).unwrap();
+    let version = |name: &str, principal: &str| {
+        let data = mount.join(name);
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("policy.json"), document(principal)).unwrap();
+    };
+    version("..2026_11_23_v1", "alice");
+    symlink("..2026_11_23_v1", mount.join("..data")).unwrap();
+    symlink("..data/policy.json", mount.join("policy.json")).unwrap();
+    let mut running = Running::start(
+        "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
+         policy_data_refresh_interval: 3600\npolicy:\n  max_staleness_seconds: 3600\n  \
+         sources:\n    - file: policy/policy.json\n",
+        dir.path(),
+    );
+    assert_eq!(running.alice_reads(), 200);
+    version("..2026_11_23_v2", "");
+    symlink("..2026_11_23_v2", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    let took = running.until(403, "ConfigMap updated");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
 #[test]

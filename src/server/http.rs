@@ -71,14 +71,34 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/health/live" | "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/apis/auth/discovery" => json(StatusCode::OK, state.discovery.clone()),
         "/health/ready" | "/readyz" => {
-            if state.ready() {
-                json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+            // The body says what a failing source is doing, even while the last good policy
+            // still serves (ready) and before staleness makes it unready.
+            let sources: Vec<_> = state
+                .source_status
+                .load()
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "source": s.name,
+                        "loaded": s.loaded,
+                        "failing_for_seconds": s.failing_for.map(|d| d.as_secs()),
+                        "error": s.last_error,
+                    })
+                })
+                .collect();
+            let ready = state.ready();
+            let body = serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "policy_revision": state.policy.load().as_ref().map(|p| p.revision().to_string()),
+                "stale": state.stale.load(Ordering::Relaxed),
+                "sources": sources,
+            });
+            let status = if ready {
+                StatusCode::OK
             } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    r#"{"status":"not ready","detail":"no valid policy data"}"#.into(),
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(status, body.to_string())
         }
         "/metrics" => {
             let policy = state.policy.load();

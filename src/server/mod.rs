@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use envoy_types::pb::google::protobuf::Struct;
 use tokio::sync::watch;
 
@@ -20,7 +20,7 @@ use crate::identity::jwks::KeyFetcher;
 use crate::identity::signed::{IssuerKeys, TokenVerifier};
 use crate::identity::{self, Identity, IdentityError, IdentitySettings};
 use crate::policy::CompiledPolicy;
-use crate::sources::{self, Refresh, Sources};
+use crate::sources::{self, Refresh, SourceStatus, Sources};
 use crate::telemetry::{DecisionLog, Metrics};
 
 /// How long a request waits for an issuer's keys to be refetched when its token names a key
@@ -47,6 +47,8 @@ pub struct State {
     /// Set on SIGTERM: readiness goes false before the listeners close.
     pub shutting_down: AtomicBool,
     pub decision_log: DecisionLog,
+    /// How each policy source is doing, as of the last refresh.
+    pub source_status: ArcSwap<Vec<SourceStatus>>,
 }
 
 impl State {
@@ -105,6 +107,7 @@ impl State {
             policy_loaded_at: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             decision_log: DecisionLog::from_env(),
+            source_status: ArcSwap::default(),
         }
     }
 
@@ -185,6 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::new(&config, None));
     let mut sources = Sources::new(&config, state.metrics.clone());
     let first = sources.refresh().await;
+    state.source_status.store(Arc::new(sources.status()));
     // A file or the built-in catalog failing at start-up is a configuration error; a bundle
     // that cannot be fetched yet is not: the server starts unready (503) and keeps polling.
     if let Some(failed) = sources
@@ -268,6 +272,7 @@ async fn reload_loop(
                 state.metrics.policy_load_failed();
             }
         }
+        state.source_status.store(Arc::new(sources.status()));
         let stale = sources.stale(max_staleness);
         if stale != state.stale.swap(stale, Ordering::Relaxed) {
             if stale {

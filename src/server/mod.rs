@@ -179,8 +179,8 @@ impl State {
     }
 }
 
-/// Runs both listeners until SIGINT/SIGTERM. The initial policy must load: a server that
-/// starts without its policy would only ever answer 503.
+/// Runs both listeners until SIGINT/SIGTERM. Files and the built-in catalog must load at
+/// start-up (a broken one is a configuration error); a bundle may come later.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before the listeners exist, so a SIGTERM that arrives as soon as the server
     // says it is listening is a graceful shutdown, not a kill.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nmp_authz::config::{self, Config, SourceConfig};
-use nmp_authz::{server, sources, telemetry};
+use nmp_authz::{loadtest, server, sources, telemetry};
 
 /// Envoy ext_authz server for the NeMo Platform API: workspace-scoped RBAC and token scopes.
 #[derive(Parser, Debug)]
@@ -34,6 +34,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Load-test a running server's ext_authz Check: allowed, denied by HTTP status and gRPC
+    /// errors counted apart, latency percentiles (HDR histogram), as text or JSON.
+    Loadtest(loadtest::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -128,5 +131,6 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Command::Loadtest(args) => loadtest::run(&args),
     }
 }

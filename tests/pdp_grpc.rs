@@ -5,8 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nmp_authz::config::Config;
 use nmp_authz::pdp_proto::policy_decision_client::PolicyDecisionClient;
 use nmp_authz::pdp_proto::{AllowRequest, HasPermissionsRequest, HasRoleRequest, PrincipalInput};
@@ -14,16 +12,9 @@ use nmp_authz::server::{State, grpc};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-/// An unsigned quickstart token, built here (test code) rather than by the server.
+/// An unsigned quickstart token, built by the tests (not by the server).
 fn unsigned_token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
-    let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 600});
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    format!("{header}.{claims}.")
+    common::gateway::unsigned_token(sub, &[])
 }
 
 struct Pdp {

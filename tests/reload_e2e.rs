@@ -6,8 +6,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::bundle::{BundleServer, Serve, THINGS, bundle, document};
 use common::check_request;
 use common::process::{Server, http_get};
@@ -17,15 +15,9 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 /// Bound on waiting for a change to show (several refresh intervals).
 const CHANGE_DEADLINE: Duration = Duration::from_secs(15);
 
-/// An unsigned quickstart token for `sub`, built here (test code), not by the server.
+/// An unsigned quickstart token, built by the tests (not by the server).
 fn unsigned_token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
-    let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 600}).to_string();
-    format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims))
+    common::gateway::unsigned_token(sub, &[])
 }
 
 struct Running {

@@ -57,6 +57,18 @@ fn served_bundle() -> (BundleServer, Sources) {
     (server, sources)
 }
 
+/// A policy file granting alice, and the sources reading it (keep the directory alive).
+fn file_source() -> (tempfile::TempDir, std::path::PathBuf, Sources) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.json");
+    std::fs::write(&file, document("alice")).unwrap();
+    let sources = Sources::new(
+        &config(vec![SourceConfig::File { file: file.clone() }]),
+        Arc::default(),
+    );
+    (dir, file, sources)
+}
+
 fn last_error(sources: &Sources) -> Option<String> {
     sources.status()[0].last_error.clone()
 }
@@ -178,14 +190,8 @@ fn an_unreachable_bundle_never_loaded_is_stale_and_loads_nothing() {
 
 #[test]
 fn files_are_reparsed_only_when_they_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("policy.json");
-    std::fs::write(&file, document("alice")).unwrap();
+    let (dir, file, mut sources) = file_source();
     let rt = runtime();
-    let mut sources = Sources::new(
-        &config(vec![SourceConfig::File { file: file.clone() }]),
-        Arc::default(),
-    );
     assert!(alice_may_read(&compiled(rt.block_on(sources.refresh()))));
     assert!(matches!(rt.block_on(sources.refresh()), Refresh::Unchanged));
 
@@ -203,14 +209,8 @@ fn files_are_reparsed_only_when_they_change() {
 
 #[test]
 fn documents_that_do_not_compile_count_toward_staleness() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("policy.json");
-    std::fs::write(&file, document("alice")).unwrap();
+    let (_dir, file, mut sources) = file_source();
     let rt = runtime();
-    let mut sources = Sources::new(
-        &config(vec![SourceConfig::File { file: file.clone() }]),
-        Arc::default(),
-    );
     compiled(rt.block_on(sources.refresh()));
     // Valid JSON, but a binding to a role that does not exist.
     std::fs::write(

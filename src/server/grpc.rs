@@ -129,13 +129,7 @@ pub struct PdpService(pub Arc<State>);
 
 impl PdpService {
     async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
-        let headers: HashMap<String, String> = request
-            .metadata()
-            .clone()
-            .into_headers()
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-            .collect();
+        let headers = request.metadata().clone().into_headers();
         pdp::authorize_caller(&self.0, &headers)
             .await
             .map_err(status)

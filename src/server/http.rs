@@ -1,7 +1,6 @@
 //! HTTP: liveness, readiness, Prometheus metrics, the auth discovery document, and NMP's PDP API
 //! for platform services.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -129,13 +128,8 @@ async fn pdp_answer(
     entrypoint: &str,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let headers: HashMap<String, String> = req
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
     let answered = async {
-        let policy = pdp::authorize_caller(state, &headers).await?;
+        let policy = pdp::authorize_caller(state, req.headers()).await?;
         let body = Limited::new(req.into_body(), MAX_PDP_BODY)
             .collect()
             .await

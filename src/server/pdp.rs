@@ -33,7 +33,7 @@ impl Refused {
 /// answer is the policy to decide with.
 pub async fn authorize_caller(
     state: &State,
-    headers: &HashMap<String, String>,
+    headers: &hyper::HeaderMap,
 ) -> Result<Arc<CompiledPolicy>, Refused> {
     let policy = state
         .policy
@@ -42,7 +42,13 @@ pub async fn authorize_caller(
     if !state.auth_enabled {
         return Ok(policy);
     }
-    match state.identify(headers, None).await {
+    // Lower-case names, as identity expects (HeaderMap keeps them so); values that are not
+    // text are no credential.
+    let headers: HashMap<String, String> = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    match state.identify(&headers, None).await {
         Ok(Some(caller)) if caller.principal.is_service() => Ok(policy),
         Ok(Some(_)) => Err(Refused::new(
             403,

@@ -1,5 +1,5 @@
-//! A do-nothing ext_authz server, the baseline for BENCHMARKS.md: the same tonic stack and
-//! socket options as nmp-authz, answering every Check with the same kind of OK response and
+//! A do-nothing ext_authz server, the baseline for BENCHMARKS.md: the same tonic stack, socket
+//! options and allocator as nmp-authz, answering every Check with the same kind of OK response and
 //! deciding nothing. `cargo run --release --example noop_authz -- 127.0.0.1:9292`
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
@@ -11,6 +11,10 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkH
 use envoy_types::pb::google::rpc::Status;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response};
+
+/// The same allocator as the nmp-authz binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Noop;
 

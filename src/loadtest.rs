@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -47,9 +49,11 @@ robin:
   GET  /health/live                               no token   (200)
 
 --requests-file FILE is a JSON array, sent round robin, of
-  {\"method\": \"GET\", \"path\": \"/apis/...\", \"headers\": {\"name\": \"value\"}, \"subject\": \"alice\"}
-where `headers` (lower-cased) and `subject` (adds `authorization: Bearer <unsigned token for \
-that subject>`) are optional.
+  {\"method\": \"GET\", \"path\": \"/apis/...\", \"headers\": {\"name\": \"value\"}, \"subject\": \"alice\", \
+   \"jwt_authn\": {\"sub\": \"alice\", \"scope\": \"models:read\"}}
+where `headers` (lower-cased), `subject` (adds `authorization: Bearer <unsigned token for \
+that subject>`) and `jwt_authn` (claims sent as Envoy's jwt_authn filter passes them on, in \
+the request metadata under `jwt_payload`) are optional.
 
 OUTPUT (text, or one JSON object with --json): requests, duration_seconds, throughput_rps, \
 allowed, denied {HTTP status: count}, errors {gRPC code: count}, latency_us {p50, p90, p99, \
@@ -103,6 +107,9 @@ struct RequestSpec {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     subject: Option<String>,
+    /// Claims as Envoy's `jwt_authn` filter passes them on (`payload_in_metadata: jwt_payload`).
+    #[serde(default)]
+    jwt_authn: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A validated run plan.
@@ -262,6 +269,22 @@ fn check_request(method: &str, path: &str, headers: HashMap<String, String>) -> 
     }
 }
 
+/// Request metadata as the companion Envoy config's `jwt_authn` filter writes it.
+fn jwt_authn_metadata(claims: &serde_json::Map<String, serde_json::Value>) -> Metadata {
+    let payload = Value {
+        kind: Some(Kind::StructValue(crate::identity::struct_from_json(claims))),
+    };
+    Metadata {
+        filter_metadata: HashMap::from([(
+            crate::identity::JWT_AUTHN_NAMESPACE.to_string(),
+            Struct {
+                fields: HashMap::from([("jwt_payload".to_string(), payload)]),
+            },
+        )]),
+        ..Default::default()
+    }
+}
+
 fn bearer(subject: &str, token_life: u64) -> (String, String) {
     (
         "authorization".into(),
@@ -284,7 +307,7 @@ pub fn default_mix(token_life: u64) -> Vec<CheckRequest> {
     ]
 }
 
-fn read_mix(path: &std::path::Path, token_life: u64) -> Result<Vec<CheckRequest>, String> {
+pub fn read_mix(path: &std::path::Path, token_life: u64) -> Result<Vec<CheckRequest>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--requests-file {}: {e}", path.display()))?;
     let specs: Vec<RequestSpec> = serde_json::from_str(&text)
@@ -314,7 +337,11 @@ fn read_mix(path: &std::path::Path, token_life: u64) -> Result<Vec<CheckRequest>
                 let (k, v) = bearer(subject, token_life);
                 headers.insert(k, v);
             }
-            Ok(check_request(&spec.method, &spec.path, headers))
+            let mut request = check_request(&spec.method, &spec.path, headers);
+            if let (Some(claims), Some(attributes)) = (&spec.jwt_authn, &mut request.attributes) {
+                attributes.metadata_context = Some(jwt_authn_metadata(claims));
+            }
+            Ok(request)
         })
         .collect()
 }

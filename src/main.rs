@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use nmp_authz::config::{self, Config, SourceConfig};
 use nmp_authz::{loadtest, server, sources, telemetry};
 
+/// A Check allocates a few dozen small, short-lived objects (decoded request, principal,
+/// response); mimalloc serves them from per-thread free lists. BENCHMARKS.md has the figure.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Envoy ext_authz server for the NeMo Platform API: workspace-scoped RBAC and token scopes.
 #[derive(Parser, Debug)]
 #[command(name = "nmp-authz", version, about)]
@@ -92,7 +97,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut config = config.load()?;
             config.server.grpc_addr = grpc_addr.unwrap_or(config.server.grpc_addr);
             config.server.http_addr = http_addr.unwrap_or(config.server.http_addr);
-            telemetry::init_logging();
+            let _log_writer = telemetry::init_logging();
             if quickstart {
                 tracing::warn!(
                     "DEVELOPMENT MODE: no --config given, running the embedded quickstart \

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::policy::Reason;
@@ -331,16 +332,127 @@ pub fn log_decision(
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
-pub fn init_logging() {
+/// Keep the returned guard alive: dropping it writes out what is still buffered.
+pub fn init_logging() -> LogFlush {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
+    let output = LogOutput::new(terminal);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(terminal)
+        .with_writer(output.clone());
     if std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
         builder.init();
+    }
+    LogFlush(output)
+}
+
+/// How long a log record may wait in the buffer.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A buffer this full is written out by the thread that filled it.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Where log records go: a buffer in front of stderr, written out when it fills and at least
+/// every [`LOG_FLUSH_EVERY`] by a flusher thread. Under load many records share one write
+/// system call, no thread is woken per record (a Check logs its decision on the worker thread
+/// that answered it), and nobody appending waits on a write in progress. On a terminal every
+/// record is written at once.
+#[derive(Clone)]
+struct LogOutput {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    immediate: bool,
+}
+
+impl LogOutput {
+    fn new(immediate: bool) -> Self {
+        let output = Self {
+            buffer: Arc::new(Mutex::new(Vec::with_capacity(LOG_BUFFER_BYTES))),
+            immediate,
+        };
+        if !immediate {
+            let buffer = Arc::downgrade(&output.buffer);
+            std::thread::Builder::new()
+                .name("nmp-authz-log".into())
+                .spawn(move || {
+                    while let Some(buffer) = buffer.upgrade() {
+                        write_out(lock(&buffer));
+                        drop(buffer);
+                        std::thread::sleep(LOG_FLUSH_EVERY);
+                    }
+                })
+                .expect("start the log flusher thread");
+        }
+        output
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes the buffered records to stderr. Stderr's lock is taken before the buffer's is
+/// released, so chunks leave in the order they were buffered while appending goes on.
+fn write_out(mut buffer: std::sync::MutexGuard<'_, Vec<u8>>) {
+    if buffer.is_empty() {
+        return;
+    }
+    let records = std::mem::replace(&mut *buffer, Vec::with_capacity(LOG_BUFFER_BYTES));
+    let mut stderr = std::io::stderr().lock();
+    drop(buffer);
+    // Nowhere to report a failed write to stderr.
+    let _ = stderr.write_all(&records);
+}
+
+/// One record being written: the formatter hands over each record whole in one `write_all`.
+pub struct LogRecord<'a> {
+    buffer: Option<std::sync::MutexGuard<'a, Vec<u8>>>,
+    immediate: bool,
+}
+
+impl Write for LogRecord<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Some(buffer) = &mut self.buffer {
+            buffer.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogRecord<'_> {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take()
+            && (self.immediate || buffer.len() >= LOG_BUFFER_BYTES)
+        {
+            write_out(buffer);
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutput {
+    type Writer = LogRecord<'a>;
+
+    fn make_writer(&'a self) -> LogRecord<'a> {
+        LogRecord {
+            buffer: Some(lock(&self.buffer)),
+            immediate: self.immediate,
+        }
+    }
+}
+
+/// Writes out buffered log records when dropped (at the end of `serve`).
+pub struct LogFlush(LogOutput);
+
+impl Drop for LogFlush {
+    fn drop(&mut self) {
+        write_out(lock(&self.0.buffer));
     }
 }
 

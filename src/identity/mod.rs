@@ -4,13 +4,12 @@
 //! Pure: no I/O and no clock; the caller passes the current time in unix seconds.
 //! Identities from different sources that disagree are denied, never merged.
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
-use envoy_types::pb::google::protobuf::{Struct, value::Kind};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use regex::Regex;
 use serde_json::{Map, Value as Json};
 
@@ -33,6 +32,46 @@ const HEADER_ID: &str = "x-nmp-principal-id";
 const HEADER_EMAIL: &str = "x-nmp-principal-email";
 const HEADER_GROUPS: &str = "x-nmp-principal-groups";
 const HEADER_SCOPES: &str = "x-nmp-scopes";
+
+/// The request headers identity reads, picked out of the request in one pass (no copies).
+/// Names match case-insensitively; a credential header present twice (under two spellings, or
+/// repeated in an HTTP request) is refused: whichever copy we read, a later hop might read the
+/// other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    values: [Option<&'a str>; CREDENTIAL_HEADERS.len()],
+}
+
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    HEADER_ID,
+    HEADER_EMAIL,
+    HEADER_GROUPS,
+    HEADER_SCOPES,
+];
+
+impl<'a> Credentials<'a> {
+    pub fn from_headers(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, IdentityError> {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            if let Some(slot) = CREDENTIAL_HEADERS
+                .iter()
+                .position(|known| name.eq_ignore_ascii_case(known))
+                && found.values[slot].replace(value).is_some()
+            {
+                return Err(unauthenticated("Repeated credential header"));
+            }
+        }
+        Ok(found)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a str> {
+        let slot = CREDENTIAL_HEADERS.iter().position(|known| *known == name)?;
+        self.values[slot]
+    }
+}
 
 const INVALID_TOKEN: &str = "Invalid or expired token";
 const NO_SUBJECT: &str = "Token has no subject";
@@ -84,7 +123,7 @@ pub enum Source {
 /// An authenticated, validated caller. `principal.id` is always `Some`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub principal: Principal,
+    pub principal: Arc<Principal>,
     pub source: Source,
 }
 
@@ -138,12 +177,33 @@ pub fn jwt_authn_metadata(attrs: &AttributeContext) -> Option<&Struct> {
         .get(JWT_AUTHN_NAMESPACE)
 }
 
-/// Establishes the caller. `headers` have lower-case names (as Envoy sends them); `metadata`
-/// is the `jwt_authn` namespace ([`jwt_authn_metadata`]). `Ok(None)`: no source named anyone.
+/// A JSON object as a protobuf `Struct`, the form Envoy's `jwt_authn` filter hands claims over
+/// in (load tests and benchmarks build metadata with it).
+pub fn struct_from_json(object: &Map<String, Json>) -> Struct {
+    fn value(json: &Json) -> Value {
+        let kind = match json {
+            Json::Null => Kind::NullValue(0),
+            Json::Bool(b) => Kind::BoolValue(*b),
+            Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(f64::NAN)),
+            Json::String(s) => Kind::StringValue(s.clone()),
+            Json::Array(items) => Kind::ListValue(ListValue {
+                values: items.iter().map(value).collect(),
+            }),
+            Json::Object(object) => Kind::StructValue(struct_from_json(object)),
+        };
+        Value { kind: Some(kind) }
+    }
+    Struct {
+        fields: object.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+    }
+}
+
+/// Establishes the caller from the request's `credentials` and `metadata`, the `jwt_authn`
+/// namespace ([`jwt_authn_metadata`]). `Ok(None)`: no source named anyone.
 pub fn identify(
     settings: &IdentitySettings,
     verifier: &TokenVerifier,
-    headers: &HashMap<String, String>,
+    headers: &Credentials<'_>,
     metadata: Option<&Struct>,
     now_unix: u64,
 ) -> Result<Option<Identity>, IdentityError> {
@@ -157,7 +217,7 @@ pub fn identify(
             return Err(unauthenticated("Conflicting identities"));
         }
         Identity {
-            principal,
+            principal: Arc::new(principal),
             source: Source::JwtAuthnMetadata,
         }
     } else if let Some(principal) = bearer_principal(settings, verifier, headers, now_unix)? {
@@ -168,7 +228,7 @@ pub fn identify(
     } else if settings.trust_principal_headers {
         match header_principal(settings, headers)? {
             Some(principal) => Identity {
-                principal,
+                principal: Arc::new(principal),
                 source: Source::TrustedHeaders,
             },
             None => return Ok(None),
@@ -186,7 +246,10 @@ pub fn identify(
         return Err(unauthenticated("Conflicting identities"));
     }
 
-    validate_principal(&identity.principal)?;
+    // A bearer token's principal was validated when the token was first accepted.
+    if identity.source != Source::BearerToken {
+        validate_principal(&identity.principal)?;
+    }
     Ok(Some(identity))
 }
 
@@ -366,7 +429,7 @@ struct RawJwt<'a> {
 
 /// The token of an `Authorization: Bearer` header: `None` without the header, an error for
 /// another scheme or an empty token.
-fn bearer_token(headers: &HashMap<String, String>) -> Result<Option<&str>, IdentityError> {
+fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, IdentityError> {
     let Some(value) = headers.get("authorization") else {
         return Ok(None);
     };
@@ -408,7 +471,7 @@ fn parse_jwt(token: &str) -> Option<RawJwt<'_>> {
 /// conflict with the metadata identity, which can only ever turn an allow into a denial.
 fn bearer_subject_unverified(
     settings: &IdentitySettings,
-    headers: &HashMap<String, String>,
+    headers: &Credentials<'_>,
 ) -> Option<String> {
     let jwt = parse_jwt(bearer_token(headers).ok()??)?;
     match jwt.claims.claim(&settings.subject_claim) {
@@ -417,18 +480,42 @@ fn bearer_subject_unverified(
     }
 }
 
+/// A bearer token accepted once (signature or, in quickstart, `alg: none`; subject; principal
+/// format), remembered by the verifier until it expires so that later requests with it skip
+/// decoding, verifying and mapping. Its time claims are checked again on every use.
+#[derive(Debug)]
+pub struct AcceptedToken {
+    principal: Arc<Principal>,
+    times: TokenTimes,
+}
+
+impl AcceptedToken {
+    /// Unix seconds after which the token is no use to anyone (leeway included).
+    pub fn expires_at(&self) -> u64 {
+        (self.times.exp.max(0.0) as u64).saturating_add(MAX_LEEWAY_SECONDS)
+    }
+}
+
 fn bearer_principal(
     settings: &IdentitySettings,
     verifier: &TokenVerifier,
-    headers: &HashMap<String, String>,
+    headers: &Credentials<'_>,
     now_unix: u64,
-) -> Result<Option<Principal>, IdentityError> {
+) -> Result<Option<Arc<Principal>>, IdentityError> {
     if !settings.verify_bearer {
         return Ok(None);
     }
     let Some(token) = bearer_token(headers)? else {
         return Ok(None);
     };
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(unauthenticated(INVALID_TOKEN));
+    }
+    let digest = signed::token_digest(token);
+    if let Some(known) = verifier.remembered(&digest) {
+        known.times.check(settings.leeway_seconds, now_unix)?;
+        return Ok(Some(known.principal.clone()));
+    }
     let jwt = parse_jwt(token).ok_or_else(|| unauthenticated(INVALID_TOKEN))?;
 
     let claims = if jwt.header.get("alg").and_then(Json::as_str) == Some("none") {
@@ -438,14 +525,15 @@ fn bearer_principal(
         jwt.claims
     } else {
         match verifier.verify(token, &jwt.header, &jwt.claims) {
-            Ok((claims, _)) => claims,
+            Ok(claims) => claims,
             Err(Rejection::Invalid(detail)) => return Err(unauthenticated(detail)),
             Err(Rejection::UnknownKey { issuer }) => {
                 return Err(IdentityError::UnknownSigningKey { issuer });
             }
         }
     };
-    check_times(&claims, settings.leeway_seconds, now_unix)?;
+    let times = TokenTimes::read(&claims)?;
+    times.check(settings.leeway_seconds, now_unix)?;
 
     match claims.claim("sub") {
         Claim::Str(s) if !s.is_empty() => {}
@@ -456,6 +544,15 @@ fn bearer_principal(
     if principal.id.is_none() {
         return Err(unauthenticated(NO_SUBJECT));
     }
+    validate_principal(&principal)?;
+    let principal = Arc::new(principal);
+    verifier.remember(
+        digest,
+        Arc::new(AcceptedToken {
+            principal: principal.clone(),
+            times,
+        }),
+    );
     Ok(Some(principal))
 }
 
@@ -466,44 +563,55 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `exp` and `iat` are required numbers; `exp`, `nbf` and `iat` are enforced with bounded
-/// leeway.
-fn check_times(
-    claims: &Map<String, Json>,
-    leeway_seconds: u64,
-    now_unix: u64,
-) -> Result<(), IdentityError> {
-    let number = |name: &str| claims.get(name).map(Json::as_f64);
-    let now = now_unix as f64;
-    let leeway = leeway_seconds.min(MAX_LEEWAY_SECONDS) as f64;
-    let (Some(Some(exp)), Some(Some(iat))) = (number("exp"), number("iat")) else {
-        return Err(unauthenticated(INVALID_TOKEN));
-    };
-    let not_yet_valid = match number("nbf") {
-        None => false,
-        Some(Some(nbf)) => now + leeway < nbf,
-        Some(None) => true,
-    };
-    // A token issued in the future (beyond the clock-skew leeway) was not issued honestly.
-    let issued_in_future = now + leeway < iat;
-    if now > exp + leeway || not_yet_valid || issued_in_future {
-        return Err(unauthenticated(INVALID_TOKEN));
+/// A token's time claims: `exp` and `iat` are required numbers, `nbf` optional.
+#[derive(Debug, Clone, Copy)]
+struct TokenTimes {
+    exp: f64,
+    iat: f64,
+    nbf: Option<f64>,
+}
+
+impl TokenTimes {
+    fn read(claims: &Map<String, Json>) -> Result<Self, IdentityError> {
+        let number = |name: &str| claims.get(name).map(Json::as_f64);
+        match (number("exp"), number("iat"), number("nbf")) {
+            (Some(Some(exp)), Some(Some(iat)), None) => Ok(Self {
+                exp,
+                iat,
+                nbf: None,
+            }),
+            (Some(Some(exp)), Some(Some(iat)), Some(Some(nbf))) => Ok(Self {
+                exp,
+                iat,
+                nbf: Some(nbf),
+            }),
+            _ => Err(unauthenticated(INVALID_TOKEN)),
+        }
     }
-    Ok(())
+
+    /// `exp`, `nbf` and `iat` enforced with bounded leeway.
+    fn check(&self, leeway_seconds: u64, now_unix: u64) -> Result<(), IdentityError> {
+        let now = now_unix as f64;
+        let leeway = leeway_seconds.min(MAX_LEEWAY_SECONDS) as f64;
+        let not_yet_valid = self.nbf.is_some_and(|nbf| now + leeway < nbf);
+        // A token issued in the future (beyond the clock-skew leeway) was not issued honestly.
+        let issued_in_future = now + leeway < self.iat;
+        if now > self.exp + leeway || not_yet_valid || issued_in_future {
+            return Err(unauthenticated(INVALID_TOKEN));
+        }
+        Ok(())
+    }
 }
 
 // ---- (c) trusted headers ----
 
-fn non_empty_header<'a>(headers: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .map(String::as_str)
-        .filter(|v| !v.is_empty())
+fn non_empty_header<'a>(headers: &Credentials<'a>, name: &str) -> Option<&'a str> {
+    headers.get(name).filter(|v| !v.is_empty())
 }
 
 fn header_principal(
     settings: &IdentitySettings,
-    headers: &HashMap<String, String>,
+    headers: &Credentials<'_>,
 ) -> Result<Option<Principal>, IdentityError> {
     let id = non_empty_header(headers, HEADER_ID);
     let email = non_empty_header(headers, HEADER_EMAIL);
@@ -573,35 +681,14 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
     use envoy_types::pb::envoy::config::core::v3::Metadata;
-    use envoy_types::pb::google::protobuf::{ListValue, Value};
     use serde_json::json;
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     const NOW: u64 = 1_700_000_000;
 
-    fn to_value(j: &Json) -> Value {
-        let kind = match j {
-            Json::Null => Kind::NullValue(0),
-            Json::Bool(b) => Kind::BoolValue(*b),
-            Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
-            Json::String(s) => Kind::StringValue(s.clone()),
-            Json::Array(a) => Kind::ListValue(ListValue {
-                values: a.iter().map(to_value).collect(),
-            }),
-            Json::Object(_) => Kind::StructValue(to_struct(j)),
-        };
-        Value { kind: Some(kind) }
-    }
-
     fn to_struct(j: &Json) -> Struct {
-        Struct {
-            fields: j
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), to_value(v)))
-                .collect(),
-        }
+        struct_from_json(j.as_object().unwrap())
     }
 
     /// The jwt_authn namespace struct with `claims` under the default payload key.
@@ -656,7 +743,11 @@ mod tests {
         h: &HashMap<String, String>,
         m: Option<&Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
-        identify(s, &TokenVerifier::none(), h, m, NOW)
+        identify(s, &TokenVerifier::none(), &credentials(h), m, NOW)
+    }
+
+    fn credentials(h: &HashMap<String, String>) -> Credentials<'_> {
+        Credentials::from_headers(h.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap()
     }
 
     fn ok(r: Result<Option<Identity>, IdentityError>) -> Identity {
@@ -697,7 +788,7 @@ mod tests {
         let id = ok(run(&IdentitySettings::default(), &HashMap::new(), Some(&m)));
         assert_eq!(id.source, Source::JwtAuthnMetadata);
         assert_eq!(
-            id.principal,
+            *id.principal,
             Principal {
                 id: Some("alice".into()),
                 email: Some("alice@example.com".into()),
@@ -750,6 +841,7 @@ mod tests {
             ok(run(&s, &HashMap::new(), Some(&meta(claims))))
                 .principal
                 .scopes
+                .clone()
         };
         assert_eq!(
             scopes(json!({"sub": "a", "scp": ["x:read", "y:write"]})),
@@ -927,7 +1019,7 @@ mod tests {
         let id = ok(run(&s, &h, None));
         assert_eq!(id.source, Source::TrustedHeaders);
         assert_eq!(
-            id.principal,
+            *id.principal,
             Principal {
                 id: Some("service:jobs".into()),
                 email: Some("jobs@x.io".into()),
@@ -962,7 +1054,7 @@ mod tests {
         let id = ok(bearer_result(claims));
         assert_eq!(id.source, Source::BearerToken);
         assert_eq!(
-            id.principal,
+            *id.principal,
             Principal {
                 id: Some("alice".into()),
                 email: Some("alice@x.io".into()),
@@ -1237,24 +1329,34 @@ mod tests {
         assert_eq!((e.status(), e.detail()), (401, "Not authenticated"));
     }
 
+    const FIXTURE_ISSUER: &str = "https://idp.example.com";
+
+    /// The fixture keys, trusted for FIXTURE_ISSUER.
+    fn fixture_keys() -> (Arc<signed::IssuerKeys>, TokenVerifier) {
+        let jwks = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/jwks.json");
+        let keyring = Arc::new(signed::IssuerKeys::new(FIXTURE_ISSUER, None));
+        let jwks = serde_json::from_slice(&std::fs::read(jwks).unwrap()).unwrap();
+        keyring.replace(signed::usable_keys(&jwks));
+        let verifier = TokenVerifier::new(vec![keyring.clone()], None, 60);
+        (keyring, verifier)
+    }
+
+    /// An RS256 token signed with the fixture key `rsa.pem`, published as `kid`.
+    fn sign(kid: &str, claims: Json) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        let pem = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/rsa.pem");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let key = EncodingKey::from_rsa_pem(&std::fs::read(pem).unwrap()).unwrap();
+        encode(&header, &claims, &key).unwrap()
+    }
+
     #[test]
     fn signed_tokens_are_verified_then_time_checked_and_mapped() {
-        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-        use signed::{IssuerKeys, usable_keys};
-        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/");
-        let issuer = "https://idp.example.com";
-        let keyring = Arc::new(IssuerKeys::new(issuer, None));
-        let jwks = std::fs::read(format!("{keys}jwks.json")).unwrap();
-        keyring.replace(usable_keys(&serde_json::from_slice(&jwks).unwrap()));
-        let verifier = TokenVerifier::new(vec![keyring], None, 60);
-        let pem = std::fs::read(format!("{keys}rsa.pem")).unwrap();
-        let sign = |kid: &str, claims: Json| {
-            let mut header = Header::new(Algorithm::RS256);
-            header.kid = Some(kid.into());
-            encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
-        };
+        let issuer = FIXTURE_ISSUER;
+        let (_, verifier) = fixture_keys();
         let s = IdentitySettings::default();
-        let run = |token: &str| identify(&s, &verifier, &bearer(token), None, NOW);
+        let run = |token: &str| identify(&s, &verifier, &credentials(&bearer(token)), None, NOW);
 
         let claims = json!({"iss": issuer, "sub": "alice", "email": "alice@example.com",
             "scope": "openid models:read", "iat": NOW, "exp": NOW + 600});
@@ -1274,5 +1376,60 @@ mod tests {
                 issuer: issuer.into()
             })
         );
+    }
+
+    #[test]
+    fn accepted_tokens_are_remembered_until_keys_are_withdrawn_and_time_checked_on_every_use() {
+        let (keyring, verifier) = fixture_keys();
+        let claims = json!({"iss": FIXTURE_ISSUER, "sub": "alice", "iat": NOW, "exp": NOW + 600});
+        let token = sign("rsa-1", claims);
+        let s = IdentitySettings::default();
+        let at = |now: u64| identify(&s, &verifier, &credentials(&bearer(&token)), None, now);
+
+        assert!(ok(at(NOW)).principal.id.as_deref() == Some("alice"));
+        // With no keys at all, only the memory of the accepted token can vouch for it...
+        assert!(keyring.replace(Vec::new()), "a key was withdrawn");
+        assert!(ok(at(NOW + 1)).principal.id.as_deref() == Some("alice"));
+        // ...and never past its expiry (600 s + 60 s leeway).
+        err_401(at(NOW + 661), INVALID_TOKEN);
+        verifier.forget_verified();
+        assert_eq!(
+            at(NOW + 2),
+            Err(IdentityError::UnknownSigningKey {
+                issuer: FIXTURE_ISSUER.into()
+            })
+        );
+
+        // A token refused for its principal is refused again, not remembered as good.
+        let bad_scope =
+            unsigned(json!({"sub": "a", "scope": "models.read", "iat": NOW, "exp": NOW + 60}));
+        for _ in 0..2 {
+            err_400(
+                identify(
+                    &unsigned_ok(),
+                    &verifier,
+                    &credentials(&bearer(&bad_scope)),
+                    None,
+                    NOW,
+                ),
+                "Invalid scope format",
+            );
+        }
+    }
+
+    #[test]
+    fn credential_headers_match_any_case_and_may_not_repeat() {
+        let found =
+            Credentials::from_headers([("Authorization", "Bearer x"), ("accept", "*/*")]).unwrap();
+        assert_eq!(found.get("authorization"), Some("Bearer x"));
+        for repeated in [
+            [("authorization", "Bearer a"), ("Authorization", "Bearer b")],
+            [(HEADER_ID, "alice"), ("X-NMP-Principal-Id", "mallory")],
+        ] {
+            err_401(
+                Credentials::from_headers(repeated).map(|_| None),
+                "Repeated credential header",
+            );
+        }
     }
 }

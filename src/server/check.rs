@@ -47,28 +47,23 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
             None,
         );
     };
-    // Envoy sends lower-case names; lower-case anyway so a hand-built request cannot smuggle
-    // an `X-NMP-...` header past the strip list.
-    let headers: HashMap<String, String> = http
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
+    let credentials = identity::Credentials::from_headers(
+        http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
     let metadata = attributes.and_then(identity::jwt_authn_metadata);
 
     if !state.auth_enabled {
         // Authorization is off: everything is allowed; a caller we can name is still named
         // (without waiting on any key refetch for it).
-        let verifier = state.keys.verifier();
-        let identity = identity::identify(
-            &state.identity,
-            verifier,
-            &headers,
-            metadata,
-            identity::unix_now(),
-        );
-        let principal = identity.ok().flatten().map(|i| i.principal);
-        return allow(&headers, principal.as_ref(), "auth_disabled");
+        let principal = credentials.ok().and_then(|credentials| {
+            let verifier = state.keys.verifier();
+            let now = identity::unix_now();
+            identity::identify(&state.identity, verifier, &credentials, metadata, now)
+                .ok()
+                .flatten()
+                .map(|i| i.principal)
+        });
+        return allow(&http.headers, principal.as_deref(), "auth_disabled");
     }
     if state.stale.load(std::sync::atomic::Ordering::Relaxed) {
         return deny(
@@ -78,7 +73,10 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
             None,
         );
     }
-    let identity = state.identify(&headers, metadata).await;
+    let identity = match credentials {
+        Ok(credentials) => state.identify(&credentials, metadata).await,
+        Err(refused) => Err(refused),
+    };
     let Some(policy) = state.policy.load_full() else {
         return deny(
             503,
@@ -97,10 +95,14 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
             return deny(401, "invalid_identity", detail, Some(detail));
         }
     };
-    let decision = policy.allow(principal.as_ref(), &http.method, &http.path);
-    let metadata = decision_metadata(&policy, principal.as_ref(), &decision);
+    let decision = policy.allow(principal.as_deref(), &http.method, &http.path);
+    let metadata = decision_metadata(&policy, principal.as_deref(), &decision);
     let (mut response, outcome) = if decision.allowed {
-        allow(&headers, principal.as_ref(), decision.reason.as_str())
+        allow(
+            &http.headers,
+            principal.as_deref(),
+            decision.reason.as_str(),
+        )
     } else {
         match decision.reason {
             Reason::NoEndpointsLoaded => deny(
@@ -144,13 +146,16 @@ fn allow(
             set.push((SCOPES, p.scopes.join(" ")));
         }
     }
-    // Every other inbound x-nmp-* header is the client's, not ours: remove it.
+    // Every other inbound x-nmp-* header is the client's, not ours: remove it. Envoy sends
+    // lower-case names; a hand-built request's `X-NMP-...` is caught too.
     let mut headers_to_remove: Vec<String> = inbound
         .keys()
-        .filter(|k| k.starts_with("x-nmp-") && !set.iter().any(|(name, _)| name == k))
-        .cloned()
+        .filter(|k| k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-nmp-")))
+        .map(|k| k.to_ascii_lowercase())
+        .filter(|k| !set.iter().any(|(name, _)| name == k))
         .collect();
     headers_to_remove.sort();
+    headers_to_remove.dedup();
     let response = CheckResponse {
         status: Some(Status {
             code: tonic::Code::Ok as i32,
@@ -223,7 +228,7 @@ fn deny(
                 code: i32::from(status),
             }),
             headers,
-            body: serde_json::json!({ "detail": detail }).to_string(),
+            body: super::detail_body(detail),
         })),
         dynamic_metadata: None,
     };

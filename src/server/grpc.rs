@@ -2,15 +2,20 @@
 //! `grpc.health.v1.Health` and reflection, on one listener.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::StreamExt as _;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tonic::{Request, Response, Status};
 
 use crate::pdp_proto::policy_decision_server::{PolicyDecision, PolicyDecisionServer};
@@ -47,13 +52,58 @@ pub async fn serve(
         // Small request/response exchanges: without TCP_NODELAY each one can wait on a
         // delayed ACK.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(|accepted| accepted.map(WholeFrameWrites)),
             async move {
                 let _ = shutdown.wait_for(|stop| *stop).await;
             },
         )
         .await?;
     Ok(())
+}
+
+/// An accepted gRPC connection that does not offer vectored writes. With them, h2 queues a
+/// frame payload over 256 bytes as a separate buffer and holds every later frame back until
+/// the next write, so a Check response (300-500 bytes with its headers and decision metadata)
+/// left in two system calls, the second carrying only the gRPC trailers. Without them h2
+/// copies payloads of up to 1 KiB into its buffer and a response leaves in one write.
+struct WholeFrameWrites(TcpStream);
+
+impl AsyncRead for WholeFrameWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WholeFrameWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl Connected for WholeFrameWrites {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.connect_info()
+    }
 }
 
 /// How often gRPC health follows readiness (policy loaded, current, not shutting down).

@@ -144,10 +144,7 @@ async fn pdp_answer(
         Ok(result) => json(StatusCode::OK, result.to_string()),
         Err(refused) => {
             let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
-            let mut response = json(
-                status,
-                serde_json::json!({"detail": refused.detail}).to_string(),
-            );
+            let mut response = json(status, super::detail_body(&refused.detail));
             if refused.status == 401 {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

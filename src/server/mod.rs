@@ -6,7 +6,6 @@ pub mod grpc;
 pub mod http;
 pub mod pdp;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -130,14 +129,14 @@ impl State {
     /// one (rate-limited, shared) refetch of that issuer's keys before it is refused.
     pub async fn identify(
         &self,
-        headers: &HashMap<String, String>,
+        credentials: &identity::Credentials<'_>,
         metadata: Option<&Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
         let verifier = self.keys.verifier();
         match identity::identify(
             &self.identity,
             verifier,
-            headers,
+            credentials,
             metadata,
             identity::unix_now(),
         ) {
@@ -154,7 +153,7 @@ impl State {
                 identity::identify(
                     &self.identity,
                     verifier,
-                    headers,
+                    credentials,
                     metadata,
                     identity::unix_now(),
                 )
@@ -298,4 +297,13 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
+}
+
+/// NMP's error body, `{"detail": "..."}`, written without building a JSON tree.
+pub(crate) fn detail_body(detail: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        detail: &'a str,
+    }
+    serde_json::to_string(&Body { detail }).expect("a string field always serializes")
 }

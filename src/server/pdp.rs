@@ -2,7 +2,6 @@
 //! shared by its gRPC face (`nmp_authz.v1.PolicyDecision`) and its HTTP face
 //! (`POST /apis/auth/v2/authz/{entrypoint}`, NMP's `{"input": ...}` → `{"result": ...}`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -42,13 +41,17 @@ pub async fn authorize_caller(
     if !state.auth_enabled {
         return Ok(policy);
     }
-    // Lower-case names, as identity expects (HeaderMap keeps them so); values that are not
-    // text are no credential.
-    let headers: HashMap<String, String> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect();
-    match state.identify(&headers, None).await {
+    // Values that are not text are no credential.
+    let credentials = identity::Credentials::from_headers(
+        headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+    );
+    let identity = match credentials {
+        Ok(credentials) => state.identify(&credentials, None).await,
+        Err(refused) => Err(refused),
+    };
+    match identity {
         Ok(Some(caller)) if caller.principal.is_service() => Ok(policy),
         Ok(Some(_)) => Err(Refused::new(
             403,

@@ -1,0 +1,138 @@
+//! One Check in-process, and the identity work inside it. `cargo bench --bench check`; see
+//! BENCHMARKS.md.
+//!
+//! - `check/*`: a CheckRequest decoded from its wire bytes, decided by the quickstart server's
+//!   handler (built-in catalog, bootstrap bindings) and the CheckResponse encoded, against the
+//!   same decode and encode around a do-nothing answer: what nmp-authz adds per Check on top of
+//!   the gRPC plumbing, without the network or the scheduler in the figure.
+//! - `identity/*`: the principal from Envoy's jwt_authn metadata, and an RS256 bearer token
+//!   verified from scratch and remembered (a later request with the same token).
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse, OkHttpResponse};
+use envoy_types::pb::google::rpc::Status;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use nmp_authz::identity::{self, Credentials, IdentitySettings};
+use nmp_authz::server::{State, check};
+use prost::Message;
+use serde_json::json;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys/");
+const MIX_JWT_AUTHN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/mix-jwt-authn.json");
+
+fn quickstart_state() -> State {
+    let config = nmp_authz::config::load_from_process_env(None).expect("quickstart config");
+    let policy = nmp_authz::sources::load(&config).expect("built-in catalog");
+    State::new(&config, Some(policy))
+}
+
+/// The mixes as wire bytes: the load tester's built-in one (unsigned bearer tokens, half
+/// denied) and the production shape (claims in jwt_authn metadata, mostly allowed).
+fn mixes() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    let encode =
+        |requests: Vec<CheckRequest>| requests.iter().map(Message::encode_to_vec).collect();
+    let production = nmp_authz::loadtest::read_mix(MIX_JWT_AUTHN.as_ref(), 3600).expect("mix");
+    vec![
+        (
+            "built-in mix",
+            encode(nmp_authz::loadtest::default_mix(3600)),
+        ),
+        ("jwt_authn metadata mix", encode(production)),
+    ]
+}
+
+fn noop_response() -> CheckResponse {
+    CheckResponse {
+        status: Some(Status::default()),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        dynamic_metadata: None,
+    }
+}
+
+fn checks(c: &mut Criterion) {
+    let state = quickstart_state();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("check");
+    for (name, wire) in mixes() {
+        group.bench_function(format!("nmp-authz, {name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
+                i += 1;
+                let (response, _) = runtime.block_on(check::check(&state, &request));
+                black_box(response.encode_to_vec())
+            })
+        });
+        group.bench_function(format!("do-nothing, {name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
+                i += 1;
+                black_box(&request);
+                let response = runtime.block_on(async { noop_response() });
+                black_box(response.encode_to_vec())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn identities(c: &mut Criterion) {
+    let now = identity::unix_now();
+    let issuer = "https://idp.example.com";
+    let keyring = Arc::new(IssuerKeys::new(issuer, None));
+    let jwks = std::fs::read(format!("{KEYS}jwks.json")).expect("fixture JWKS");
+    keyring.replace(usable_keys(&serde_json::from_slice(&jwks).unwrap()));
+    let verifier = TokenVerifier::new(vec![keyring], Some("nmp-api".into()), 60);
+    let claims = json!({"iss": issuer, "aud": "nmp-api", "sub": "alice",
+        "email": "alice@example.com", "groups": ["ml-team", "ops"],
+        "scope": "openid platform:read platform:write", "iat": now, "exp": now + 3600});
+    let settings = IdentitySettings::default();
+    let mut group = c.benchmark_group("identity");
+
+    let metadata =
+        identity::struct_from_json(json!({ "jwt_payload": claims }).as_object().unwrap());
+    group.bench_function("principal from jwt_authn metadata", |b| {
+        b.iter(|| {
+            identity::identify(
+                &settings,
+                &verifier,
+                &Credentials::default(),
+                Some(black_box(&metadata)),
+                now,
+            )
+            .unwrap()
+        })
+    });
+
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let pem = std::fs::read(format!("{KEYS}rsa.pem")).expect("fixture key");
+    let token =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
+    let authorization = format!("Bearer {token}");
+    let credentials =
+        Credentials::from_headers([("authorization", authorization.as_str())]).unwrap();
+    group.bench_function("RS256 bearer, verified", |b| {
+        b.iter(|| {
+            verifier.forget_verified();
+            identity::identify(&settings, &verifier, black_box(&credentials), None, now).unwrap()
+        })
+    });
+    group.bench_function("RS256 bearer, remembered", |b| {
+        b.iter(|| {
+            identity::identify(&settings, &verifier, black_box(&credentials), None, now).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, checks, identities);
+criterion_main!(benches);

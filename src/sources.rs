@@ -59,8 +59,9 @@ struct Source {
 pub enum Refresh {
     /// Nothing changed since the last compile (or a source is still missing).
     Unchanged,
-    /// A new policy, compiled from the current documents.
-    Compiled(Box<CompiledPolicy>),
+    /// A new policy, compiled from the current documents, and how long reading, parsing and
+    /// compiling took.
+    Compiled(Box<CompiledPolicy>, Duration),
     /// The current documents do not compile together; the policy in use stays.
     Failed(LoadError),
 }
@@ -140,6 +141,7 @@ impl Sources {
     /// Re-reads every source and compiles when the documents changed. Parsing and compiling
     /// run on blocking threads, so request handling never waits on them.
     pub async fn refresh(&mut self) -> Refresh {
+        let started = Instant::now();
         for index in 0..self.sources.len() {
             let result = self.read(index).await;
             let source = &mut self.sources[index];
@@ -184,7 +186,7 @@ impl Sources {
             Ok(Ok(policy)) => {
                 self.last_compiled = Some(Instant::now());
                 self.compile_failure = None;
-                return Refresh::Compiled(Box::new(policy));
+                return Refresh::Compiled(Box::new(policy), started.elapsed());
             }
             Ok(Err(e)) => e,
             Err(e) => LoadError::new("(compile)", e.to_string()),
@@ -346,7 +348,7 @@ pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
             ));
         }
         match outcome {
-            Refresh::Compiled(policy) => Ok(*policy),
+            Refresh::Compiled(policy, _) => Ok(*policy),
             Refresh::Failed(e) => Err(e),
             Refresh::Unchanged => Err(LoadError::new("(sources)", "no policy data loaded")),
         }

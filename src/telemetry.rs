@@ -32,6 +32,8 @@ const PRE_DECISION: [&str; 6] = [
 pub struct Metrics {
     decisions: HashMap<&'static str, [AtomicU64; STATUSES.len()]>,
     policy_loads: AtomicU64,
+    /// How long the last successful load took (read, parse, compile), in nanoseconds.
+    policy_load_nanos: AtomicU64,
     policy_load_failures: AtomicU64,
     /// Check latency: counts per bucket (not cumulative), total nanoseconds, count.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
@@ -49,6 +51,7 @@ impl Default for Metrics {
         Self {
             decisions: reasons.map(|r| (r, Default::default())).collect(),
             policy_loads: AtomicU64::new(0),
+            policy_load_nanos: AtomicU64::new(0),
             policy_load_failures: AtomicU64::new(0),
             latency_buckets: Default::default(),
             latency_nanos: AtomicU64::new(0),
@@ -84,8 +87,10 @@ impl Metrics {
         count(&self.source_reads, source, ok);
     }
 
-    pub fn policy_loaded(&self) {
+    pub fn policy_loaded(&self, took: Duration) {
         self.policy_loads.fetch_add(1, Relaxed);
+        self.policy_load_nanos
+            .store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub fn policy_load_failed(&self) {
@@ -152,6 +157,14 @@ impl Metrics {
             "Successful policy loads.",
         );
         let _ = writeln!(out, "nmp_authz_policy_loads_total {loads}");
+        header(
+            &mut out,
+            "nmp_authz_policy_load_duration_seconds",
+            "gauge",
+            "Reading, parsing and compiling the policy in use (off the request path).",
+        );
+        let took = self.policy_load_nanos.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "nmp_authz_policy_load_duration_seconds {took}");
         let failures = self.policy_load_failures.load(Relaxed);
         header(
             &mut out,
@@ -289,6 +302,11 @@ impl DecisionLog {
 
 /// One structured decision record. Redacted by construction: no header value, no token, no
 /// query string (it can carry credentials) is ever logged; only the decision's facts.
+///
+/// Written straight into the log buffer, in the shape the rest of the log has (text or JSON),
+/// rather than through the generic formatter, which cost several microseconds per record: on
+/// a Check path of about twenty, that was most of what separated nmp-authz from a do-nothing
+/// server (BENCHMARKS.md). `RUST_LOG` still decides whether records are written.
 pub fn log_decision(
     request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
     response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
@@ -297,13 +315,17 @@ pub fn log_decision(
     took: Duration,
 ) {
     use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(output) = DECISION_OUTPUT.get() else {
+        return;
+    };
+    if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
+        return;
+    }
     let http = request
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
-    let method = http.map_or("", |h| h.method.as_str());
-    let path = http.map_or("", |h| h.path.split('?').next().unwrap_or_default());
     let fact = |key: &str| {
         response
             .dynamic_metadata
@@ -315,20 +337,96 @@ pub fn log_decision(
             })
             .unwrap_or("")
     };
-    tracing::info!(
-        target: "nmp_authz::decision",
-        allowed = status == 200,
+    let record = DecisionRecord {
+        message: "decision",
+        allowed: status == 200,
         status,
         reason,
-        method,
-        path,
-        principal_id = fact("principal_id"),
-        workspace = fact("workspace"),
-        endpoint = fact("endpoint"),
-        policy_revision = fact("policy_revision"),
-        micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-        "decision"
-    );
+        method: http.map_or("", |h| h.method.as_str()),
+        path: http.map_or("", |h| h.path.split('?').next().unwrap_or_default()),
+        principal_id: fact("principal_id"),
+        workspace: fact("workspace"),
+        endpoint: fact("endpoint"),
+        policy_revision: fact("policy_revision"),
+        micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+    };
+    thread_local! {
+        static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        record.write(line, output.json);
+        output.output.append(line);
+    });
+}
+
+const DECISION_TARGET: &str = "nmp_authz::decision";
+
+/// Where decision records go, once [`init_logging`] has run (never in library tests).
+static DECISION_OUTPUT: std::sync::OnceLock<DecisionOutput> = std::sync::OnceLock::new();
+
+struct DecisionOutput {
+    output: LogOutput,
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct DecisionRecord<'a> {
+    message: &'static str,
+    allowed: bool,
+    status: u16,
+    reason: &'a str,
+    method: &'a str,
+    path: &'a str,
+    principal_id: &'a str,
+    workspace: &'a str,
+    endpoint: &'a str,
+    policy_revision: &'a str,
+    micros: u64,
+}
+
+impl DecisionRecord<'_> {
+    /// One line as the subscriber's formatter writes events: JSON with the fields under
+    /// `fields`, or text with strings quoted and escaped.
+    fn write(&self, line: &mut Vec<u8>, json: bool) {
+        let timestamp = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        if json {
+            #[derive(serde::Serialize)]
+            struct Line<'a> {
+                timestamp: String,
+                level: &'static str,
+                fields: &'a DecisionRecord<'a>,
+                target: &'static str,
+            }
+            let event = Line {
+                timestamp: timestamp.to_string(),
+                level: "INFO",
+                fields: self,
+                target: DECISION_TARGET,
+            };
+            // Serializing borrowed strings and numbers into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *line, &event);
+        } else {
+            let _ = write!(
+                line,
+                "{timestamp}  INFO {DECISION_TARGET}: {} allowed={} status={} reason={:?} \
+                 method={:?} path={:?} principal_id={:?} workspace={:?} endpoint={:?} \
+                 policy_revision={:?} micros={}",
+                self.message,
+                self.allowed,
+                self.status,
+                self.reason,
+                self.method,
+                self.path,
+                self.principal_id,
+                self.workspace,
+                self.endpoint,
+                self.policy_revision,
+                self.micros,
+            );
+        }
+        line.push(b'\n');
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
@@ -343,11 +441,16 @@ pub fn init_logging() -> LogFlush {
         .with_env_filter(filter)
         .with_ansi(terminal)
         .with_writer(output.clone());
-    if std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    let json = std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json");
+    if json {
         builder.json().init();
     } else {
         builder.init();
     }
+    let _ = DECISION_OUTPUT.set(DecisionOutput {
+        output: output.clone(),
+        json,
+    });
     LogFlush(output)
 }
 
@@ -387,6 +490,14 @@ impl LogOutput {
                 .expect("start the log flusher thread");
         }
         output
+    }
+}
+
+impl LogOutput {
+    /// Appends one whole record.
+    fn append(&self, record: &[u8]) {
+        use tracing_subscriber::fmt::MakeWriter;
+        let _ = self.make_writer().write_all(record);
     }
 }
 
@@ -486,10 +597,11 @@ mod tests {
         let text = metrics.render(Some("abc"), Some(7), false, true);
         assert!(text.contains("nmp_authz_policy_age_seconds 7\n"));
         assert!(text.contains("nmp_authz_policy_loads_total 0\n"));
-        metrics.policy_loaded();
+        metrics.policy_loaded(Duration::from_millis(1500));
         metrics.policy_load_failed();
         let text = metrics.render(Some("abc"), Some(7), false, true);
         assert!(text.contains("nmp_authz_policy_loads_total 1\n"));
+        assert!(text.contains("nmp_authz_policy_load_duration_seconds 1.5\n"));
         assert!(text.contains("nmp_authz_policy_load_failures_total 1\n"));
         assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.00001\"} 0\n"));
         assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.000025\"} 3\n"));

@@ -161,7 +161,11 @@ fn text_report_and_requests_file() {
         r#"[
             {"method": "GET", "path": "/apis/models/v2/workspaces/default/models/m1", "subject": "bob"},
             {"method": "GET", "path": "/apis/models/v2/workspaces/system/models", "headers": {"X-Unused": "1"}, "subject": "bob"},
-            {"method": "GET", "path": "/apis/models/v2/workspaces/system/models"}
+            {"method": "GET", "path": "/apis/models/v2/workspaces/system/models"},
+            {"method": "POST", "path": "/apis/models/v2/workspaces/default/models",
+             "jwt_authn": {"sub": "carol", "scope": "openid platform:write"}},
+            {"method": "POST", "path": "/apis/models/v2/workspaces/default/models",
+             "jwt_authn": {"sub": "carol", "scope": "models:nothing"}}
         ]"#,
     )
     .unwrap();
@@ -172,14 +176,17 @@ fn text_report_and_requests_file() {
         "--requests-file",
         file,
         "--requests",
-        "30",
+        "50",
         "--json",
     ]);
     assert!(out.status.success(), "{}", describe(&out));
     let r = report(&out);
-    assert_eq!(count(&r, "requests"), 30, "{r}");
-    assert_eq!(count(&r, "allowed"), 20, "{r}");
+    assert_eq!(count(&r, "requests"), 50, "{r}");
+    assert_eq!(count(&r, "allowed"), 30, "{r}");
     assert_eq!(r["denied"]["401"], 10, "{r}");
+    // Claims sent as jwt_authn metadata are who the server sees: the same caller is allowed
+    // with a write scope and refused without one.
+    assert_eq!(r["denied"]["403"], 10, "{r}");
 
     let out = loadtest(&["--target", &target, "--requests", "8"]);
     assert!(out.status.success(), "{}", describe(&out));

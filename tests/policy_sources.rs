@@ -31,7 +31,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn compiled(refresh: Refresh) -> CompiledPolicy {
     match refresh {
-        Refresh::Compiled(policy) => *policy,
+        Refresh::Compiled(policy, _) => *policy,
         other => panic!("expected a compiled policy, got {other:?}"),
     }
 }

@@ -312,7 +312,7 @@ fn checks_never_fail_or_mix_revisions_during_reloads() {
                     let compiled = tokio::task::spawn_blocking(move || policy(generation))
                         .await
                         .unwrap();
-                    state.install(compiled);
+                    state.install(compiled, Duration::ZERO);
                 }
                 done.store(true, Ordering::Relaxed);
             })

@@ -111,18 +111,20 @@ impl State {
     }
 
     /// Swaps in a newly compiled policy; Checks in flight keep the one they started with.
-    pub fn install(&self, policy: CompiledPolicy) {
+    /// `took`: reading, parsing and compiling it (off the request path).
+    pub fn install(&self, policy: CompiledPolicy, took: Duration) {
         tracing::info!(
             revision = policy.revision(),
             endpoints = policy.endpoint_count(),
             roles = policy.role_count(),
             bindings = policy.binding_count(),
+            load_ms = took.as_millis() as u64,
             "policy loaded"
         );
         self.policy.store(Some(Arc::new(policy)));
         self.policy_loaded_at
             .store(identity::unix_now(), Ordering::Relaxed);
-        self.metrics.policy_loaded();
+        self.metrics.policy_loaded(took);
     }
 
     /// Who is calling. A token signed with a key its issuer does not publish yet triggers
@@ -201,7 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     match first {
-        Refresh::Compiled(policy) => state.install(*policy),
+        Refresh::Compiled(policy, took) => state.install(*policy, took),
         Refresh::Failed(e) => return Err(e.into()),
         Refresh::Unchanged => tracing::warn!("no policy data yet: answering 503 until it loads"),
     }
@@ -264,7 +266,7 @@ async fn reload_loop(
             _ = shutdown.changed() => return,
         }
         match sources.refresh().await {
-            Refresh::Compiled(policy) => state.install(*policy),
+            Refresh::Compiled(policy, took) => state.install(*policy, took),
             Refresh::Unchanged => {}
             Refresh::Failed(e) => {
                 tracing::error!(error = %e, "policy reload failed; keeping the last good policy");

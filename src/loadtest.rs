@@ -48,6 +48,10 @@ robin:
   GET  /apis/models/v2/workspaces/default/models  no token   (401)
   GET  /health/live                               no token   (200)
 
+--catalog instead sends one request per endpoint pattern and method of the built-in catalog \
+(about 200), as alice with an unsigned token, placeholders filled (workspace `default`, a \
+`/-/` tail `a/b`, other names `item`): every route, allowed or denied as the policy says.
+
 --requests-file FILE is a JSON array, sent round robin, of
   {\"method\": \"GET\", \"path\": \"/apis/...\", \"headers\": {\"name\": \"value\"}, \"subject\": \"alice\", \
    \"jwt_authn\": {\"sub\": \"alice\", \"scope\": \"models:read\"}}
@@ -87,8 +91,12 @@ pub struct Args {
     #[arg(long)]
     pub rate: Option<f64>,
     /// JSON array of requests to send round robin (schema below) instead of the built-in mix.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "catalog")]
     pub requests_file: Option<PathBuf>,
+    /// Send one request per endpoint pattern and method of the built-in catalog instead of the
+    /// built-in mix (see REQUEST MIX below).
+    #[arg(long)]
+    pub catalog: bool,
     /// Per-request deadline in seconds (a request past it counts as a gRPC error).
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
@@ -199,6 +207,7 @@ impl Args {
         let token_life = self.duration.unwrap_or(0) + 3600;
         let mix = match &self.requests_file {
             Some(path) => read_mix(path, token_life)?,
+            None if self.catalog => catalog_mix(token_life),
             None => default_mix(token_life),
         };
         Ok(Plan {
@@ -305,6 +314,40 @@ pub fn default_mix(token_life: u64) -> Vec<CheckRequest> {
         ),
         check_request("GET", "/health/live", HashMap::new()),
     ]
+}
+
+/// One request per endpoint pattern and method of the built-in catalog, as `alice` with an
+/// unsigned token: placeholders filled with `default` for the workspace, `a/b` for a `/-/`
+/// tail and `item` for other names.
+pub fn catalog_mix(token_life: u64) -> Vec<CheckRequest> {
+    let document = crate::policy::builtin::builtin_document();
+    let mut mix = Vec::new();
+    for (pattern, methods) in &document.authz.endpoints {
+        let mut previous = "";
+        let path: Vec<&str> = pattern
+            .split('/')
+            .map(|segment| {
+                let filled = match segment {
+                    s if !s.starts_with('{') => s,
+                    "{workspace}" | "{workspace_id}" => "default",
+                    _ if previous == "workspaces" => "default",
+                    _ if previous == "-" => "a/b",
+                    _ => "item",
+                };
+                previous = segment;
+                filled
+            })
+            .collect();
+        for method in methods.keys() {
+            let headers = HashMap::from([bearer("alice", token_life)]);
+            mix.push(check_request(
+                &method.to_uppercase(),
+                &path.join("/"),
+                headers,
+            ));
+        }
+    }
+    mix
 }
 
 pub fn read_mix(path: &std::path::Path, token_life: u64) -> Result<Vec<CheckRequest>, String> {

@@ -491,9 +491,7 @@ impl LogOutput {
         }
         output
     }
-}
 
-impl LogOutput {
     /// Appends one whole record.
     fn append(&self, record: &[u8]) {
         use tracing_subscriber::fmt::MakeWriter;
@@ -570,6 +568,44 @@ impl Drop for LogFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decision_records_are_one_line_each_in_both_formats() {
+        let record = DecisionRecord {
+            message: "decision",
+            allowed: false,
+            status: 403,
+            reason: "not_permitted",
+            method: "GET",
+            path: "/a\"b\nc",
+            principal_id: "alice",
+            workspace: "ws",
+            endpoint: "/a/{x}",
+            policy_revision: "r1",
+            micros: 12,
+        };
+        let mut line = Vec::new();
+        record.write(&mut line, true);
+        let text = String::from_utf8(line.clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["target"], "nmp_authz::decision");
+        assert_eq!(json["level"], "INFO");
+        assert_eq!(json["fields"]["message"], "decision");
+        assert_eq!(json["fields"]["status"], 403);
+        assert_eq!(json["fields"]["path"], "/a\"b\nc");
+        line.clear();
+        record.write(&mut line, false);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(
+            text.contains(
+                " INFO nmp_authz::decision: decision allowed=false status=403 \
+                 reason=\"not_permitted\" method=\"GET\" path=\"/a\\\"b\\nc\" principal_id=\"alice\""
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn decision_log_sampling() {

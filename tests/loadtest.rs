@@ -200,6 +200,21 @@ fn text_report_and_requests_file() {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }
 
+    // Every route of the built-in catalog, answered by the policy: some allowed, some not.
+    let out = loadtest(&[
+        "--target",
+        &target,
+        "--catalog",
+        "--requests",
+        "600",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = report(&out);
+    assert_eq!(count(&r, "allowed") + sum(&r["denied"]), 600, "{r}");
+    assert!(count(&r, "allowed") > 0 && sum(&r["denied"]) > 0, "{r}");
+    assert_eq!(sum(&r["errors"]), 0, "{r}");
+
     std::fs::write(dir.path().join("bad.json"), r#"[{"method": "GET"}]"#).unwrap();
     let bad = dir.path().join("bad.json");
     let out = loadtest(&[

@@ -1400,6 +1400,22 @@ mod tests {
             })
         );
 
+        // An expiry far beyond any clock is accepted, and accepted again from memory.
+        for exp in [1e19, 1e300] {
+            let far = unsigned(json!({"sub": "a", "iat": NOW, "exp": exp}));
+            let run = || {
+                identify(
+                    &unsigned_ok(),
+                    &verifier,
+                    &credentials(&bearer(&far)),
+                    None,
+                    NOW,
+                )
+            };
+            assert!(ok(run()).principal.id.as_deref() == Some("a"));
+            assert!(ok(run()).principal.id.as_deref() == Some("a"));
+        }
+
         // A token refused for its principal is refused again, not remembered as good.
         let bad_scope =
             unsigned(json!({"sub": "a", "scope": "models.read", "iat": NOW, "exp": NOW + 60}));

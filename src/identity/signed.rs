@@ -139,9 +139,11 @@ impl moka::Expiry<[u8; 32], Arc<AcceptedToken>> for UntilExpiry {
         value: &Arc<AcceptedToken>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
+        // At most a day: a token with an `exp` far in the future is checked afresh daily
+        // rather than remembered for ever.
         let now = super::unix_now();
         Some(Duration::from_secs(
-            value.expires_at().saturating_sub(now).max(1),
+            value.expires_at().saturating_sub(now).clamp(1, 24 * 3600),
         ))
     }
 }

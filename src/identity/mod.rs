@@ -428,7 +428,7 @@ struct RawJwt<'a> {
 }
 
 /// The token of an `Authorization: Bearer` header: `None` without the header, an error for
-/// another scheme or an empty token.
+/// another scheme, an empty token, or one over [`MAX_TOKEN_BYTES`] (refused before any work).
 fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, IdentityError> {
     let Some(value) = headers.get("authorization") else {
         return Ok(None);
@@ -438,6 +438,9 @@ fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, Identi
     let token = token.trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return Err(unauthenticated("Invalid authentication credentials"));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(unauthenticated(INVALID_TOKEN));
     }
     Ok(Some(token))
 }
@@ -451,9 +454,6 @@ fn decode_segment(segment: &str) -> Option<Map<String, Json>> {
 }
 
 fn parse_jwt(token: &str) -> Option<RawJwt<'_>> {
-    if token.len() > MAX_TOKEN_BYTES {
-        return None;
-    }
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -508,9 +508,6 @@ fn bearer_principal(
     let Some(token) = bearer_token(headers)? else {
         return Ok(None);
     };
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(unauthenticated(INVALID_TOKEN));
-    }
     let digest = signed::token_digest(token);
     if let Some(known) = verifier.remembered(&digest) {
         known.times.check(settings.leeway_seconds, now_unix)?;
@@ -573,17 +570,14 @@ struct TokenTimes {
 
 impl TokenTimes {
     fn read(claims: &Map<String, Json>) -> Result<Self, IdentityError> {
+        // Missing: `None`; present but not a number: `Some(None)`, refused like a missing
+        // `exp` or `iat`.
         let number = |name: &str| claims.get(name).map(Json::as_f64);
         match (number("exp"), number("iat"), number("nbf")) {
-            (Some(Some(exp)), Some(Some(iat)), None) => Ok(Self {
+            (Some(Some(exp)), Some(Some(iat)), nbf @ (None | Some(Some(_)))) => Ok(Self {
                 exp,
                 iat,
-                nbf: None,
-            }),
-            (Some(Some(exp)), Some(Some(iat)), Some(Some(nbf))) => Ok(Self {
-                exp,
-                iat,
-                nbf: Some(nbf),
+                nbf: nbf.flatten(),
             }),
             _ => Err(unauthenticated(INVALID_TOKEN)),
         }

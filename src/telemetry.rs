@@ -326,17 +326,26 @@ pub fn log_decision(
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
-    let fact = |key: &str| {
-        response
-            .dynamic_metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(key))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.as_str()),
-                _ => None,
-            })
-            .unwrap_or("")
-    };
+    // One pass over the decision metadata (a handful of entries) instead of a SipHash lookup
+    // per fact.
+    let [
+        mut principal_id,
+        mut workspace,
+        mut endpoint,
+        mut policy_revision,
+    ] = [""; 4];
+    for (key, value) in response.dynamic_metadata.iter().flat_map(|m| &m.fields) {
+        let slot = match key.as_str() {
+            "principal_id" => &mut principal_id,
+            "workspace" => &mut workspace,
+            "endpoint" => &mut endpoint,
+            "policy_revision" => &mut policy_revision,
+            _ => continue,
+        };
+        if let Some(Kind::StringValue(text)) = &value.kind {
+            *slot = text;
+        }
+    }
     let record = DecisionRecord {
         message: "decision",
         allowed: status == 200,
@@ -344,10 +353,10 @@ pub fn log_decision(
         reason,
         method: http.map_or("", |h| h.method.as_str()),
         path: http.map_or("", |h| h.path.split('?').next().unwrap_or_default()),
-        principal_id: fact("principal_id"),
-        workspace: fact("workspace"),
-        endpoint: fact("endpoint"),
-        policy_revision: fact("policy_revision"),
+        principal_id,
+        workspace,
+        endpoint,
+        policy_revision,
         micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     };
     thread_local! {
@@ -389,17 +398,19 @@ impl DecisionRecord<'_> {
     /// One line as the subscriber's formatter writes events: JSON with the fields under
     /// `fields`, or text with strings quoted and escaped.
     fn write(&self, line: &mut Vec<u8>, json: bool) {
-        let timestamp = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        let now = timestamp_now();
+        // Only ASCII digits and punctuation.
+        let timestamp = std::str::from_utf8(&now).unwrap_or_default();
         if json {
             #[derive(serde::Serialize)]
             struct Line<'a> {
-                timestamp: String,
+                timestamp: &'a str,
                 level: &'static str,
                 fields: &'a DecisionRecord<'a>,
                 target: &'static str,
             }
             let event = Line {
-                timestamp: timestamp.to_string(),
+                timestamp,
                 level: "INFO",
                 fields: self,
                 target: DECISION_TARGET,
@@ -407,25 +418,81 @@ impl DecisionRecord<'_> {
             // Serializing borrowed strings and numbers into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut *line, &event);
         } else {
-            let _ = write!(
-                line,
-                "{timestamp}  INFO {DECISION_TARGET}: {} allowed={} status={} reason={:?} \
-                 method={:?} path={:?} principal_id={:?} workspace={:?} endpoint={:?} \
-                 policy_revision={:?} micros={}",
-                self.message,
-                self.allowed,
-                self.status,
-                self.reason,
-                self.method,
-                self.path,
-                self.principal_id,
-                self.workspace,
-                self.endpoint,
-                self.policy_revision,
-                self.micros,
-            );
+            // The fields one by one rather than through `write!`: its formatting machinery was
+            // most of a record's cost.
+            line.extend_from_slice(timestamp.as_bytes());
+            line.extend_from_slice(b"  INFO ");
+            line.extend_from_slice(DECISION_TARGET.as_bytes());
+            line.extend_from_slice(b": ");
+            line.extend_from_slice(self.message.as_bytes());
+            let mut number = itoa::Buffer::new();
+            line.extend_from_slice(if self.allowed {
+                b" allowed=true"
+            } else {
+                b" allowed=false"
+            });
+            line.extend_from_slice(b" status=");
+            line.extend_from_slice(number.format(self.status).as_bytes());
+            for (key, value) in [
+                (&b" reason="[..], self.reason),
+                (b" method=", self.method),
+                (b" path=", self.path),
+                (b" principal_id=", self.principal_id),
+                (b" workspace=", self.workspace),
+                (b" endpoint=", self.endpoint),
+                (b" policy_revision=", self.policy_revision),
+            ] {
+                line.extend_from_slice(key);
+                push_quoted(line, value);
+            }
+            line.extend_from_slice(b" micros=");
+            line.extend_from_slice(number.format(self.micros).as_bytes());
         }
         line.push(b'\n');
+    }
+}
+
+/// The time now as RFC 3339 with microseconds (`2026-12-01T15:31:15.123456Z`), as the rest
+/// of the log writes it. The date and time of day are formatted once a second per thread and
+/// only the microseconds per record.
+fn timestamp_now() -> [u8; 27] {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 20])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+    }
+    let now = SystemTime::now();
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (second, mut prefix) = SECOND.get();
+    if second != since_epoch.as_secs() {
+        // `2026-12-01T15:31:15Z`: keep the first 19 bytes, then the decimal point.
+        let seconds = humantime::format_rfc3339_seconds(now).to_string();
+        prefix[..19].copy_from_slice(&seconds.as_bytes()[..19]);
+        prefix[19] = b'.';
+        SECOND.set((since_epoch.as_secs(), prefix));
+    }
+    let mut out = [b'Z'; 27];
+    out[..20].copy_from_slice(&prefix);
+    let mut micros = since_epoch.subsec_micros();
+    for digit in out[20..26].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out
+}
+
+/// `value` as `{:?}` writes it (quoted, escaped), without the formatting machinery in the
+/// usual case of nothing to escape.
+fn push_quoted(line: &mut Vec<u8>, value: &str) {
+    if value
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        line.push(b'"');
+        line.extend_from_slice(value.as_bytes());
+        line.push(b'"');
+    } else {
+        let _ = write!(line, "{value:?}");
     }
 }
 
@@ -601,10 +668,53 @@ mod tests {
         assert!(
             text.contains(
                 " INFO nmp_authz::decision: decision allowed=false status=403 \
-                 reason=\"not_permitted\" method=\"GET\" path=\"/a\\\"b\\nc\" principal_id=\"alice\""
+                 reason=\"not_permitted\" method=\"GET\" path=\"/a\\\"b\\nc\" principal_id=\"alice\" \
+                 workspace=\"ws\" endpoint=\"/a/{x}\" policy_revision=\"r1\" micros=12\n"
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds_like_humantime() {
+        for _ in 0..3 {
+            let before = std::time::SystemTime::now();
+            let ours = timestamp_now();
+            let ours = std::str::from_utf8(&ours).unwrap();
+            let parsed = humantime::parse_rfc3339(ours).unwrap();
+            let after = std::time::SystemTime::now();
+            // Microsecond precision: truncation may put it up to 1 µs before `before`.
+            assert!(
+                parsed + std::time::Duration::from_micros(1) >= before,
+                "{ours}"
+            );
+            assert!(parsed <= after, "{ours}");
+            assert_eq!(
+                ours.len(),
+                humantime::format_rfc3339_micros(after).to_string().len()
+            );
+        }
+    }
+
+    #[test]
+    fn quoted_values_are_written_as_debug_formatting_writes_them() {
+        for value in [
+            "",
+            "plain /apis/x?y=1",
+            "quote\"",
+            "back\\slash",
+            "tab\t",
+            "nl\n",
+            "nul\0",
+            "é",
+            "\u{7f}",
+            "\u{200b}",
+            "~ and space",
+        ] {
+            let mut line = Vec::new();
+            push_quoted(&mut line, value);
+            assert_eq!(String::from_utf8(line).unwrap(), format!("{value:?}"));
+        }
     }
 
     #[test]

@@ -4,21 +4,12 @@
 //! runs per request.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::LazyLock;
 
-use regex::Regex;
+use foldhash::HashMapExt;
 
 use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, PrincipalDef, RoleDef};
 use super::matcher::{Matcher, Pattern};
-
-/// NMP's permission syntax: dotted lower-case words, e.g. `inference.deployment-configs.read`.
-pub(crate) static PERMISSION_SYNTAX: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)+$").expect("valid regex")
-});
-/// Endpoint scopes are `area:verb`, e.g. `models:read`.
-static SCOPE_SYNTAX: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z0-9]+(-[a-z0-9]+)*:[a-z0-9]+(-[a-z0-9]+)*$").expect("valid regex")
-});
+use super::syntax;
 
 /// NMP evaluates `includes` breadth-first to four levels below a role and ignores anything
 /// deeper; a deeper chain is refused at load rather than evaluated differently from NMP.
@@ -32,8 +23,12 @@ pub const METHODS: [&str; 9] = [
 pub type RoleId = u32;
 pub type PermId = u32;
 
+/// The maps a decision looks up. Their keys come from policy data, never from a request, so a
+/// fast hasher without flooding resistance is safe here; SipHash was a tenth of a decision.
+pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 /// principal -> workspace -> roles bound there.
-pub(crate) type Bindings = HashMap<Box<str>, HashMap<Box<str>, Box<[RoleId]>>>;
+pub(crate) type Bindings = FastMap<Box<str>, FastMap<Box<str>, Box<[RoleId]>>>;
 
 /// How the bootstrap and admin bindings of `auth:` are added to every loaded document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,8 +163,8 @@ pub(crate) struct Endpoint {
 pub struct CompiledPolicy {
     pub(crate) revision: String,
     pub(crate) roles: Vec<CompiledRole>,
-    pub(crate) role_ids: HashMap<Box<str>, RoleId>,
-    pub(crate) permission_ids: HashMap<Box<str>, PermId>,
+    pub(crate) role_ids: FastMap<Box<str>, RoleId>,
+    pub(crate) permission_ids: FastMap<Box<str>, PermId>,
     pub(crate) bindings: Bindings,
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) matcher: Matcher,
@@ -187,14 +182,14 @@ impl CompiledPolicy {
         revision: impl Into<String>,
     ) -> Result<Self, DocumentError> {
         let authz = &doc.authz;
-        let mut permission_ids: HashMap<Box<str>, PermId> = HashMap::new();
+        let mut permission_ids: FastMap<Box<str>, PermId> = FastMap::new();
         let mut intern = |perm: &str| -> PermId {
             let next = permission_ids.len() as PermId;
             *permission_ids.entry(perm.into()).or_insert(next)
         };
 
         // Roles: syntax, known includes, no cycles, bounded depth; then expand once.
-        let role_ids: HashMap<Box<str>, RoleId> = authz
+        let role_ids: FastMap<Box<str>, RoleId> = authz
             .roles
             .keys()
             .enumerate()
@@ -281,7 +276,7 @@ impl CompiledPolicy {
 
     /// Number of (principal, workspace) binding entries.
     pub fn binding_count(&self) -> usize {
-        self.bindings.values().map(HashMap::len).sum()
+        self.bindings.values().map(FastMap::len).sum()
     }
 }
 
@@ -296,7 +291,7 @@ fn own_permissions(
     for (i, perm) in role.permissions.iter().enumerate() {
         if perm == "*" {
             set.all = true;
-        } else if PERMISSION_SYNTAX.is_match(perm) {
+        } else if syntax::is_permission(perm) {
             set.insert(intern(perm));
         } else {
             return Err(DocumentError::new(
@@ -347,9 +342,9 @@ fn compile_endpoint(
 fn compile_bindings(
     principal: &str,
     def: &PrincipalDef,
-    role_ids: &HashMap<Box<str>, RoleId>,
-) -> Result<HashMap<Box<str>, Box<[RoleId]>>, DocumentError> {
-    let mut by_workspace = HashMap::with_capacity(def.workspaces.len());
+    role_ids: &FastMap<Box<str>, RoleId>,
+) -> Result<FastMap<Box<str>, Box<[RoleId]>>, DocumentError> {
+    let mut by_workspace = FastMap::with_capacity(def.workspaces.len());
     for (workspace, bound) in &def.workspaces {
         let ids = bound
             .iter()
@@ -468,7 +463,7 @@ fn compile_method(
                         Some(_) => (None, ""),
                         None => (None, text.as_str()),
                     };
-                    if !PERMISSION_SYNTAX.is_match(perm) {
+                    if !syntax::is_permission(perm) {
                         return Err(DocumentError::new(
                             format!("{at}.permissions[{i}]"),
                             format!(
@@ -488,7 +483,7 @@ fn compile_method(
     if let Some((i, bad)) = scopes
         .iter()
         .enumerate()
-        .find(|(_, s)| !SCOPE_SYNTAX.is_match(s))
+        .find(|(_, s)| !syntax::is_scope(s))
     {
         return Err(DocumentError::new(
             format!("{at}.scopes[{i}]"),

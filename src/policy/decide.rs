@@ -484,8 +484,13 @@ fn under_prefix(path: &str, prefix: &str) -> bool {
 
 /// `/<a>/<b>/<c>/workspaces/<ws>/secrets/<name>/access`, as NMP's deny rule shapes it.
 fn is_secret_access_path(path: &str) -> bool {
-    let parts: Vec<&str> = path.split('/').collect();
-    parts.len() == 9 && parts[4] == "workspaces" && parts[6] == "secrets" && parts[8] == "access"
+    // Checked on every request by a human caller: walk the segments, collect nothing.
+    let mut parts = path.split('/');
+    let mut segment = |i: usize| parts.nth(i);
+    segment(4) == Some("workspaces")
+        && segment(1) == Some("secrets")
+        && segment(1) == Some("access")
+        && segment(0).is_none()
 }
 
 /// The Entities API paths open to every caller: workspace list/create, single-workspace

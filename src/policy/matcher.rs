@@ -7,7 +7,6 @@
 //! lexically smaller pattern, so the choice never depends on load order.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 /// One parsed endpoint pattern.
 #[derive(Debug, Clone)]
@@ -125,7 +124,7 @@ impl Pattern {
 
 #[derive(Debug, Default)]
 struct Node {
-    literals: HashMap<Box<str>, Node>,
+    literals: super::compile::FastMap<Box<str>, Node>,
     placeholder: Option<Box<Node>>,
     /// Patterns that end at this node.
     exact: Vec<usize>,

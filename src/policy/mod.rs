@@ -6,6 +6,7 @@ pub mod compile;
 pub mod decide;
 pub mod document;
 pub mod matcher;
+pub mod syntax;
 
 pub use compile::{BindingDefaults, CompiledPolicy};
 pub use decide::{Decision, Reason};

@@ -80,6 +80,24 @@ impl CompiledPolicy {
     }
 }
 
+impl CompiledPolicy {
+    /// `principal`'s own bindings (no wildcard, no defaults): (workspace, roles), by workspace.
+    pub fn bindings_of(&self, principal: &str) -> Vec<(String, Vec<String>)> {
+        let mut bound: Vec<(String, Vec<String>)> = self
+            .bindings
+            .get(principal)
+            .into_iter()
+            .flatten()
+            .map(|(ws, roles)| {
+                let roles = roles.iter().map(|r| self.role_name(*r).to_string());
+                (ws.to_string(), roles.collect())
+            })
+            .collect();
+        bound.sort();
+        bound
+    }
+}
+
 fn kind(principal: &str) -> &'static str {
     if principal == "*" {
         "wildcard"

@@ -441,3 +441,50 @@ impl fmt::Display for Explanation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{BindingDefaults, builtin};
+
+    /// `explain` is `allow` recorded: the same decision for every endpoint and method of the
+    /// built-in catalog, for a human, a service, an admin and nobody.
+    #[test]
+    fn explain_decides_exactly_like_allow() {
+        let defaults = BindingDefaults {
+            admin_email: Some("root@example.com".into()),
+            ..BindingDefaults::default()
+        };
+        let policy = CompiledPolicy::build(builtin::builtin_document(), &defaults, "t").unwrap();
+        let callers = [
+            Some(Principal {
+                scopes: vec!["models:read".into()],
+                ..Principal::with_id("alice@example.com")
+            }),
+            Some(Principal::with_id("service:evaluator")),
+            Some(Principal::with_id("root@example.com")),
+            None,
+        ];
+        let mut compared = 0;
+        for (pattern, methods) in &builtin::builtin_document().authz.endpoints {
+            let path = pattern
+                .replace("{workspace}", "default")
+                .replace("{workspace_id}", "system")
+                .replace(['{', '}'], "");
+            for method in methods.keys().map(|m| m.to_uppercase()) {
+                for caller in &callers {
+                    let decision = policy.allow(caller.as_ref(), &method, &path);
+                    let explained = policy.explain(caller.as_ref(), &method, &path);
+                    assert_eq!(
+                        (explained.allowed, explained.reason),
+                        (decision.allowed, decision.reason.as_str()),
+                        "{method} {path} {caller:?}"
+                    );
+                    assert_eq!(explained.endpoint.as_deref(), decision.endpoint);
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 300, "{compared}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Request, StatusCode, header};
+use hyper::{Method, Request, StatusCode, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -76,11 +76,32 @@ impl HttpClient {
         max_body: usize,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
+        let fetched = self.send(Method::GET, url, etag, max_body, timeout).await?;
+        let status = fetched.status;
+        if status != StatusCode::NOT_MODIFIED && !status.is_success() {
+            return Err(FetchError {
+                url: url.to_string(),
+                reason: format!("HTTP {status}"),
+            });
+        }
+        Ok(fetched)
+    }
+
+    /// One bodiless request whatever status it answers (for probes such as `doctor --url`),
+    /// bounded like [`Self::get`]. A 304 comes back with an empty body.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        etag: Option<&str>,
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let failed = |reason: String| FetchError {
             url: url.to_string(),
             reason,
         };
-        let mut request = Request::get(url);
+        let mut request = Request::builder().method(method).uri(url);
         if let Some(etag) = etag {
             request = request.header(header::IF_NONE_MATCH, etag);
         }
@@ -106,14 +127,13 @@ impl HttpClient {
                     body: Bytes::new(),
                 });
             }
-            if !status.is_success() {
-                return Err(failed(format!("HTTP {status}")));
-            }
-            let body = Limited::new(response.into_body(), max_body)
-                .collect()
-                .await
-                .map_err(|e| failed(format!("reading the body: {e}")))?
-                .to_bytes();
+            let body = Limited::new(response.into_body(), max_body).collect().await;
+            let body = match body {
+                Ok(body) => body.to_bytes(),
+                // An error answer's status says what matters; its body is not needed.
+                Err(_) if !status.is_success() => Bytes::new(),
+                Err(e) => return Err(failed(format!("reading the body: {e}"))),
+            };
             Ok(Fetched { status, etag, body })
         };
         tokio::time::timeout(timeout, exchange)

@@ -8,6 +8,7 @@ pub mod config;
 pub mod fetch;
 pub mod identity;
 pub mod loadtest;
+pub mod operator;
 pub mod policy;
 pub mod server;
 pub mod sources;

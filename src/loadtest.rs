@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -251,13 +249,12 @@ pub fn resolve_target(target: &str, allow_remote: bool) -> Result<SocketAddr, St
 /// An unsigned (alg none) token for the quickstart server.
 pub fn unsigned_token(subject: &str, lifetime_secs: u64) -> String {
     let now = crate::identity::unix_now();
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let claims = serde_json::json!({"sub": subject, "iat": now, "exp": now + lifetime_secs});
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    format!("{header}.{claims}.")
+    crate::identity::unsigned_token(claims.as_object().expect("an object"))
 }
 
-fn check_request(method: &str, path: &str, headers: HashMap<String, String>) -> CheckRequest {
+/// A CheckRequest as Envoy sends one for an HTTP request (`headers` with lower-case names).
+pub fn check_request(method: &str, path: &str, headers: HashMap<String, String>) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -278,8 +275,12 @@ fn check_request(method: &str, path: &str, headers: HashMap<String, String>) -> 
     }
 }
 
-/// Request metadata as the companion Envoy config's `jwt_authn` filter writes it.
-fn jwt_authn_metadata(claims: &serde_json::Map<String, serde_json::Value>) -> Metadata {
+/// Request metadata as Envoy's `jwt_authn` filter writes it, the claims under `key`
+/// (`payload_in_metadata`; the companion config's is `jwt_payload`).
+pub fn jwt_authn_metadata(
+    key: &str,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Metadata {
     let payload = Value {
         kind: Some(Kind::StructValue(crate::identity::struct_from_json(claims))),
     };
@@ -287,7 +288,7 @@ fn jwt_authn_metadata(claims: &serde_json::Map<String, serde_json::Value>) -> Me
         filter_metadata: HashMap::from([(
             crate::identity::JWT_AUTHN_NAMESPACE.to_string(),
             Struct {
-                fields: HashMap::from([("jwt_payload".to_string(), payload)]),
+                fields: HashMap::from([(key.to_string(), payload)]),
             },
         )]),
         ..Default::default()
@@ -382,7 +383,7 @@ pub fn read_mix(path: &std::path::Path, token_life: u64) -> Result<Vec<CheckRequ
             }
             let mut request = check_request(&spec.method, &spec.path, headers);
             if let (Some(claims), Some(attributes)) = (&spec.jwt_authn, &mut request.attributes) {
-                attributes.metadata_context = Some(jwt_authn_metadata(claims));
+                attributes.metadata_context = Some(jwt_authn_metadata("jwt_payload", claims));
             }
             Ok(request)
         })

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use nmp_authz::config::{self, Config, SourceConfig};
-use nmp_authz::{loadtest, server, sources, telemetry};
+use nmp_authz::{loadtest, operator, server, sources, telemetry};
 
 /// A Check allocates a few dozen small, short-lived objects (decoded request, principal,
 /// response); mimalloc serves them from per-thread free lists. BENCHMARKS.md has the figure.
@@ -42,13 +42,46 @@ enum Command {
     /// Load-test a running server's ext_authz Check: allowed, denied by HTTP status and gRPC
     /// errors counted apart, latency percentiles (HDR histogram), as text or JSON.
     Loadtest(loadtest::Args),
+    /// Explain a decision offline: the status Envoy would return, the endpoint and workspace,
+    /// the scope check, the roles that granted or the permission that was missing, and the
+    /// deny rule that fired.
+    #[command(alias = "check")]
+    Explain {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: operator::explain::Args,
+    },
+    /// Check a configuration (and optionally a running deployment) against the production
+    /// hardening checklist: pass/warn/fail per item, non-zero exit on any failure.
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: operator::doctor::Args,
+    },
+    /// Print an unsigned quickstart token for curl; refused unless the configuration accepts
+    /// unsigned tokens (auth.allow_unsigned_jwt).
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        args: operator::token::Args,
+    },
+    /// Who holds which role in a workspace, from the configured policy sources.
+    Members {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(subcommand)]
+        command: operator::members::Command,
+    },
 }
 
 #[derive(clap::Args, Debug)]
 struct ConfigArgs {
     /// Configuration file (YAML). Without it, the embedded quickstart default applies
     /// (development only: unsigned tokens accepted).
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
 }
 
@@ -137,5 +170,11 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Loadtest(args) => loadtest::run(&args),
+        Command::Explain { config, args } => operator::explain::run(&args, &config.load()?),
+        Command::Doctor { config, args } => {
+            operator::doctor::run(&args, config.config.as_deref(), config.load())
+        }
+        Command::Token { config, args } => operator::token::run(&args, &config.load()?),
+        Command::Members { config, command } => operator::members::run(&command, &config.load()?),
     }
 }

@@ -466,6 +466,26 @@ fn parse_jwt(token: &str) -> Option<RawJwt<'_>> {
     })
 }
 
+/// An unsigned (`alg: none`) token carrying `claims`, as the quickstart accepts them.
+pub fn unsigned_token(claims: &Map<String, Json>) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(Json::Object(claims.clone()).to_string());
+    format!("{header}.{claims}.")
+}
+
+/// A token's `alg` and claims, decoded without any verification: for offline explanations
+/// only, never for a decision. `None` when it is not a JWT.
+pub fn decode_unverified(token: &str) -> Option<(Option<String>, Map<String, Json>)> {
+    let jwt = parse_jwt(token)?;
+    let alg = jwt
+        .header
+        .get("alg")
+        .and_then(Json::as_str)
+        .map(str::to_owned);
+    Some((alg, jwt.claims))
+}
+
 /// The subject a bearer token claims, read without verification: used only to detect a
 /// conflict with the metadata identity, which can only ever turn an allow into a denial.
 fn bearer_subject_unverified(

@@ -126,6 +126,7 @@ impl PermSet {
 
 #[derive(Debug)]
 pub(crate) struct CompiledRole {
+    pub name: Box<str>,
     pub permissions: PermSet,
 }
 
@@ -165,6 +166,8 @@ pub struct CompiledPolicy {
     pub(crate) roles: Vec<CompiledRole>,
     pub(crate) role_ids: FastMap<Box<str>, RoleId>,
     pub(crate) permission_ids: FastMap<Box<str>, PermId>,
+    /// Permission names by id, for explanations.
+    pub(crate) permission_names: Box<[Box<str>]>,
     pub(crate) bindings: Bindings,
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) matcher: Matcher,
@@ -210,7 +213,10 @@ impl CompiledPolicy {
             for r in reachable {
                 permissions.union(&own[role_ids[r] as usize]);
             }
-            roles.push(CompiledRole { permissions });
+            roles.push(CompiledRole {
+                name: name.as_str().into(),
+                permissions,
+            });
         }
 
         let mut endpoints = Vec::with_capacity(authz.endpoints.len());
@@ -243,8 +249,13 @@ impl CompiledPolicy {
             }
         }
 
+        let mut permission_names = vec![Box::<str>::from(""); permission_ids.len()];
+        for (name, id) in &permission_ids {
+            permission_names[*id as usize] = name.clone();
+        }
         Ok(Self {
             revision: revision.into(),
+            permission_names: permission_names.into(),
             platform_admin: role_ids.get("PlatformAdmin").copied(),
             service_system: role_ids.get("ServiceSystem").copied(),
             roles,

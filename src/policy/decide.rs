@@ -5,6 +5,7 @@ use super::Principal;
 use super::compile::{
     CompiledMethod, CompiledPolicy, Endpoint, PermId, RequiredPermission, RoleId,
 };
+use super::explain::{Grant, Recorder, ScopeCheck};
 
 /// Paths NMP always allows, matched against the full path as sent (query included).
 pub const HEALTH_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/status", "/metrics"];
@@ -64,6 +65,22 @@ impl Reason {
         Reason::ScopeMismatch,
         Reason::NotPermitted,
     ];
+
+    /// True for the deny rules that override every allow rule (as opposed to an allow rule,
+    /// or no allow rule applying).
+    pub fn is_deny_rule(self) -> bool {
+        matches!(
+            self,
+            Reason::NoEndpointsLoaded
+                | Reason::EndpointDenied
+                | Reason::DeniedPluginPrefix
+                | Reason::SecretAccessNotService
+                | Reason::BundleAccess
+                | Reason::NestedEntitiesInternal
+                | Reason::ServiceOnlyRoute
+                | Reason::PrincipalOnlyRoute
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -135,15 +152,15 @@ pub struct Decision<'p> {
 }
 
 /// Everything `allow` derives from the request once, shared by the rules.
-struct Facts<'p, 'r> {
-    method: &'r str,
-    base_path: &'r str,
-    endpoint: Option<&'p Endpoint>,
-    entry: Option<&'p CompiledMethod>,
-    workspace: Option<&'r str>,
-    principal: Option<&'r Principal>,
+pub(crate) struct Facts<'p, 'r> {
+    pub method: &'r str,
+    pub base_path: &'r str,
+    pub endpoint: Option<&'p Endpoint>,
+    pub entry: Option<&'p CompiledMethod>,
+    pub workspace: Option<&'r str>,
+    pub principal: Option<&'r Principal>,
     /// id, email and groups, empty strings dropped.
-    applicable: Vec<&'r str>,
+    pub applicable: Vec<&'r str>,
 }
 
 impl CompiledPolicy {
@@ -153,6 +170,18 @@ impl CompiledPolicy {
         principal: Option<&Principal>,
         method: &str,
         path: &str,
+    ) -> Decision<'p> {
+        self.evaluate(principal, method, path, &mut ())
+    }
+
+    /// The one evaluation behind [`Self::allow`] and [`Self::explain`]: `rec` is told what each
+    /// rule looked at. With `()` it records nothing and compiles to the plain decision.
+    pub(crate) fn evaluate<'p, R: Recorder>(
+        &'p self,
+        principal: Option<&Principal>,
+        method: &str,
+        path: &str,
+        rec: &mut R,
     ) -> Decision<'p> {
         let base_path = path.split('?').next().unwrap_or_default();
         let found = self.matcher.best_match(base_path);
@@ -170,9 +199,10 @@ impl CompiledPolicy {
             principal,
             applicable: principal.map(applicable_principals).unwrap_or_default(),
         };
-        let (allowed, reason) = match self.deny_rule(&facts, path) {
+        rec.facts(&facts);
+        let (allowed, reason) = match self.deny_rule(&facts, path, rec) {
             Some(reason) => (false, reason),
-            None => self.allow_rule(&facts, path),
+            None => self.allow_rule(&facts, path, rec),
         };
         Decision {
             allowed,
@@ -183,7 +213,7 @@ impl CompiledPolicy {
     }
 
     /// The first deny rule that applies. Deny rules override every allow rule.
-    fn deny_rule(&self, f: &Facts<'_, '_>, path: &str) -> Option<Reason> {
+    fn deny_rule<R: Recorder>(&self, f: &Facts<'_, '_>, path: &str, rec: &mut R) -> Option<Reason> {
         if self.endpoints.is_empty() && !HEALTH_PATHS.contains(&path) {
             return Some(Reason::NoEndpointsLoaded);
         }
@@ -206,15 +236,15 @@ impl CompiledPolicy {
         }
         if f.base_path == BUNDLE_PATH {
             let ok = !f.applicable.is_empty()
-                && self.scope_check(f)
+                && self.scope_check(f, rec)
                 && f.applicable
                     .iter()
-                    .any(|p| self.holds_all_named(f, p, SYSTEM, &["iam.bundle.read"]));
+                    .any(|p| self.holds_all_named(f, p, SYSTEM, &["iam.bundle.read"], rec));
             if !ok {
                 return Some(Reason::BundleAccess);
             }
         }
-        let admin = self.is_platform_admin(&f.applicable);
+        let admin = self.platform_admin_among(&f.applicable).is_some();
         if human
             && !admin
             && f.base_path.starts_with("/apis/entities/v2/")
@@ -234,14 +264,20 @@ impl CompiledPolicy {
     }
 
     /// The first allow rule that applies, or why none did.
-    fn allow_rule(&self, f: &Facts<'_, '_>, path: &str) -> (bool, Reason) {
+    fn allow_rule<R: Recorder>(
+        &self,
+        f: &Facts<'_, '_>,
+        path: &str,
+        rec: &mut R,
+    ) -> (bool, Reason) {
         if HEALTH_PATHS.contains(&path) {
             return (true, Reason::HealthPath);
         }
         if f.applicable.is_empty() {
             return (false, Reason::NoIdentity);
         }
-        if self.is_platform_admin(&f.applicable) {
+        if let Some(admin) = self.platform_admin_among(&f.applicable) {
+            rec.platform_admin(admin);
             return (true, Reason::PlatformAdmin);
         }
         let service_id = f
@@ -252,7 +288,7 @@ impl CompiledPolicy {
             return (true, Reason::ServiceUnknownPath);
         }
         // Every rule below also needs the scope check.
-        if !self.scope_check(f) {
+        if !self.scope_check(f, rec) {
             return (false, Reason::ScopeMismatch);
         }
         let required = f.entry.and_then(|e| e.permissions.as_deref());
@@ -263,18 +299,18 @@ impl CompiledPolicy {
                     let write = matches!(f.method, "POST" | "PUT" | "PATCH" | "DELETE");
                     (write
                         && service_id
-                            .is_some_and(|id| self.holds_all(f, id, ALL_WORKSPACES, required)))
+                            .is_some_and(|id| self.holds_all(f, id, ALL_WORKSPACES, required, rec)))
                     .then_some(Reason::ServiceAllWorkspacesWrite)
                 }
                 Some(ws) => f
                     .applicable
                     .iter()
-                    .any(|p| self.holds_all(f, p, ws, required))
+                    .any(|p| self.holds_all(f, p, ws, required, rec))
                     .then_some(Reason::WorkspacePermission),
                 None => f
                     .applicable
                     .iter()
-                    .any(|p| self.holds_all(f, p, SYSTEM, required))
+                    .any(|p| self.holds_all(f, p, SYSTEM, required, rec))
                     .then_some(Reason::SystemPermission),
             };
             if let Some(reason) = rule {
@@ -299,33 +335,42 @@ impl CompiledPolicy {
 
     /// NMP's optional scope check: callers without platform scopes (none containing `:`)
     /// pass; otherwise one of the endpoint's scopes must be among them.
-    fn scope_check(&self, f: &Facts<'_, '_>) -> bool {
+    fn scope_check<R: Recorder>(&self, f: &Facts<'_, '_>, rec: &mut R) -> bool {
         let required = f.entry.map(|e| &*e.scopes).unwrap_or_default();
-        let Some(principal) = f.principal else {
-            return true;
+        let check = match f.principal {
+            None => ScopeCheck::NoPlatformScopes,
+            Some(principal) => {
+                let mut platform = principal
+                    .scopes
+                    .iter()
+                    .filter(|s| s.contains(':'))
+                    .peekable();
+                if platform.peek().is_none() {
+                    ScopeCheck::NoPlatformScopes
+                } else if required.is_empty() {
+                    ScopeCheck::NoneRequired
+                } else {
+                    platform
+                        .find(|s| required.iter().any(|r| **r == ***s))
+                        .map_or(ScopeCheck::Missing, |s| ScopeCheck::Matched(s.as_str()))
+                }
+            }
         };
-        let mut platform = principal
-            .scopes
-            .iter()
-            .filter(|s| s.contains(':'))
-            .peekable();
-        if platform.peek().is_none() || required.is_empty() {
-            return true;
-        }
-        platform.any(|s| required.iter().any(|r| **r == **s))
+        rec.scope(required, check);
+        !matches!(check, ScopeCheck::Missing)
     }
 
-    fn is_platform_admin(&self, applicable: &[&str]) -> bool {
-        let Some(admin) = self.platform_admin else {
-            return false;
-        };
+    /// The first applicable principal bound to PlatformAdmin in `system`.
+    fn platform_admin_among<'a>(&self, applicable: &[&'a str]) -> Option<&'a str> {
+        let admin = self.platform_admin?;
         applicable
             .iter()
-            .any(|p| self.explicit_roles(p, SYSTEM).contains(&admin))
+            .copied()
+            .find(|p| self.explicit_roles(p, SYSTEM).contains(&admin))
     }
 
     /// Roles bound to `principal` in `workspace` by the document.
-    fn explicit_roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
+    pub(crate) fn explicit_roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
         self.bindings
             .get(principal)
             .and_then(|w| w.get(workspace))
@@ -334,7 +379,7 @@ impl CompiledPolicy {
 
     /// The roles `principal` holds in `workspace`: explicit bindings, or `ServiceSystem` for
     /// the caller's own `service:` id when it has none there.
-    fn effective_roles<'a>(
+    pub(crate) fn effective_roles<'a>(
         &'a self,
         f: &Facts<'_, '_>,
         principal: &str,
@@ -350,40 +395,59 @@ impl CompiledPolicy {
         }
     }
 
-    fn grants(&self, roles: &[RoleId], permission: Option<PermId>) -> bool {
+    /// The first role of `roles` that grants `permission`.
+    fn granting_role(&self, roles: &[RoleId], permission: Option<PermId>) -> Option<RoleId> {
         roles
             .iter()
-            .any(|r| self.roles[*r as usize].permissions.grants(permission))
+            .copied()
+            .find(|r| self.roles[*r as usize].permissions.grants(permission))
     }
 
     /// One principal holds every required permission (each in its own workspace when written
     /// `ws/perm`); the `*` principal's bindings count for unprefixed permissions.
-    fn holds_all(
-        &self,
+    fn holds_all<'a, R: Recorder>(
+        &'a self,
         f: &Facts<'_, '_>,
-        principal: &str,
-        workspace: &str,
-        required: &[RequiredPermission],
+        principal: &'a str,
+        workspace: &'a str,
+        required: &'a [RequiredPermission],
+        rec: &mut R,
     ) -> bool {
-        required.iter().all(|r| match r.workspace.as_deref() {
-            Some(target) => self.grants(self.effective_roles(f, principal, target), r.permission),
-            None => {
-                self.grants(self.effective_roles(f, principal, workspace), r.permission)
-                    || self.grants(self.explicit_roles("*", workspace), r.permission)
-            }
+        required.iter().all(|r| {
+            let (workspace, wildcard) = match r.workspace.as_deref() {
+                Some(target) => (target, false),
+                None => (workspace, true),
+            };
+            let grant = self
+                .granting_role(self.effective_roles(f, principal, workspace), r.permission)
+                .map(|role| Grant { principal, role })
+                .or_else(|| {
+                    wildcard
+                        .then(|| {
+                            self.granting_role(self.explicit_roles("*", workspace), r.permission)
+                        })
+                        .flatten()
+                        .map(|role| Grant {
+                            principal: "*",
+                            role,
+                        })
+                });
+            rec.permission(principal, workspace, r.permission, grant);
+            grant.is_some()
         })
     }
 
     /// [`Self::holds_all`] for permissions given as text (PDP input, built-in rules).
-    fn holds_all_named(
+    fn holds_all_named<R: Recorder>(
         &self,
         f: &Facts<'_, '_>,
         principal: &str,
         workspace: &str,
         required: &[&str],
+        rec: &mut R,
     ) -> bool {
         required.iter().all(|text| match self.parse_required(text) {
-            Some(r) => self.holds_all(f, principal, workspace, std::slice::from_ref(&r)),
+            Some(r) => self.holds_all(f, principal, workspace, std::slice::from_ref(&r), rec),
             None => false,
         })
     }
@@ -413,13 +477,13 @@ impl CompiledPolicy {
         if f.applicable.is_empty() {
             return false;
         }
-        if self.is_platform_admin(&f.applicable) {
+        if self.platform_admin_among(&f.applicable).is_some() {
             return true;
         }
         let required: Vec<&str> = permissions.iter().map(String::as_str).collect();
         f.applicable
             .iter()
-            .any(|p| self.holds_all_named(&f, p, workspace, &required))
+            .any(|p| self.holds_all_named(&f, p, workspace, &required, &mut ()))
     }
 
     /// NMP's `has_role`: the role is bound in `workspace` to an applicable principal directly,
@@ -438,7 +502,7 @@ impl CompiledPolicy {
                 || self.explicit_roles("*", workspace).contains(&role))
     }
 
-    fn bare_facts<'r>(&self, principal: &'r Principal) -> Facts<'_, 'r> {
+    pub(crate) fn bare_facts<'r>(&self, principal: &'r Principal) -> Facts<'_, 'r> {
         Facts {
             method: "",
             base_path: "",

@@ -5,12 +5,15 @@ pub mod builtin;
 pub mod compile;
 pub mod decide;
 pub mod document;
+pub mod explain;
 pub mod matcher;
+pub mod members;
 pub mod syntax;
 
 pub use compile::{BindingDefaults, CompiledPolicy};
 pub use decide::{Decision, Reason};
 pub use document::{DocumentError, Format, PolicyDocument};
+pub use explain::Explanation;
 
 /// The caller as the decision core sees it: already authenticated and validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -99,6 +99,14 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
         }
     };
     let decision = policy.allow(principal.as_deref(), &http.method, &http.path);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // What `nmp-authz explain` prints, evaluated again with a recorder: only when read.
+        let explanation = policy.explain(principal.as_deref(), &http.method, &http.path);
+        tracing::debug!(
+            explanation = %serde_json::to_string(&explanation).unwrap_or_default(),
+            "decision explained"
+        );
+    }
     let metadata = decision_metadata(policy, principal.as_deref(), &decision);
     let (mut response, outcome) = if decision.allowed {
         allow(

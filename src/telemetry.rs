@@ -19,8 +19,9 @@ const LATENCY_BUCKETS: [f64; 12] = [
 ];
 
 /// Outcomes decided before the policy is consulted.
-const PRE_DECISION: [&str; 6] = [
+const PRE_DECISION: [&str; 7] = [
     "malformed_request",
+    "ambiguous_request",
     "policy_unavailable",
     "policy_stale",
     "invalid_identity",

@@ -15,7 +15,7 @@ use envoy_types::pb::google::rpc::Status;
 use crate::identity::{self, IdentityError};
 use crate::policy::{CompiledPolicy, Principal, Reason};
 
-use super::State;
+use super::{State, request_path};
 
 pub const AUTHORIZED: &str = "x-nmp-authorized";
 pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
@@ -65,6 +65,21 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
         });
         return allow(&http.headers, principal.as_deref(), "auth_disabled");
     }
+    // Decide on the path as the upstream will read it, or refuse one it could read two ways
+    // (README "Request paths"). HTTP methods are case-sensitive: `get` is not `GET`, and an
+    // upstream that upper-cases it would serve what was decided as something else.
+    let path = match request_path::canonical(&http.path) {
+        Ok(path) if is_method_token(&http.method) => path,
+        Ok(_) => {
+            return deny(
+                400,
+                "ambiguous_request",
+                "Ambiguous request: the method must be upper case",
+                None,
+            );
+        }
+        Err(refusal) => return deny(400, "ambiguous_request", refusal, None),
+    };
     if state.stale.load(std::sync::atomic::Ordering::Relaxed) {
         return deny(
             503,
@@ -98,10 +113,10 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
             return deny(401, "invalid_identity", detail, Some(detail));
         }
     };
-    let decision = policy.allow(principal.as_deref(), &http.method, &http.path);
+    let decision = policy.allow(principal.as_deref(), &http.method, &path);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // What `nmp-authz explain` prints, evaluated again with a recorder: only when read.
-        let explanation = policy.explain(principal.as_deref(), &http.method, &http.path);
+        let explanation = policy.explain(principal.as_deref(), &http.method, &path);
         tracing::debug!(
             explanation = %serde_json::to_string(&explanation).unwrap_or_default(),
             "decision explained"
@@ -135,6 +150,13 @@ pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Out
     };
     response.dynamic_metadata = Some(metadata);
     (response, outcome)
+}
+
+/// An HTTP method as Envoy passes it on: an upper-case token (`GET`, `M-SEARCH`).
+fn is_method_token(method: &str) -> bool {
+    method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
 }
 
 fn allow(

@@ -5,6 +5,7 @@ pub mod check;
 pub mod grpc;
 pub mod http;
 pub mod pdp;
+pub mod request_path;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -124,6 +124,33 @@ fn explain_editor_in_default_is_allowed_by_the_wildcard_binding() {
     assert_eq!(e["scope_check"]["result"], "no_platform_scopes");
 }
 
+/// Explained on the path as Check decides on it (README "Request paths"): decoded once, or
+/// refused with 400 before any rule.
+#[test]
+fn explain_follows_the_request_path_rule() {
+    let config = cli_config();
+    let explain = |path: &str| {
+        let args = [
+            "explain",
+            "--config",
+            &config,
+            "--json",
+            "POST",
+            path,
+            "--email",
+            "bob@example.com",
+        ];
+        json_lines(&ok(&run(&args))).remove(0)
+    };
+    let r = explain("/apis/models/v2/workspaces/defaul%74/models");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["explanation"]["workspace"], "default", "{r}");
+    let r = explain("/apis/models/v2/workspaces/system/../default/models");
+    assert_eq!(r["status"], 400, "{r}");
+    assert_eq!(r["reason"], "ambiguous_request", "{r}");
+    assert!(r["explanation"].is_null(), "{r}");
+}
+
 #[test]
 fn explain_viewer_post_in_system_is_403_naming_the_missing_permission() {
     let config = cli_config();

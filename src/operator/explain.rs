@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::identity::{self, Credentials};
 use crate::loadtest;
 use crate::policy::Explanation;
-use crate::server::{State, check};
+use crate::server::{State, check, request_path};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -183,16 +183,19 @@ fn offline_identity(
 
 async fn explain(state: &State, request: CheckRequest, note: Option<&'static str>) -> Explained {
     let (response, outcome) = check::check(state, &request).await;
+    // Only a decided Check carries decision metadata; one refused before the policy (bad
+    // path, identity or policy state; auth disabled) has nothing to explain.
+    let decided = response.dynamic_metadata.is_some();
     let detail = match response.http_response {
         Some(HttpResponse::DeniedResponse(denied)) => serde_json::from_str::<Json>(&denied.body)
             .ok()
             .and_then(|body| body["detail"].as_str().map(str::to_string)),
         _ => None,
     };
-    let explanation = if outcome.status == 200 && outcome.reason == "auth_disabled" {
-        None
-    } else {
+    let explanation = if decided {
         explanation(state, &request).await
+    } else {
+        None
     };
     Explained {
         status: outcome.status,
@@ -203,8 +206,8 @@ async fn explain(state: &State, request: CheckRequest, note: Option<&'static str
     }
 }
 
-/// The policy's explanation, for the principal the server identifies in `request`; `None`
-/// when the Check ended before a decision (malformed request, bad identity).
+/// The policy's explanation, for the principal the server identifies in `request` and the
+/// path as Check decides on it (README "Request paths").
 async fn explanation(state: &State, request: &CheckRequest) -> Option<Explanation> {
     let attributes = request.attributes.as_ref()?;
     let http = attributes.request.as_ref()?.http.as_ref()?;
@@ -215,5 +218,6 @@ async fn explanation(state: &State, request: &CheckRequest) -> Option<Explanatio
     let found = state.identify(&credentials, metadata).await.ok()?;
     let policy = state.policy.load_full()?;
     let principal = found.map(|i| i.principal);
-    Some(policy.explain(principal.as_deref(), &http.method, &http.path))
+    let path = request_path::canonical(&http.path).ok()?;
+    Some(policy.explain(principal.as_deref(), &http.method, &path))
 }

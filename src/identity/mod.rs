@@ -1270,25 +1270,6 @@ mod tests {
 
     // ---- validation ----
 
-    // NMP's formats, as byte checks rather than regular expressions: they run on every request,
-    // and a shared `regex` matcher is slow to reach from more than one worker thread. The tests
-    // hold each to NMP's expression.
-
-    /// `^[a-zA-Z0-9@._\-:+/]+$` (all ASCII, so its length in bytes is its length in characters).
-    fn is_principal_id(id: &str) -> bool {
-        !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"@._-:+/".contains(&b))
-    }
-
-    /// `^[^@\s]+@[^@\s]+$`: one `@` with something on each side, no white space anywhere.
-    fn is_email(email: &str) -> bool {
-        email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && !domain.is_empty() && !domain.contains('@')
-        }) && !email.chars().any(char::is_whitespace)
-    }
-
     fn with(f: impl FnOnce(&mut Principal)) -> Result<(), IdentityError> {
         let mut p = Principal::with_id("alice");
         f(&mut p);
@@ -1506,15 +1487,7 @@ mod tests {
         let alphabet = [
             'a', 'Z', '5', '@', '.', '/', ' ', '\t', '\u{a0}', '#', 'é', '\n',
         ];
-        let mut strings = vec![String::new()];
-        let mut frontier = vec![String::new()];
-        for _ in 0..5 {
-            frontier = frontier
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
-                .collect();
-            strings.extend(frontier.iter().cloned());
-        }
+        let strings = crate::policy::syntax::tests::strings_over(&alphabet, 5);
         let (mut ids, mut emails) = (0, 0);
         for s in &strings {
             assert_eq!(is_principal_id(s), id.is_match(s), "id {s:?}");

@@ -27,9 +27,24 @@ pub fn is_scope(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use regex::Regex;
+
+    /// Every string of up to `max_len` characters from `alphabet`: small enough to try all,
+    /// and every branch of a character check is reached by some.
+    pub(crate) fn strings_over(alphabet: &[char], max_len: usize) -> Vec<String> {
+        let mut strings = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..max_len {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            strings.extend(frontier.iter().cloned());
+        }
+        strings
+    }
 
     /// Every string over an alphabet that reaches each branch, up to a length: each check
     /// agrees with its regular expression on all of them.
@@ -39,15 +54,7 @@ mod tests {
             Regex::new(r"^[a-z0-9]+(-[a-z0-9]+)*(\.[a-z0-9]+(-[a-z0-9]+)*)+$").unwrap();
         let scope = Regex::new(r"^[a-z0-9]+(-[a-z0-9]+)*:[a-z0-9]+(-[a-z0-9]+)*$").unwrap();
         let alphabet = ['a', '7', '-', '.', ':', 'A', ' ', 'é'];
-        let mut strings = vec![String::new()];
-        let mut frontier = vec![String::new()];
-        for _ in 0..6 {
-            frontier = frontier
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
-                .collect();
-            strings.extend(frontier.iter().cloned());
-        }
+        let strings = strings_over(&alphabet, 6);
         assert!(strings.len() > 290_000);
         let (mut permissions, mut scopes) = (0, 0);
         for s in &strings {

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{
     CheckTap, Envoy, Idp, Loopback, NmpAuthz, PRODUCTION, QUICKSTART, Recorded, Response, Upstream,
-    get, poll_until, render, request, substitute, template, token, try_request, unsigned_token,
-    validate,
+    get, poll_until, quickstart_envoy, render, request, substitute, template, token, try_request,
+    unsigned_token, validate,
 };
 use common::oidc::{
     API_AUDIENCE, API_RESOURCE, KeyDir, OTHER_RESOURCE, Options, Provider, jwt_claims,
@@ -864,13 +864,7 @@ fn quickstart_gateway_accepts_unsigned_tokens_and_denies_without_one() {
     // `nmp-authz serve` with no --config: the embedded quickstart (on ephemeral ports).
     let authz = NmpAuthz::quickstart();
     assert!(authz.log().contains("DEVELOPMENT"), "{}", authz.log());
-    let loopback = Loopback {
-        authz_grpc: authz.grpc,
-        authz_http: authz.http,
-        api: upstream.addr(),
-        idp: None,
-    };
-    let envoy = Envoy::start(&render(&template(QUICKSTART), &loopback));
+    let envoy = quickstart_envoy(&authz, &upstream);
     let logs = || format!("{}\n{}", envoy.log(), authz.log());
 
     let token = unsigned_token(

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::gateway::{Envoy, Loopback, NmpAuthz, QUICKSTART, Upstream, render, request, template};
+use common::gateway::{NmpAuthz, Upstream, quickstart_envoy, request};
 use common::{TestServer, check_request, expect_denied, expect_ok, metadata, who};
 use nmp_authz::server::State;
 
@@ -273,13 +273,7 @@ fn upstream_reading(path: &str) -> String {
 fn behind_envoy_every_forwarded_write_lands_in_the_authorized_workspace() {
     let upstream = Upstream::start();
     let authz = NmpAuthz::quickstart();
-    let loopback = Loopback {
-        authz_grpc: authz.grpc,
-        authz_http: authz.http,
-        api: upstream.addr(),
-        idp: None,
-    };
-    let envoy = Envoy::start(&render(&template(QUICKSTART), &loopback));
+    let envoy = quickstart_envoy(&authz, &upstream);
     let token = common::gateway::unsigned_token(
         "alice@example.com",
         &[("email", "alice@example.com".into())],

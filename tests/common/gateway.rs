@@ -975,3 +975,14 @@ impl CheckTap {
         self.seen.lock().expect("tap record").clone()
     }
 }
+
+/// Envoy with the companion quickstart config in front of `authz`, routing to `upstream`.
+pub fn quickstart_envoy(authz: &NmpAuthz, upstream: &Upstream) -> Envoy {
+    let loopback = Loopback {
+        authz_grpc: authz.grpc,
+        authz_http: authz.http,
+        api: upstream.addr(),
+        idp: None,
+    };
+    Envoy::start(&render(&template(QUICKSTART), &loopback))
+}

@@ -581,6 +581,9 @@ fn bearer_subject_unverified(
 pub struct AcceptedToken {
     principal: Arc<Principal>,
     times: TokenTimes,
+    /// Accepted as `alg: none` (quickstart): never good where unsigned tokens are not allowed,
+    /// even if the same verifier's memory is consulted under other settings.
+    unsigned: bool,
 }
 
 impl AcceptedToken {
@@ -604,6 +607,9 @@ fn bearer_principal(
     };
     let digest = signed::token_digest(token);
     if let Some(known) = verifier.remembered(&digest) {
+        if known.unsigned && !settings.allow_unsigned_jwt {
+            return Err(unauthenticated(INVALID_TOKEN));
+        }
         known.times.check(settings.leeway_seconds, now_unix)?;
         return Ok(Some(known.principal.clone()));
     }
@@ -612,7 +618,8 @@ fn bearer_principal(
         JwtError::Malformed => unauthenticated(INVALID_TOKEN),
     })?;
 
-    let claims = if jwt.header.get("alg").and_then(Json::as_str) == Some("none") {
+    let unsigned = jwt.header.get("alg").and_then(Json::as_str) == Some("none");
+    let claims = if unsigned {
         if !settings.allow_unsigned_jwt || !jwt.signature.is_empty() {
             return Err(unauthenticated(INVALID_TOKEN));
         }
@@ -650,6 +657,7 @@ fn bearer_principal(
         Arc::new(AcceptedToken {
             principal: principal.clone(),
             times,
+            unsigned,
         }),
     );
     Ok(Some(principal))
@@ -1536,6 +1544,20 @@ mod tests {
                 "Invalid scope format",
             );
         }
+    }
+
+    /// Found by the token fuzz target (fuzz/corpus/token/seed-2 run twice): an unsigned token
+    /// remembered under quickstart settings was accepted from memory by the same verifier
+    /// under settings that refuse unsigned tokens.
+    #[test]
+    fn a_remembered_unsigned_token_needs_unsigned_tokens_allowed() {
+        let verifier = TokenVerifier::none();
+        let token = unsigned(valid_claims("alice"));
+        let with =
+            |s: &IdentitySettings| identify(s, &verifier, &credentials(&bearer(&token)), None, NOW);
+        assert!(ok(with(&unsigned_ok())).principal.id.as_deref() == Some("alice"));
+        err_401(with(&IdentitySettings::default()), INVALID_TOKEN);
+        assert!(ok(with(&unsigned_ok())).principal.id.as_deref() == Some("alice"));
     }
 
     #[test]

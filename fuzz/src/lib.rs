@@ -708,6 +708,23 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                         br#"{"sub":"alice","groups":["eng"],"scope":"openid"}"#,
                     ],
                 ),
+                // Allowed requests whose principal attributes are one mutation away from a
+                // control character (the header-injection oracle).
+                seed(
+                    &[1, 1, 0],
+                    &[models.as_bytes(), b"\x02\x01alice", b"\x03eng, ops", b""],
+                ),
+                seed(
+                    &[0, 1, 0],
+                    &[
+                        models.as_bytes(),
+                        &[
+                            &b"\x00"[..],
+                            br#"{"sub":"alice","email":"alice@example.com","groups":["eng"],"scope":"openid models:read"}"#,
+                        ]
+                        .concat(),
+                    ],
+                ),
                 seed(
                     &[0, 1, 3],
                     &[

@@ -438,8 +438,8 @@ fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, Identi
     // character or a non-ASCII byte is no part of any token; trimming it away would accept a
     // value that another hop reads differently.
     if value
-        .chars()
-        .any(|c| !(c.is_ascii_graphic() || c == ' ' || c == '\t'))
+        .bytes()
+        .any(|b| !(b.is_ascii_graphic() || b == b' ' || b == b'\t'))
     {
         return Err(unauthenticated("Invalid authentication credentials"));
     }

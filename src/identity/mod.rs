@@ -73,6 +73,7 @@ impl<'a> Credentials<'a> {
 }
 
 const INVALID_TOKEN: &str = "Invalid or expired token";
+const DUPLICATE_KEYS: &str = "Token has duplicate JSON keys";
 const NO_SUBJECT: &str = "Token has no subject";
 
 /// Where the principal comes from (DESIGN `identity:` and `auth.oidc` keys).
@@ -210,7 +211,7 @@ pub fn identify(
         // Usually the same token Envoy verified; if it names someone else, the request
         // carries two identities and picking either would be a guess.
         if settings.verify_bearer
-            && let Some(subject) = bearer_subject_unverified(settings, headers)
+            && let Some(subject) = bearer_subject_unverified(settings, headers)?
             && principal.id.as_deref() != Some(subject.as_str())
         {
             return Err(unauthenticated("Conflicting identities"));
@@ -432,6 +433,15 @@ fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, Identi
     let Some(value) = headers.get("authorization") else {
         return Ok(None);
     };
+    // A credential is printable ASCII (with spaces or tabs around the token). A control
+    // character or a non-ASCII byte is no part of any token; trimming it away would accept a
+    // value that another hop reads differently.
+    if value
+        .bytes()
+        .any(|b| !(b.is_ascii_graphic() || b == b' ' || b == b'\t'))
+    {
+        return Err(unauthenticated("Invalid authentication credentials"));
+    }
     let value = value.trim();
     let (scheme, token) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
     let token = token.trim();
@@ -444,22 +454,35 @@ fn bearer_token<'a>(headers: &Credentials<'a>) -> Result<Option<&'a str>, Identi
     Ok(Some(token))
 }
 
-fn decode_segment(segment: &str) -> Option<Map<String, Json>> {
-    let bytes = B64URL.decode(segment).ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
-        Json::Object(map) => Some(map),
-        _ => None,
+/// Why a token could not be split and decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JwtError {
+    /// Not three base64url segments whose first two are JSON objects.
+    Malformed,
+    /// A JSON object in the header or claims names a key twice. JSON parsers disagree about
+    /// which copy counts (serde_json keeps the last, others the first), so such a token means
+    /// different things to different readers: refused, whoever signed it.
+    DuplicateKey,
+}
+
+fn decode_segment(segment: &str) -> Result<Map<String, Json>, JwtError> {
+    let bytes = B64URL.decode(segment).map_err(|_| JwtError::Malformed)?;
+    match serde_json::from_slice::<UniqueKeys>(&bytes) {
+        Ok(UniqueKeys(Json::Object(map))) => Ok(map),
+        Ok(_) => Err(JwtError::Malformed),
+        Err(e) if e.to_string().starts_with(DUPLICATE_KEY) => Err(JwtError::DuplicateKey),
+        Err(_) => Err(JwtError::Malformed),
     }
 }
 
-fn parse_jwt(token: &str) -> Option<RawJwt<'_>> {
+fn parse_jwt(token: &str) -> Result<RawJwt<'_>, JwtError> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return None;
+        return Err(JwtError::Malformed);
     };
-    Some(RawJwt {
+    Ok(RawJwt {
         header: decode_segment(header)?,
         claims: decode_segment(claims)?,
         signature,
@@ -477,7 +500,7 @@ pub fn unsigned_token(claims: &Map<String, Json>) -> String {
 /// A token's `alg` and claims, decoded without any verification: for offline explanations
 /// only, never for a decision. `None` when it is not a JWT.
 pub fn decode_unverified(token: &str) -> Option<(Option<String>, Map<String, Json>)> {
-    let jwt = parse_jwt(token)?;
+    let jwt = parse_jwt(token).ok()?;
     let alg = jwt
         .header
         .get("alg")
@@ -486,16 +509,87 @@ pub fn decode_unverified(token: &str) -> Option<(Option<String>, Map<String, Jso
     Some((alg, jwt.claims))
 }
 
+const DUPLICATE_KEY: &str = "duplicate JSON key";
+
+/// A JSON value read like `serde_json::Value`, except that an object naming a key twice, at
+/// any depth, is an error (starting with [`DUPLICATE_KEY`]).
+struct UniqueKeys(Json);
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        Ok(Json::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Json, E> {
+        serde_json::Number::from_f64(v)
+            .map(Json::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY} {key:?}")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Json::Object(object))
+    }
+}
+
 /// The subject a bearer token claims, read without verification: used only to detect a
 /// conflict with the metadata identity, which can only ever turn an allow into a denial.
+/// A token with duplicate JSON keys is refused here too: Envoy and we might read different
+/// subjects out of it.
 fn bearer_subject_unverified(
     settings: &IdentitySettings,
     headers: &Credentials<'_>,
-) -> Option<String> {
-    let jwt = parse_jwt(bearer_token(headers).ok()??)?;
-    match jwt.claims.claim(&settings.subject_claim) {
-        Claim::Str(s) if !s.is_empty() => Some(s.to_owned()),
-        _ => None,
+) -> Result<Option<String>, IdentityError> {
+    let Ok(Some(token)) = bearer_token(headers) else {
+        return Ok(None);
+    };
+    match parse_jwt(token) {
+        Ok(jwt) => Ok(match jwt.claims.claim(&settings.subject_claim) {
+            Claim::Str(s) if !s.is_empty() => Some(s.to_owned()),
+            _ => None,
+        }),
+        Err(JwtError::DuplicateKey) => Err(unauthenticated(DUPLICATE_KEYS)),
+        Err(JwtError::Malformed) => Ok(None),
     }
 }
 
@@ -506,6 +600,9 @@ fn bearer_subject_unverified(
 pub struct AcceptedToken {
     principal: Arc<Principal>,
     times: TokenTimes,
+    /// Accepted as `alg: none` (quickstart): never good where unsigned tokens are not allowed,
+    /// even if the same verifier's memory is consulted under other settings.
+    unsigned: bool,
 }
 
 impl AcceptedToken {
@@ -529,14 +626,26 @@ fn bearer_principal(
     };
     let digest = signed::token_digest(token);
     if let Some(known) = verifier.remembered(&digest) {
+        if known.unsigned && !settings.allow_unsigned_jwt {
+            return Err(unauthenticated(INVALID_TOKEN));
+        }
         known.times.check(settings.leeway_seconds, now_unix)?;
         return Ok(Some(known.principal.clone()));
     }
-    let jwt = parse_jwt(token).ok_or_else(|| unauthenticated(INVALID_TOKEN))?;
+    let jwt = parse_jwt(token).map_err(|e| match e {
+        JwtError::DuplicateKey => unauthenticated(DUPLICATE_KEYS),
+        JwtError::Malformed => unauthenticated(INVALID_TOKEN),
+    })?;
 
-    let claims = if jwt.header.get("alg").and_then(Json::as_str) == Some("none") {
+    let unsigned = jwt.header.get("alg").and_then(Json::as_str) == Some("none");
+    let claims = if unsigned {
         if !settings.allow_unsigned_jwt || !jwt.signature.is_empty() {
             return Err(unauthenticated(INVALID_TOKEN));
+        }
+        // The header rules of signed tokens hold for unsigned ones too (no nested tokens,
+        // no `crit`, no keys of their own).
+        if let Some(detail) = signed::refused_header(&jwt.header) {
+            return Err(unauthenticated(detail));
         }
         jwt.claims
     } else {
@@ -567,6 +676,7 @@ fn bearer_principal(
         Arc::new(AcceptedToken {
             principal: principal.clone(),
             times,
+            unsigned,
         }),
     );
     Ok(Some(principal))
@@ -676,16 +786,25 @@ const MAX_GROUP_CHARS: usize = 256;
 
 /// NMP's principal format rules (all 400). A scope written like a permission (`models.read`)
 /// is rejected because it is a permission passed by mistake and would never match a scope.
+/// Beyond NMP's rules, no email, group or scope may hold a control character: each is sent
+/// upstream in an `x-nmp-*` header, where a CR, LF or NUL could forge or cut a header.
 pub fn validate_principal(p: &Principal) -> Result<(), IdentityError> {
+    let control = |s: &String| s.chars().any(char::is_control);
     if let Some(id) = &p.id
         && (id.len() > MAX_ID_CHARS || !is_principal_id(id))
     {
         return Err(invalid("Invalid principal ID format".into()));
     }
     if let Some(email) = &p.email
-        && (email.chars().count() > MAX_EMAIL_CHARS || !is_email(email))
+        && (email.chars().count() > MAX_EMAIL_CHARS || !is_email(email) || control(email))
     {
         return Err(invalid("Invalid email format".into()));
+    }
+    if p.groups.iter().any(control) {
+        return Err(invalid("Invalid group name (control character)".into()));
+    }
+    if p.scopes.iter().any(control) {
+        return Err(invalid("Invalid scope format (control character)".into()));
     }
     if p.groups.len() > MAX_GROUPS {
         return Err(invalid(format!("Too many groups (at most {MAX_GROUPS})")));
@@ -1460,6 +1579,20 @@ mod tests {
                 "Invalid scope format",
             );
         }
+    }
+
+    /// Found by the token fuzz target (fuzz/corpus/token/seed-2 run twice): an unsigned token
+    /// remembered under quickstart settings was accepted from memory by the same verifier
+    /// under settings that refuse unsigned tokens.
+    #[test]
+    fn a_remembered_unsigned_token_needs_unsigned_tokens_allowed() {
+        let verifier = TokenVerifier::none();
+        let token = unsigned(valid_claims("alice"));
+        let with =
+            |s: &IdentitySettings| identify(s, &verifier, &credentials(&bearer(&token)), None, NOW);
+        assert!(ok(with(&unsigned_ok())).principal.id.as_deref() == Some("alice"));
+        err_401(with(&IdentitySettings::default()), INVALID_TOKEN);
+        assert!(ok(with(&unsigned_ok())).principal.id.as_deref() == Some("alice"));
     }
 
     #[test]

@@ -18,8 +18,21 @@ use super::AcceptedToken;
 
 /// How many verified tokens are remembered; each entry lives until its token expires.
 const CACHE_CAPACITY: u64 = 50_000;
-/// Header parameters that offer a key or demand extensions: never honoured, always refused.
-const REFUSED_HEADERS: [&str; 5] = ["jku", "x5u", "jwk", "x5c", "crit"];
+/// Header parameters that offer a key, demand extensions or announce a nested token: never
+/// honoured, always refused.
+const REFUSED_HEADERS: [&str; 6] = ["jku", "x5u", "jwk", "x5c", "crit", "cty"];
+
+/// Why a token's header is refused whatever its signature: it offers its own key, demands
+/// extensions (`crit`), or says its payload is another token (`cty`, RFC 7519 §5.2 nested
+/// JWTs: the outer signature would vouch for an inner token nobody verified).
+pub(crate) fn refused_header(header: &Map<String, Json>) -> Option<&'static str> {
+    let refused = REFUSED_HEADERS.iter().find(|h| header.contains_key(**h))?;
+    Some(match *refused {
+        "crit" => "Token requires unsupported extensions (crit)",
+        "cty" => "Nested tokens are not accepted (cty)",
+        _ => "Token offers its own key; keys come only from the issuer",
+    })
+}
 
 /// One public key an issuer signs with.
 #[derive(Clone)]
@@ -206,11 +219,8 @@ impl TokenVerifier {
         header: &Map<String, Json>,
         claims: &Map<String, Json>,
     ) -> Result<Map<String, Json>, Rejection> {
-        if let Some(refused) = REFUSED_HEADERS.iter().find(|h| header.contains_key(**h)) {
-            return Err(Rejection::Invalid(match *refused {
-                "crit" => "Token requires unsupported extensions (crit)",
-                _ => "Token offers its own key; keys come only from the issuer",
-            }));
+        if let Some(detail) = refused_header(header) {
+            return Err(Rejection::Invalid(detail));
         }
         let algorithm = match header.get("alg").and_then(Json::as_str) {
             Some("RS256") => Algorithm::RS256,

@@ -1,0 +1,755 @@
+//! The bodies of the fuzz targets, as plain functions over bytes. `cargo fuzz` runs them from
+//! `fuzz/fuzz_targets/*.rs`; `cargo test` runs them over the checked-in corpus in
+//! `fuzz/corpus/<target>/` and the generated [`seeds`] (`tests/fuzz_regressions.rs` includes
+//! this file by path), so every input that once failed stays tested without cargo-fuzz.
+//!
+//! Each body panics on a wrong outcome, not only on a crash: those are the oracles.
+//!
+//! This file may use only crates that nmp-authz itself depends on.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use nmp_authz::config::Config;
+use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
+use nmp_authz::policy::decide::HEALTH_PATHS;
+use nmp_authz::policy::{
+    BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, builtin,
+};
+use nmp_authz::server::State;
+use prost::Message as _;
+use serde_json::{Value, json};
+
+/// A fuzz target's body: panics on a crash or a wrong outcome.
+pub type Body = fn(&[u8]);
+
+/// The fuzz targets, named as in `fuzz/fuzz_targets/` and `fuzz/corpus/`.
+pub const TARGETS: [(&str, Body); 4] = [
+    ("matching", matching),
+    ("token", token),
+    ("check_request", check_request),
+    ("policy_load", policy_load),
+];
+
+/// The repository root (this file is compiled from the root package's tests and from `fuzz/`).
+pub fn repo_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match dir.file_name() {
+        Some(name) if name == "fuzz" => dir.parent().unwrap_or(dir).to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
+}
+
+/// Reads fuzz input as a sequence of choices; past the end every read is zero or empty.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn byte(&mut self) -> u8 {
+        let (first, rest) = self.0.split_first().map_or((0, &[][..]), |(b, r)| (*b, r));
+        self.0 = rest;
+        first
+    }
+    fn pick<'t, T>(&mut self, items: &'t [T]) -> &'t T {
+        &items[usize::from(self.byte()) % items.len()]
+    }
+    /// Bytes up to the next 0xFF (consumed) or the end.
+    fn chunk(&mut self) -> &'a [u8] {
+        let end = self
+            .0
+            .iter()
+            .position(|b| *b == 0xFF)
+            .unwrap_or(self.0.len());
+        let chunk = &self.0[..end];
+        self.0 = &self.0[(end + 1).min(self.0.len())..];
+        chunk
+    }
+    fn text(&mut self) -> String {
+        String::from_utf8_lossy(self.chunk()).into_owned()
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+fn is_health(path: &str) -> bool {
+    HEALTH_PATHS.contains(&path)
+}
+
+// ---- matching: allow() over the built-in and NMP catalogs ----
+
+struct Catalog {
+    policy: CompiledPolicy,
+    patterns: Vec<String>,
+}
+
+/// The built-in catalog and, when `../shared` has it, NMP's own document, each with the
+/// bootstrap bindings, `admin@example.com` as admin, and bindings for the callers below.
+static CATALOGS: LazyLock<Vec<Catalog>> = LazyLock::new(|| {
+    let mut docs = vec![builtin::builtin_document()];
+    let nmp = repo_root().join("../shared/nmp/static-authz.yaml");
+    if let Ok(text) = std::fs::read_to_string(nmp) {
+        docs.push(PolicyDocument::parse(&text, Format::Yaml).expect("NMP's document parses"));
+    }
+    docs.into_iter()
+        .map(|mut doc| {
+            doc.bind("alice", "ws1", &["Editor"]);
+            doc.bind("eng", "ws2", &["Viewer"]);
+            doc.bind("service:jobs", "ws1", &["Viewer"]);
+            let patterns = doc.authz.endpoints.keys().cloned().collect();
+            let defaults = BindingDefaults {
+                admin_email: Some("admin@example.com".into()),
+                ..BindingDefaults::default()
+            };
+            let policy = CompiledPolicy::build(doc, &defaults, "fuzz").expect("catalog compiles");
+            Catalog { policy, patterns }
+        })
+        .collect()
+});
+
+fn callers() -> Vec<Option<Principal>> {
+    let with = |id: &str, email: Option<&str>, groups: &[&str]| Principal {
+        id: Some(id.into()),
+        email: email.map(Into::into),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        scopes: Vec::new(),
+    };
+    vec![
+        None,
+        Some(with("alice", Some("alice@example.com"), &[])),
+        Some(with("bob", None, &["eng"])),
+        Some(with("root", Some("admin@example.com"), &[])),
+        Some(with("service:jobs", None, &[])),
+        Some(with("service:eval", None, &[])),
+        Some(Principal {
+            id: None,
+            email: Some("admin@example.com".into()),
+            ..Principal::default()
+        }),
+    ]
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "get", "", "CONNECT",
+];
+
+/// Deny reasons that apply to PlatformAdmin (DESIGN: deny overrides allow, even PlatformAdmin
+/// unless stated).
+const ADMIN_DENIALS: [Reason; 6] = [
+    Reason::NoEndpointsLoaded,
+    Reason::EndpointDenied,
+    Reason::DeniedPluginPrefix,
+    Reason::SecretAccessNotService,
+    Reason::BundleAccess,
+    Reason::PrincipalOnlyRoute,
+];
+
+/// Arbitrary method and path against a real catalog: never panics; the same input decides the
+/// same twice; a query never changes the decision (outside the health paths, which NMP
+/// compares with their query); nobody is allowed outside the health paths; PlatformAdmin is
+/// denied only by a deny rule that applies to it.
+pub fn matching(data: &[u8]) {
+    let mut input = Input(data);
+    let catalog = input.pick(&CATALOGS);
+    let callers = callers();
+    let who = input.pick(&callers).clone();
+    let method = match input.byte() % 4 {
+        0 => input.text(),
+        _ => input.pick(&METHODS).to_string(),
+    };
+    // Either a raw path, or a catalog pattern with its placeholders replaced by fuzz text.
+    let path = match input.byte() % 3 {
+        0 => input.text(),
+        _ => {
+            let pattern = input.pick(&catalog.patterns).clone();
+            let mut filled = String::new();
+            for (i, segment) in pattern.split('/').enumerate() {
+                if i > 0 {
+                    filled.push('/');
+                }
+                if segment.starts_with('{') {
+                    filled.push_str(&input.text());
+                } else {
+                    filled.push_str(segment);
+                }
+            }
+            filled.push_str(&input.text());
+            filled
+        }
+    };
+    let query = input.text();
+    let policy = &catalog.policy;
+
+    let decision = policy.allow(who.as_ref(), &method, &path);
+    assert_eq!(
+        decision,
+        policy.allow(who.as_ref(), &method, &path),
+        "not deterministic"
+    );
+    if who.is_none() || who.as_ref().is_some_and(|p| p.id.is_none()) {
+        assert!(
+            !decision.allowed || is_health(&path),
+            "{method} {path:?} allowed with no identity: {decision:?}"
+        );
+    }
+    let base = path.split('?').next().unwrap_or_default();
+    if !is_health(base) {
+        let plain = policy.allow(who.as_ref(), &method, base);
+        let with_query = format!("{base}?{query}");
+        assert_eq!(decision, plain, "{method} {path:?} vs {base:?}");
+        assert_eq!(
+            plain,
+            policy.allow(who.as_ref(), &method, &with_query),
+            "{method} {base:?} vs {with_query:?}"
+        );
+    }
+    if let Some(ws) = &decision.workspace {
+        assert!(
+            base.split('/').any(|s| s == ws),
+            "workspace {ws:?} is not a segment of {base:?}"
+        );
+    }
+    let admin = Principal {
+        email: Some("admin@example.com".into()),
+        ..Principal::with_id(if method.len() % 2 == 0 {
+            "root"
+        } else {
+            "service:root"
+        })
+    };
+    let d = policy.allow(Some(&admin), &method, &path);
+    assert!(
+        d.allowed || ADMIN_DENIALS.contains(&d.reason),
+        "{method} {path:?} denied to PlatformAdmin: {d:?}"
+    );
+}
+
+// ---- token: the bearer token path of identify() ----
+
+const ISSUER: &str = "https://idp.example.com/realms/nmp";
+/// The time every token body runs at (seeds expire ten minutes later).
+pub const NOW: u64 = 1_800_000_000;
+
+struct Tokens {
+    verifier: TokenVerifier,
+    /// Tokens the fixture keys signed for `alice`: the only ones a strict identify may accept.
+    signed: Vec<String>,
+}
+
+static TOKENS: LazyLock<Tokens> = LazyLock::new(|| {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let keys = repo_root().join("tests/fixtures/keys");
+    let read = |name: &str| std::fs::read(keys.join(name)).expect("fixture key");
+    let jwks = serde_json::from_slice(&read("jwks.json")).expect("fixture JWKS");
+    let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+    issuer.replace(usable_keys(&jwks));
+    let claims = json!({"iss": ISSUER, "sub": "alice", "email": "alice@example.com",
+        "groups": ["eng"], "scope": "openid models:read", "iat": NOW - 10, "exp": NOW + 600});
+    let header = |alg, kid: &str| Header {
+        kid: Some(kid.into()),
+        ..Header::new(alg)
+    };
+    let rsa = EncodingKey::from_rsa_pem(&read("rsa.pem")).expect("rsa.pem");
+    let ec = EncodingKey::from_ec_pem(&read("ec.pem")).expect("ec.pem");
+    let signed = vec![
+        encode(&header(Algorithm::RS256, "rsa-1"), &claims, &rsa).expect("sign"),
+        encode(&header(Algorithm::ES256, "ec-1"), &claims, &ec).expect("sign"),
+    ];
+    Tokens {
+        verifier: TokenVerifier::new(vec![issuer], None, 60),
+        signed,
+    }
+});
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The token part of an `Authorization` value as identify reads it.
+fn bearer_part(value: &str) -> &str {
+    let value = value.trim();
+    value
+        .split_once(char::is_whitespace)
+        .map_or("", |(_, t)| t.trim())
+}
+
+/// Arbitrary `Authorization` values (raw, mutated signed tokens, or built from fuzzed JSON):
+/// identify never panics; with OIDC only, nothing but the exact tokens the fixture keys
+/// signed is an identity; in quickstart an accepted token that is not one of them is an
+/// `alg: none` token with an empty signature, and its principal passes validation.
+pub fn token(data: &[u8]) {
+    let tokens = &*TOKENS;
+    let mut input = Input(data);
+    let value = match input.byte() % 4 {
+        0 => input.text(),
+        1 => {
+            let mut bytes = input.pick(&tokens.signed).clone().into_bytes();
+            // Edits: (position, byte) pairs; 0xFE as the byte truncates there.
+            while let [at, b, ..] = *input.0 {
+                input.0 = &input.0[2..];
+                let at = usize::from(at) * 7 % bytes.len().max(1);
+                match b {
+                    0xFE => bytes.truncate(at),
+                    _ if at < bytes.len() => bytes[at] = b,
+                    _ => bytes.push(b),
+                }
+            }
+            format!("Bearer {}", String::from_utf8_lossy(&bytes))
+        }
+        2 => {
+            let header = input.chunk();
+            let claims = input.chunk();
+            let signature = input.text();
+            format!("Bearer {}.{}.{signature}", b64(header), b64(claims))
+        }
+        _ => {
+            // A real header and signature around fuzzed claims.
+            let seed = input.pick(&tokens.signed);
+            let mut parts = seed.split('.');
+            let (header, _, signature) = (parts.next(), parts.next(), parts.next());
+            let claims = input.rest();
+            format!(
+                "Bearer {}.{}.{}",
+                header.unwrap_or_default(),
+                b64(claims),
+                signature.unwrap_or_default()
+            )
+        }
+    };
+    let credentials = match Credentials::from_headers([("authorization", value.as_str())]) {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    let strict = IdentitySettings::default();
+    if let Ok(Some(who)) = identity::identify(&strict, &tokens.verifier, &credentials, None, NOW) {
+        let token = bearer_part(&value);
+        assert!(
+            tokens.signed.iter().any(|t| t == token),
+            "accepted a token the fixture keys did not sign: {value:?} as {who:?}"
+        );
+        assert_eq!(who.principal.id.as_deref(), Some("alice"));
+    }
+    let quickstart = IdentitySettings {
+        allow_unsigned_jwt: true,
+        ..IdentitySettings::default()
+    };
+    if let Ok(Some(who)) =
+        identity::identify(&quickstart, &tokens.verifier, &credentials, None, NOW)
+    {
+        assert_eq!(who.source, Source::BearerToken);
+        assert!(who.principal.id.as_deref().is_some_and(|id| !id.is_empty()));
+        identity::validate_principal(&who.principal).expect("accepted principal is valid");
+        let token = bearer_part(&value);
+        if !tokens.signed.iter().any(|t| t == token) {
+            let mut parts = token.split('.');
+            let header = parts.next().and_then(|h| {
+                URL_SAFE_NO_PAD
+                    .decode(h)
+                    .ok()
+                    .or_else(|| base64::engine::general_purpose::URL_SAFE.decode(h).ok())
+            });
+            let header: Option<Value> = header.and_then(|h| serde_json::from_slice(&h).ok());
+            assert_eq!(
+                header.as_ref().and_then(|h| h.get("alg")),
+                Some(&json!("none")),
+                "accepted a signed-looking token that is not a fixture token: {value:?}"
+            );
+            assert_eq!(parts.nth(1), Some(""), "unsigned token with a signature");
+        }
+    }
+}
+
+// ---- check_request: the whole Check over decoded or built CheckRequests ----
+
+struct Checks {
+    runtime: tokio::runtime::Runtime,
+    /// Quickstart-like; trusting principal headers; authorization off; no policy loaded.
+    states: Vec<State>,
+}
+
+static CHECKS: LazyLock<Checks> = LazyLock::new(|| {
+    let builtin = || {
+        let defaults = BindingDefaults {
+            admin_email: Some("admin@example.com".into()),
+            ..BindingDefaults::default()
+        };
+        CompiledPolicy::build(builtin::builtin_document(), &defaults, "fuzz").expect("builtin")
+    };
+    let mut quickstart = Config::default();
+    quickstart.auth.allow_unsigned_jwt = true;
+    let mut trusting = quickstart.clone();
+    trusting.identity.trust_principal_headers = true;
+    let mut off = quickstart.clone();
+    off.auth.enabled = false;
+    let states = vec![
+        State::new(&quickstart, Some(builtin())),
+        State::new(&trusting, Some(builtin())),
+        State::new(&off, Some(builtin())),
+        State::new(&quickstart, None),
+    ];
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    Checks { runtime, states }
+});
+
+/// A CheckRequest from fuzz bytes: method, path, headers (name/value chunks) and optional
+/// jwt_authn claims (a JSON object chunk).
+fn built_request(input: &mut Input<'_>) -> CheckRequest {
+    let method = input.pick(&METHODS).to_string();
+    let path = input.text();
+    let mut headers = std::collections::HashMap::new();
+    for _ in 0..input.byte() % 5 {
+        let names = [
+            "authorization",
+            "x-nmp-principal-id",
+            "x-nmp-principal-email",
+            "x-nmp-principal-groups",
+            "x-nmp-scopes",
+            "x-nmp-authorized",
+            "Authorization",
+            "x-nmp-other",
+        ];
+        let name = input.pick(&names).to_string();
+        let value = input.text();
+        headers.insert(name, value);
+    }
+    let metadata_context = serde_json::from_slice::<Value>(input.chunk())
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|claims| {
+            let namespace = identity::struct_from_json(
+                json!({"jwt_payload": Value::Object(claims)})
+                    .as_object()
+                    .expect("an object"),
+            );
+            envoy_types::pb::envoy::config::core::v3::Metadata {
+                filter_metadata: [(identity::JWT_AUTHN_NAMESPACE.to_string(), namespace)].into(),
+                ..Default::default()
+            }
+        });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method,
+                    path,
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            metadata_context,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Arbitrary CheckRequests (protobuf bytes, or built from fuzz choices) through `check`:
+/// never panics; a request without a method or a `/` path is a 400; with authorization on,
+/// an allow outside the health paths names a principal; nothing is allowed without policy
+/// data; an allow's headers never carry a control character and are never also removed; a
+/// denial is a 400/401/403/503 with a JSON `detail`.
+pub fn check_request(data: &[u8]) {
+    let checks = &*CHECKS;
+    let mut input = Input(data);
+    let which = usize::from(input.byte()) % checks.states.len();
+    let state = &checks.states[which];
+    let request = if input.byte() % 2 == 0 {
+        match CheckRequest::decode(input.rest()) {
+            Ok(r) => r,
+            Err(_) => return,
+        }
+    } else {
+        built_request(&mut input)
+    };
+    let (response, outcome) = checks
+        .runtime
+        .block_on(nmp_authz::server::check::check(state, &request));
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let malformed = http.is_none_or(|h| h.method.is_empty() || !h.path.starts_with('/'));
+    let path = http.map_or("", |h| h.path.as_str());
+    verify_response(&response, outcome.status, &request);
+    if malformed {
+        assert_eq!(
+            outcome.status, 400,
+            "malformed request answered {outcome:?}"
+        );
+    }
+    if outcome.status == 200 && state.auth_enabled {
+        assert!(
+            state.policy.load().is_some(),
+            "allowed without policy data: {request:?}"
+        );
+        assert!(
+            is_health(path) || principal_header(&response).is_some(),
+            "allowed {path:?} without naming a principal: {outcome:?}"
+        );
+    }
+}
+
+fn principal_header(response: &CheckResponse) -> Option<&str> {
+    let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+        return None;
+    };
+    ok.headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-nmp-principal-id")
+        .map(|h| h.value.as_str())
+}
+
+fn verify_response(response: &CheckResponse, status: u16, request: &CheckRequest) {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            assert_eq!(status, 200);
+            for h in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
+                assert!(
+                    !h.value.chars().any(char::is_control),
+                    "header {}: {:?} carries a control character ({request:?})",
+                    h.key,
+                    h.value
+                );
+                assert!(
+                    !ok.headers_to_remove.contains(&h.key),
+                    "{} both set and removed",
+                    h.key
+                );
+            }
+        }
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            let code = denied.status.as_ref().map_or(0, |s| s.code);
+            assert!(
+                [400, 401, 403, 503].contains(&code) && i32::from(status) == code,
+                "denied with {code} / {status}"
+            );
+            let body: Value = serde_json::from_str(&denied.body).expect("JSON body");
+            assert!(body["detail"].is_string(), "no detail in {body}");
+        }
+        other => panic!("neither allowed nor denied: {other:?}"),
+    }
+}
+
+// ---- policy_load: documents and bundles ----
+
+/// A gzip tar holding `data.json` (and `.manifest`), as NMP's bundle endpoint serves it.
+pub fn bundle_with(data_json: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, bytes) in [
+        (".manifest", &br#"{"revision":"fuzz"}"#[..]),
+        ("data.json", data_json),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, name, bytes)
+            .expect("in-memory tar");
+    }
+    builder
+        .into_inner()
+        .and_then(|gz| gz.finish())
+        .expect("in-memory gzip")
+}
+
+/// Arbitrary YAML, JSON, bundle bytes, or JSON wrapped into a real bundle: parsing and
+/// compiling return a document or a clean error, never panic; what compiles then decides
+/// (every endpoint pattern, literally, for a few callers) without panicking, and with no
+/// endpoints denies everything but the health paths.
+pub fn policy_load(data: &[u8]) {
+    let mut input = Input(data);
+    let mode = input.byte() % 4;
+    let bytes = input.rest();
+    let parsed = match mode {
+        0 => PolicyDocument::parse(&String::from_utf8_lossy(bytes), Format::Yaml)
+            .map_err(|e| e.to_string()),
+        1 => PolicyDocument::parse(&String::from_utf8_lossy(bytes), Format::Json)
+            .map_err(|e| e.to_string()),
+        2 => nmp_authz::sources::parse_bundle(bytes),
+        _ => nmp_authz::sources::parse_bundle(&bundle_with(bytes)),
+    };
+    let Ok(doc) = parsed else { return };
+    let patterns: Vec<String> = doc.authz.endpoints.keys().cloned().collect();
+    let defaults = BindingDefaults {
+        bootstrap_bindings: false,
+        default_workspace: "default".into(),
+        admin_email: None,
+    };
+    let Ok(policy) = CompiledPolicy::build(doc, &defaults, "fuzz") else {
+        return;
+    };
+    let callers = callers();
+    for pattern in patterns.iter().take(64) {
+        for who in &callers {
+            for method in ["GET", "POST"] {
+                let d = policy.allow(who.as_ref(), method, pattern);
+                assert!(!d.allowed || who.is_some() || is_health(pattern));
+                if let Some(p) = who {
+                    let _ = policy.has_permissions(p, "ws1", &["a.read".into()]);
+                    let _ = policy.has_role(p, "ws1", "Editor");
+                }
+            }
+        }
+    }
+    if patterns.is_empty() {
+        let d = policy.allow(callers[1].as_ref(), "GET", "/apis/x");
+        assert_eq!(d.reason, Reason::NoEndpointsLoaded);
+    }
+}
+
+// ---- seeds ----
+
+/// Generated seed inputs for a target: valid requests, tokens and documents to start from.
+/// They are checked in as `fuzz/corpus/<target>/seed-N` (`tests/fuzz_regressions.rs` makes
+/// sure of it), so cargo-fuzz starts from them.
+pub fn seeds(target: &str) -> Vec<Vec<u8>> {
+    // Raw choice bytes, then text chunks separated by 0xFF (see `Input`).
+    let seed = |prefix: &[u8], chunks: &[&[u8]]| [prefix, &chunks.join(&0xFF)].concat();
+    match target {
+        "matching" => vec![
+            seed(
+                &[0, 1, 1, 0, 0],
+                &[b"/apis/models/v2/workspaces/ws1/models", b"x=1"],
+            ),
+            seed(&[0, 3, 1, 0, 1, 0], &[b"ws1", b"", b"", b"x=1"]),
+            seed(&[1, 4, 1, 2, 2, 5], &[b"-", b"a", b"b", b"c"]),
+            seed(&[0, 0, 1, 0, 0], &[b"/health/live"]),
+            seed(
+                &[0, 2, 0],
+                &[
+                    b"post",
+                    b"\0/apis/secrets/v2/workspaces/ws1/secrets/s/access",
+                ],
+            ),
+        ],
+        "token" => {
+            let claims = json!({"sub": "bob", "iat": NOW, "exp": NOW + 60}).to_string();
+            let claims = claims.as_bytes();
+            vec![
+                seed(&[1, 0, 5, b'A'], &[]),
+                seed(&[1, 1, 200, 0xFE], &[]),
+                seed(&[2], &[br#"{"alg":"none"}"#, claims, b""]),
+                seed(
+                    &[2],
+                    &[br#"{"alg":"RS256","kid":"rsa-1"}"#, claims, b"c2ln"],
+                ),
+                seed(&[3, 0], &[claims]),
+                seed(&[0], &[b"Bearer a.b.c"]),
+            ]
+        }
+        "check_request" => {
+            // Check reads the clock: issued in 2023, expiring in 2096, so the seeds stay fixed.
+            let claims =
+                json!({"sub": "alice", "iat": 1_700_000_000, "exp": 4_000_000_000u64}).to_string();
+            let unsigned = format!(
+                "Bearer {}.{}.",
+                b64(br#"{"alg":"none"}"#),
+                b64(claims.as_bytes())
+            );
+            let request = |method: &str, path: &str, headers: &[(&str, &str)]| {
+                CheckRequest {
+                    attributes: Some(AttributeContext {
+                        request: Some(Request {
+                            http: Some(HttpRequest {
+                                method: method.into(),
+                                path: path.into(),
+                                headers: headers
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                                    .collect(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec()
+            };
+            let models = "/apis/models/v2/workspaces/default/models";
+            vec![
+                seed(
+                    &[0, 0],
+                    &[&request("GET", models, &[("authorization", &unsigned)])],
+                ),
+                seed(
+                    &[1, 0],
+                    &[&request(
+                        "POST",
+                        "/apis/entities/v2/workspaces",
+                        // One header per seed: a map's encoding order is not fixed.
+                        &[("x-nmp-principal-id", "alice")],
+                    )],
+                ),
+                seed(
+                    &[2, 0],
+                    &[&request("GET", "/health/live", &[("x-nmp-other", "1")])],
+                ),
+                seed(&[3, 0], &[&request("GET", "/status", &[])]),
+                seed(
+                    &[1, 1, 0],
+                    &[
+                        b"/apis/models/v2/workspaces/ws1/models?x=1",
+                        b"\x01\x01alice",
+                        br#"{"sub":"alice","groups":["eng"],"scope":"openid"}"#,
+                    ],
+                ),
+                // Allowed requests whose principal attributes are one mutation away from a
+                // control character (the header-injection oracle).
+                seed(
+                    &[1, 1, 0],
+                    &[models.as_bytes(), b"\x02\x01alice", b"\x03eng, ops", b""],
+                ),
+                seed(
+                    &[0, 1, 0],
+                    &[
+                        models.as_bytes(),
+                        &[
+                            &b"\x00"[..],
+                            br#"{"sub":"alice","email":"alice@example.com","groups":["eng"],"scope":"openid models:read"}"#,
+                        ]
+                        .concat(),
+                    ],
+                ),
+                seed(
+                    &[0, 1, 3],
+                    &[
+                        b"/apis/entities/v2/workspaces/ws1/x/y",
+                        &[b"\x01\x00", unsigned.as_bytes()].concat(),
+                        b"",
+                    ],
+                ),
+            ]
+        }
+        "policy_load" => {
+            let yaml = std::fs::read(repo_root().join("tests/fixtures/decision/policy.yaml"))
+                .unwrap_or_default();
+            let json: &[u8] = br#"{"authz":{"roles":{"R":{"permissions":["a.read"]}},"endpoints":{"/apis/a/v2/workspaces/{workspace}/x":{"get":{"permissions":["a.read"],"scopes":["a:read"]}}},"principals":{"*":{"workspaces":{"ws1":["R"]}}}}}"#;
+            vec![
+                seed(&[0], &[&yaml]),
+                seed(&[1], &[json]),
+                seed(&[2], &[&bundle_with(json)]),
+                seed(&[3], &[json]),
+                seed(
+                    &[0],
+                    &[b"authz:\n  roles: {A: {includes: [B]}, B: {includes: [A]}}\n"],
+                ),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}

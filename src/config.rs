@@ -959,6 +959,67 @@ policy:
     }
 
     #[test]
+    fn http_authz_keys() {
+        let c = Config::default();
+        assert!(c.http_authz.enabled);
+        assert_eq!(c.http_authz.path_prefix, "/apis/auth/ext-authz");
+        assert_eq!(
+            c.http_authz.trusted_forwarded_headers,
+            [ForwardedForm::Envoy]
+        );
+        let c = yaml(
+            "http_authz:\n  enabled: false\n  path_prefix: /authz\n  trusted_forwarded_headers: [nginx, traefik]\n",
+        )
+        .unwrap();
+        assert!(!c.http_authz.enabled);
+        assert_eq!(c.http_authz.path_prefix, "/authz");
+        assert_eq!(
+            c.http_authz.trusted_forwarded_headers,
+            [ForwardedForm::Nginx, ForwardedForm::Traefik]
+        );
+        let cases = [
+            ("http_authz:\n  enabeld: true\n", "http_authz.enabeld"),
+            (
+                "http_authz:\n  trusted_forwarded_headers: [haproxy]\n",
+                "at http_authz.trusted_forwarded_headers[0]:",
+            ),
+            (
+                "http_authz:\n  trusted_forwarded_headers: []\n",
+                "at http_authz.trusted_forwarded_headers: must list",
+            ),
+            (
+                "http_authz:\n  trusted_forwarded_headers: [envoy, envoy]\n",
+                "at http_authz.trusted_forwarded_headers[1]: listed twice",
+            ),
+        ];
+        for (text, want) in cases {
+            let msg = err(yaml(text));
+            assert!(msg.contains(want), "{text:?}: {msg}");
+        }
+        for prefix in [
+            "",
+            "/",
+            "authz",
+            "/authz/",
+            "/a//b",
+            "/a/../b",
+            "/a?b",
+            "/a%2fb",
+            "/metrics",
+            "/health",
+            "/apis/auth/v2",
+            "/apis/auth/v2/authz/x",
+            "/apis/auth/discovery",
+        ] {
+            let msg = err(yaml(&format!("http_authz:\n  path_prefix: {prefix:?}\n")));
+            assert!(
+                msg.contains("at http_authz.path_prefix:"),
+                "{prefix:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn file_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broken.yaml");

@@ -98,12 +98,12 @@ fn describe(
             return Ok(None);
         };
         if values.next().is_some() {
-            return Err(format!("Malformed request: {name} is repeated"));
+            return Err(format!("Malformed request: {} is repeated", spelled(name)));
         }
         first
             .to_str()
             .map(|v| Some(v.to_string()))
-            .map_err(|_| format!("Malformed request: {name} is not visible ASCII"))
+            .map_err(|_| format!("Malformed request: {} is not visible ASCII", spelled(name)))
     };
     let host = || single("host").ok().flatten().unwrap_or_default();
     let mut present = Vec::new();
@@ -146,8 +146,9 @@ fn describe(
             ));
         }
     };
-    let required =
-        |name: &str| single(name)?.ok_or_else(|| format!("Malformed request: {name} is missing"));
+    let required = |name: &str| {
+        single(name)?.ok_or_else(|| format!("Malformed request: {} is missing", spelled(name)))
+    };
     Ok(match form {
         ForwardedForm::Envoy => Described {
             form,
@@ -174,6 +175,18 @@ fn describe(
             },
         },
     })
+}
+
+/// A describing header as the gateways' documentation spells it.
+fn spelled(name: &str) -> &str {
+    match name {
+        ORIGINAL_METHOD => "X-Original-Method",
+        ORIGINAL_URI => "X-Original-URI",
+        FORWARDED_METHOD => "X-Forwarded-Method",
+        FORWARDED_URI => "X-Forwarded-Uri",
+        FORWARDED_HOST => "X-Forwarded-Host",
+        other => other,
+    }
 }
 
 fn names(forms: &[ForwardedForm]) -> String {
@@ -288,6 +301,43 @@ fn ascii_json(json: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn describing_headers_are_not_headers_of_the_described_request() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-original-uri", "/a"),
+            ("x-original-method", "GET"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/a"),
+            ("x-forwarded-host", "h"),
+            ("authorization", "Bearer t"),
+            ("x-nmp-principal-id", "p"),
+            ("accept", "a"),
+            ("accept", "b"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let described = Described {
+            form: ForwardedForm::Nginx,
+            method: "GET".into(),
+            path: "/a".into(),
+            host: "h".into(),
+        };
+        let request = check_request(&described, &headers);
+        let http = request.attributes.unwrap().request.unwrap().http.unwrap();
+        let mut names: Vec<_> = http.headers.keys().cloned().collect();
+        names.sort();
+        assert_eq!(names, ["accept", "authorization", "x-nmp-principal-id"]);
+        assert_eq!(
+            http.headers["accept"], "a,b",
+            "repeated headers joined as Envoy joins them"
+        );
+        assert_eq!((http.method.as_str(), http.path.as_str()), ("GET", "/a"));
+    }
 
     #[test]
     fn ascii_json_is_the_same_json_value() {

@@ -14,6 +14,17 @@ need cargo "install Rust with rustup"
 need curl "the gateway demo's self-check uses it"
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 
+# The HTTP authorization mode is tested behind a real nginx (tests/http_authz.rs): Debian's
+# package, installed here when missing and we may (root with apt-get); otherwise it is a failure.
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== apt-get install nginx"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+    fi
+fi
+[ -x /usr/sbin/nginx ] && export PATH="$PATH:/usr/sbin"
+need nginx "apt-get install -y nginx: tests/http_authz.rs runs deploy/nginx/nginx.conf with it"
+
 # The OIDC tests get their tokens from a real OpenID provider (tests/oidc: the oidc-provider npm
 # package, run with node). Without node and npm they cannot run, so this fails with or without CI.
 need node "install Node.js 20 or later: the OIDC tests run a real OpenID provider with it"

@@ -28,6 +28,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub identity: IdentityConfig,
     pub policy: PolicyConfig,
+    pub http_authz: HttpAuthzConfig,
 }
 
 /// NMP's own `auth:` keys, with NMP's names and meanings.
@@ -141,6 +142,41 @@ impl Default for IdentityConfig {
             trust_principal_headers: false,
         }
     }
+}
+
+/// The HTTP authorization endpoint (README "HTTP authorization mode"): Envoy's HTTP ext_authz
+/// service, nginx `auth_request`, Traefik `forwardAuth`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpAuthzConfig {
+    /// On by default: it answers decisions only, as the gRPC Check always does, and trusts
+    /// no forwarded header unless told to.
+    pub enabled: bool,
+    /// Requests under this path on the HTTP port are authorization requests.
+    pub path_prefix: String,
+    /// The ways a request may describe the original request: `envoy` (method and path of the
+    /// request line after the prefix), `nginx` (`X-Original-Method`, `X-Original-URI`),
+    /// `traefik` (`X-Forwarded-Method`, `X-Forwarded-Uri`, `X-Forwarded-Host`).
+    pub trusted_forwarded_headers: Vec<ForwardedForm>,
+}
+
+impl Default for HttpAuthzConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path_prefix: "/apis/auth/ext-authz".into(),
+            trusted_forwarded_headers: vec![ForwardedForm::Envoy],
+        }
+    }
+}
+
+/// How a gateway describes the request it asks about (see [`HttpAuthzConfig`]).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedForm {
+    Envoy,
+    Nginx,
+    Traefik,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -420,6 +456,54 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Paths the HTTP port answers itself; the authorization prefix must not shadow any of them.
+const HTTP_ROUTES: &[&str] = &[
+    "/health/live",
+    "/health/ready",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/apis/auth/discovery",
+    "/apis/auth/v2/authz/",
+];
+
+/// An absolute path of plain segments (no `.`/`..`, `//`, query, percent-encoding, trailing
+/// `/`) that neither shadows nor sits under the HTTP port's own routes.
+fn check_path_prefix(prefix: &str) -> Result<(), ConfigError> {
+    const KEY: &str = "http_authz.path_prefix";
+    let plain = prefix.len() > 1
+        && prefix.starts_with('/')
+        && !prefix.ends_with('/')
+        && prefix[1..]
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~".contains(&b));
+    if !plain {
+        return Err(ConfigError::key(
+            KEY,
+            format!(
+                "must be an absolute path of plain segments without a trailing `/`, such as \
+                 /apis/auth/ext-authz (got {prefix:?})"
+            ),
+        ));
+    }
+    let clash = HTTP_ROUTES.iter().find(|route| {
+        let route = route.trim_end_matches('/');
+        route == prefix
+            || route.starts_with(&format!("{prefix}/"))
+            || prefix.starts_with(&format!("{route}/"))
+    });
+    if let Some(route) = clash {
+        return Err(ConfigError::key(
+            KEY,
+            format!("{prefix} overlaps the HTTP port's own {route}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Checks that serde cannot express. Run by [`load`]; public for configs built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -463,6 +547,23 @@ impl Config {
         }
         if let Some(jwks_uri) = &oidc.jwks_uri {
             check_url("auth.oidc.jwks_uri", jwks_uri)?;
+        }
+        check_path_prefix(&self.http_authz.path_prefix)?;
+        let trusted = &self.http_authz.trusted_forwarded_headers;
+        if trusted.is_empty() {
+            return Err(ConfigError::key(
+                "http_authz.trusted_forwarded_headers",
+                "must list at least one of envoy, nginx, traefik (http_authz.enabled: false \
+                 turns the endpoint off)",
+            ));
+        }
+        for (i, form) in trusted.iter().enumerate() {
+            if trusted[..i].contains(form) {
+                return Err(ConfigError::key(
+                    format!("http_authz.trusted_forwarded_headers[{i}]"),
+                    "listed twice",
+                ));
+            }
         }
         if self.policy.sources.is_empty() {
             return Err(ConfigError::key(
@@ -855,6 +956,67 @@ policy:
         // Validation also covers values set from the environment.
         let msg = err(yaml_env("", &[("NMP_AUTH_OIDC__LEEWAY_SECONDS", "301")]));
         assert!(msg.contains("at auth.oidc.leeway_seconds:"), "{msg}");
+    }
+
+    #[test]
+    fn http_authz_keys() {
+        let c = Config::default();
+        assert!(c.http_authz.enabled);
+        assert_eq!(c.http_authz.path_prefix, "/apis/auth/ext-authz");
+        assert_eq!(
+            c.http_authz.trusted_forwarded_headers,
+            [ForwardedForm::Envoy]
+        );
+        let c = yaml(
+            "http_authz:\n  enabled: false\n  path_prefix: /authz\n  trusted_forwarded_headers: [nginx, traefik]\n",
+        )
+        .unwrap();
+        assert!(!c.http_authz.enabled);
+        assert_eq!(c.http_authz.path_prefix, "/authz");
+        assert_eq!(
+            c.http_authz.trusted_forwarded_headers,
+            [ForwardedForm::Nginx, ForwardedForm::Traefik]
+        );
+        let cases = [
+            ("http_authz:\n  enabeld: true\n", "http_authz.enabeld"),
+            (
+                "http_authz:\n  trusted_forwarded_headers: [haproxy]\n",
+                "at http_authz.trusted_forwarded_headers[0]:",
+            ),
+            (
+                "http_authz:\n  trusted_forwarded_headers: []\n",
+                "at http_authz.trusted_forwarded_headers: must list",
+            ),
+            (
+                "http_authz:\n  trusted_forwarded_headers: [envoy, envoy]\n",
+                "at http_authz.trusted_forwarded_headers[1]: listed twice",
+            ),
+        ];
+        for (text, want) in cases {
+            let msg = err(yaml(text));
+            assert!(msg.contains(want), "{text:?}: {msg}");
+        }
+        for prefix in [
+            "",
+            "/",
+            "authz",
+            "/authz/",
+            "/a//b",
+            "/a/../b",
+            "/a?b",
+            "/a%2fb",
+            "/metrics",
+            "/health",
+            "/apis/auth/v2",
+            "/apis/auth/v2/authz/x",
+            "/apis/auth/discovery",
+        ] {
+            let msg = err(yaml(&format!("http_authz:\n  path_prefix: {prefix:?}\n")));
+            assert!(
+                msg.contains("at http_authz.path_prefix:"),
+                "{prefix:?}: {msg}"
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,31 @@ pub struct Outcome {
     pub reason: &'static str,
 }
 
+/// [`check`], counted in the metrics and logged as a decision record: what every face that
+/// answers a Check (gRPC `Authorization/Check`, the HTTP authorization endpoint) calls.
+pub async fn check_recorded(state: &State, request: &CheckRequest) -> (CheckResponse, Outcome) {
+    let started = std::time::Instant::now();
+    let (response, outcome) = check(state, request).await;
+    record(state, request, &response, &outcome, started.elapsed());
+    (response, outcome)
+}
+
+/// Counts and (sampled) logs one answered Check.
+pub fn record(
+    state: &State,
+    request: &CheckRequest,
+    response: &CheckResponse,
+    outcome: &Outcome,
+    took: std::time::Duration,
+) {
+    state
+        .metrics
+        .record_check(outcome.status, outcome.reason, took);
+    if state.decision_log.should_log(outcome.status) {
+        crate::telemetry::log_decision(request, response, outcome.status, outcome.reason, took);
+    }
+}
+
 /// Decides one Check request.
 pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Outcome) {
     let attributes = request.attributes.as_ref();
@@ -227,7 +252,7 @@ fn overwrite(key: &str, value: String) -> HeaderValueOption {
 }
 
 /// A denial Envoy sends to the client as is: NMP-style JSON `{"detail": ...}`.
-fn deny(
+pub(crate) fn deny(
     status: u16,
     reason: &'static str,
     detail: &str,

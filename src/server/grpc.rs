@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
@@ -24,7 +24,6 @@ use crate::pdp_proto::{
     HasRoleResponse, PrincipalInput,
 };
 use crate::policy::{CompiledPolicy, Principal};
-use crate::telemetry;
 
 use super::{State, check, pdp};
 
@@ -153,21 +152,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let started = Instant::now();
-        let (response, outcome) = check::check(&self.0, request.get_ref()).await;
-        let took = started.elapsed();
-        self.0
-            .metrics
-            .record_check(outcome.status, outcome.reason, took);
-        if self.0.decision_log.should_log(outcome.status) {
-            telemetry::log_decision(
-                request.get_ref(),
-                &response,
-                outcome.status,
-                outcome.reason,
-                took,
-            );
-        }
+        let (response, _) = check::check_recorded(&self.0, request.get_ref()).await;
         Ok(Response::new(response))
     }
 }

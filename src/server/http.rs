@@ -1,5 +1,5 @@
-//! HTTP: liveness, readiness, Prometheus metrics, the auth discovery document, and NMP's PDP API
-//! for platform services.
+//! HTTP: liveness, readiness, Prometheus metrics, the auth discovery document, NMP's PDP API
+//! for platform services, and the HTTP authorization endpoint (http_authz.rs).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
-use super::{State, pdp};
+use super::{State, http_authz, pdp};
 use crate::identity;
 
 pub async fn serve(
@@ -50,6 +50,17 @@ pub async fn serve(
 const MAX_PDP_BODY: usize = 64 * 1024;
 
 async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Any method: the authorization request carries the original request's (Envoy form).
+    if let Some(rest) = http_authz::under_prefix(state, req.uri().path()) {
+        return http_authz::answer(
+            state,
+            req.method().as_str(),
+            rest,
+            req.uri().query(),
+            req.headers(),
+        )
+        .await;
+    }
     if let Some(entrypoint) = req.uri().path().strip_prefix(PDP_PREFIX) {
         if req.method() != Method::POST {
             return json(

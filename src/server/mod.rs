@@ -4,6 +4,7 @@
 pub mod check;
 pub mod grpc;
 pub mod http;
+pub mod http_authz;
 pub mod pdp;
 pub mod request_path;
 
@@ -15,7 +16,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use envoy_types::pb::google::protobuf::Struct;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, HttpAuthzConfig};
 use crate::identity::jwks::KeyFetcher;
 use crate::identity::signed::{IssuerKeys, TokenVerifier};
 use crate::identity::{self, Identity, IdentityError, IdentitySettings};
@@ -49,6 +50,8 @@ pub struct State {
     pub decision_log: DecisionLog,
     /// How each policy source is doing, as of the last refresh.
     pub source_status: ArcSwap<Vec<SourceStatus>>,
+    /// The HTTP authorization endpoint's settings.
+    pub http_authz: HttpAuthzConfig,
 }
 
 impl State {
@@ -108,6 +111,7 @@ impl State {
             shutting_down: AtomicBool::new(false),
             decision_log: DecisionLog::from_env(),
             source_status: ArcSwap::default(),
+            http_authz: config.http_authz.clone(),
         }
     }
 

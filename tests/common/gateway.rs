@@ -38,6 +38,8 @@ const POLL: Duration = Duration::from_millis(10);
 pub const PRODUCTION: &str = "envoy/envoy.yaml";
 /// The quickstart config (ext_authz only; nmp-authz verifies bearer tokens itself).
 pub const QUICKSTART: &str = "envoy/quickstart.yaml";
+/// The HTTP-mode config (Envoy's HTTP ext_authz service; no gRPC cluster): [`render_http`].
+pub const HTTP_MODE: &str = "envoy/envoy-http.yaml";
 
 fn crate_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -169,17 +171,32 @@ fn remove_block(text: &str, begin: &str, end: &str) -> Result<String, String> {
 /// nmp-authz, the API and the identity provider at the given addresses, and the JWKS cluster
 /// without TLS. Panics naming the token when the template lacks one.
 pub fn render(template: &str, to: &Loopback) -> String {
+    render_tokens(template, to, true)
+}
+
+/// [`render`] for [`HTTP_MODE`], which has no gRPC port to set. nmp-authz's HTTP address
+/// also appears as `uri: http://nmp-authz:8000` (the HTTP service's server_uri).
+pub fn render_http(template: &str, to: &Loopback) -> String {
+    let uri = format!("uri: http://{}", to.authz_http);
+    let text = substitute(template, &[("uri: http://nmp-authz:8000", uri)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    render_tokens(&text, to, false)
+}
+
+fn render_tokens(template: &str, to: &Loopback, grpc: bool) -> String {
     let port = |addr: &SocketAddr| format!("port_value: {}", addr.port());
     let address = |addr: &SocketAddr| format!("address: {}", addr.ip());
     let mut pairs = vec![
         (token::LISTEN_ADDRESS, "address: 127.0.0.1".to_string()),
         (token::LISTEN_PORT, "port_value: 0".to_string()),
         (token::ADMIN_PORT, "port_value: 0".to_string()),
-        (token::AUTHZ_GRPC_PORT, port(&to.authz_grpc)),
         (token::AUTHZ_HTTP_PORT, port(&to.authz_http)),
         (token::API_HOST, address(&to.api)),
         (token::API_PORT, port(&to.api)),
     ];
+    if grpc {
+        pairs.push((token::AUTHZ_GRPC_PORT, port(&to.authz_grpc)));
+    }
     assert_eq!(
         to.authz_grpc.ip(),
         to.authz_http.ip(),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
@@ -23,9 +23,19 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors (EMFILE, ENFILE), a connection reset before it was
+            // accepted: passing conditions. Returning here would close the port for good.
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -34,6 +44,8 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(route(&state, req).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -45,6 +57,13 @@ pub async fn serve(
     graceful.shutdown().await;
     Ok(())
 }
+
+/// A connection that has not sent a request's headers within this is closed: idle or
+/// trickling clients cannot hold descriptors for ever. (hyper enforces none without a timer.)
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wait before accepting again after a failed accept (out of descriptors: let some close).
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bound on a PDP request body.
 const MAX_PDP_BODY: usize = 64 * 1024;

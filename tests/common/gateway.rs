@@ -492,6 +492,11 @@ impl NmpAuthz {
         self.launch();
     }
 
+    /// The running process's id (None after [`NmpAuthz::kill`]), for /proc figures.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log (all runs), colour codes removed.
     pub fn log(&self) -> String {
         let current = fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -577,6 +582,11 @@ impl Upstream {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Everything received since the last call (and forgets it): a long run's record stays small.
+    pub fn take_requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.requests.lock().expect("upstream record"))
     }
 
     /// Everything received so far.
@@ -769,6 +779,77 @@ fn response_complete(raw: &[u8], head_only: bool) -> bool {
     match value("content-length").and_then(|v| v.parse::<usize>().ok()) {
         Some(length) => body.len() >= length,
         None => false,
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection for load: requests go one after another on one socket
+/// (reconnecting when the server closed it), so a run measures the gateway, not TCP set-up.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `GET target` with `headers`. An Err is a transport failure (connect, reset, a close
+    /// before the whole response); the connection is dropped then and the next call opens one.
+    /// Never retried here: the caller decides what a failure means.
+    pub fn get(&mut self, target: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        let result = self.exchange(target, headers);
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self, target: &str, headers: &[(&str, &str)]) -> Result<Response, String> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, DEADLINE)
+                .map_err(|e| format!("connect to {}: {e}", self.addr))?;
+            stream
+                .set_read_timeout(Some(DEADLINE))
+                .and_then(|()| stream.set_write_timeout(Some(DEADLINE)))
+                .and_then(|()| stream.set_nodelay(true))
+                .map_err(|e| format!("socket options: {e}"))?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        let mut request = format!("GET {target} HTTP/1.1\r\nHost: gateway.test\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| format!("send: {e}"))?;
+        self.buf.clear();
+        let mut chunk = [0; 16 * 1024];
+        while !response_complete(&self.buf, false) {
+            let n = stream.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "closed after {} bytes of a response",
+                    self.buf.len()
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let response = parse_response(&self.buf)?;
+        if response
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            self.stream = None;
+        }
+        Ok(response)
     }
 }
 

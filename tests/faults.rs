@@ -1,7 +1,7 @@
 //! Faults behind the real gateway and against nmp-authz directly: nmp-authz killed and
 //! restarted under load behind Envoy, many concurrent streams, oversized headers, slow
 //! clients, a bundle source and an identity provider that accept and never answer. Each test
-//! prints its figures (requests, 503 window, file descriptors, RSS); SECURITY-faults.md
+//! prints its figures (requests, 503 window, file descriptors, RSS); SECURITY.md
 //! records them.
 
 mod common;

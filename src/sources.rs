@@ -89,6 +89,8 @@ pub struct Sources {
     /// When the documents last compiled, and since when they have not (with why).
     last_compiled: Option<Instant>,
     compile_failure: Option<(Instant, LoadError)>,
+    /// `policy.max_staleness_seconds`: a read that would outlast it is given up (see `refresh`).
+    max_staleness: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -123,6 +125,7 @@ impl Sources {
             compiled: None,
             last_compiled: None,
             compile_failure: None,
+            max_staleness: Duration::from_secs(config.policy.max_staleness_seconds),
             metrics,
         }
     }
@@ -143,7 +146,19 @@ impl Sources {
     pub async fn refresh(&mut self) -> Refresh {
         let started = Instant::now();
         for index in 0..self.sources.len() {
-            let result = self.read(index).await;
+            // A source that answers nothing (a bundle server that accepts and hangs) must not
+            // hold off staleness until its fetch's own time limit: the read is given up when
+            // the source's data would go stale, so the failure counts toward staleness then.
+            let result = match self.time_until_stale(index) {
+                Some(left) => tokio::time::timeout(left, self.read(index))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no answer within {left:?}, when its data went stale"
+                        ))
+                    }),
+                None => self.read(index).await,
+            };
             let source = &mut self.sources[index];
             self.metrics.source_read(&source.name, result.is_ok());
             match result {
@@ -202,6 +217,17 @@ impl Sources {
     }
 
     /// A source's new document, `None` when it has not changed, or why it could not be read.
+    /// How long source `index` may take to answer before its data is older than
+    /// `max_staleness_seconds` (at least a second); `None` before its first good read.
+    fn time_until_stale(&self, index: usize) -> Option<Duration> {
+        let since = self.sources[index].last_success?.elapsed();
+        Some(
+            self.max_staleness
+                .saturating_sub(since)
+                .max(Duration::from_secs(1)),
+        )
+    }
+
     async fn read(&mut self, index: usize) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
         let source = &self.sources[index];
         let unchanged = |print: u64| source.current.as_ref().is_some_and(|(_, p)| *p == print);

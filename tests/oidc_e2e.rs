@@ -258,6 +258,55 @@ fn provider_down_keeps_cached_keys_and_recovers() {
         .unwrap_or_else(|e| panic!("after the provider returned: {e}"));
 }
 
+/// The provider hangs (accepts, answers nothing) instead of being down: a token with a cached
+/// key is still answered at once, one with a key never seen is refused within the bounded
+/// refetch wait, and all recovers when the provider answers again.
+#[test]
+fn hung_provider_keeps_cached_keys_and_bounds_the_wait() {
+    let keys = KeyDir::new();
+    let (k1, k3) = (keys.rsa("k1"), keys.rsa("k3"));
+    let mut provider = Provider::start(std::slice::from_ref(&k1), Options::default());
+    let mut gateway = Gateway::start(provider.issuer(), &[]);
+    assert_eq!(gateway.status(&provider.token("alice", "", "")), 200);
+    let cached_key_token = provider.token("bob", "", "");
+    provider.restart(&[k3.clone(), k1.clone()]);
+    let new_key_token = provider.token("alice", "", "");
+    provider.freeze(true);
+
+    let started = Instant::now();
+    assert_eq!(
+        gateway.status(&cached_key_token),
+        200,
+        "cached key, provider hung"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let response = gateway.check(&new_key_token, "GET", MODELS);
+    expect_401(&response, "new kid while the provider hangs");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused within the bounded wait, took {:?}",
+        started.elapsed()
+    );
+    // Other Checks are not held up behind the hanging refetch.
+    let started = Instant::now();
+    assert_eq!(gateway.status(&cached_key_token), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    provider.freeze(false);
+    gateway
+        .allowed_within(&new_key_token, RECOVERY_DEADLINE)
+        .unwrap_or_else(|e| panic!("after the provider answered again: {e}"));
+}
+
 #[test]
 fn additional_issuers_are_trusted_and_others_are_not() {
     let (a_keys, b_keys, c_keys) = (KeyDir::new(), KeyDir::new(), KeyDir::new());

@@ -145,6 +145,79 @@ fn bundle_changes_and_staleness_through_the_server() {
     assert_eq!(running.server.terminate().code(), Some(0));
 }
 
+/// A bundle source that accepts the connection and never answers: Checks go on being
+/// answered from the last good policy without waiting on the fetch, and once
+/// `max_staleness_seconds` pass without a good load the server fails closed (503, unready)
+/// while the fetch is still hanging, not only when it gives up.
+#[test]
+fn a_hanging_bundle_source_neither_stalls_checks_nor_postpones_staleness() {
+    let bundles = BundleServer::start(Serve::Bundle {
+        body: bundle(&document("alice"), "r1"),
+        etag: "\"r1\"".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = Running::start(
+        &format!(
+            "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
+             policy_data_refresh_interval: 1\npolicy:\n  max_staleness_seconds: 4\n  \
+             sources:\n    - bundle_url: {}\n",
+            bundles.url
+        ),
+        dir.path(),
+    );
+    assert_eq!(running.alice_reads(), 200);
+    bundles.set(Serve::Hang);
+    let hung_at = Instant::now();
+    // Until staleness, every Check is answered at once, from the last good policy.
+    let mut slowest = Duration::ZERO;
+    let mut answered = 0;
+    let stale_after = loop {
+        let started = Instant::now();
+        let status = running.alice_reads();
+        slowest = slowest.max(started.elapsed());
+        if status == 503 {
+            break hung_at.elapsed();
+        }
+        assert_eq!(
+            status,
+            200,
+            "before staleness, after {:?}",
+            hung_at.elapsed()
+        );
+        answered += 1;
+        assert!(
+            hung_at.elapsed() < CHANGE_DEADLINE,
+            "never stale; server log:\n{}",
+            running.server.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(answered > 10, "{answered} Checks before staleness");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a Check took {slowest:?}"
+    );
+    // Stale within the bound plus a refresh interval and a little slack, well before the
+    // bundle fetch's own 20 s time limit would have ended the hanging request.
+    assert!(
+        stale_after >= Duration::from_secs(3) && stale_after < Duration::from_secs(8),
+        "stale after {stale_after:?}"
+    );
+    assert_eq!(http_get(running.http, "/health/ready").0, 503);
+    eprintln!(
+        "hanging source: {answered} Checks answered (slowest {slowest:?}), stale after {stale_after:?}"
+    );
+
+    // The source answers again: a later poll loads it and the server recovers by itself.
+    bundles.set(Serve::Bundle {
+        body: bundle(&document("alice"), "r2"),
+        etag: "\"r2\"".into(),
+    });
+    running.until(200, "recovered after the hang");
+    assert_eq!(http_get(running.http, "/health/ready").0, 200);
+    assert_eq!(running.server.terminate().code(), Some(0));
+}
+
 /// A Kubernetes ConfigMap volume: `policy.json -> ..data/policy.json`, `..data -> <timestamped
 /// dir>`; an update writes a new directory and swaps the `..data` symlink by rename.
 #[test]

@@ -49,8 +49,13 @@ pub fn bundle(data_json: &str, revision: &str) -> Vec<u8> {
 /// What the bundle server answers with.
 #[derive(Clone)]
 pub enum Serve {
-    Bundle { body: Vec<u8>, etag: String },
+    Bundle {
+        body: Vec<u8>,
+        etag: String,
+    },
     Raw(Vec<u8>),
+    /// Read the request, then answer nothing and keep the connection open (up to a minute).
+    Hang,
 }
 
 /// A one-thread HTTP/1.1 server for a bundle, recording each request's `If-None-Match`.
@@ -74,7 +79,9 @@ impl BundleServer {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let answer = serve2.lock().unwrap().clone();
-                respond(stream, answer, &seen2);
+                // A thread per connection, so a hanging answer holds up no other.
+                let seen = seen2.clone();
+                std::thread::spawn(move || respond(stream, answer, &seen));
             }
         });
         BundleServer {
@@ -111,6 +118,10 @@ fn respond(mut stream: TcpStream, answer: Serve, seen: &Mutex<Vec<Option<String>
         ),
         Serve::Bundle { body, etag } => (format!("HTTP/1.1 200 OK\r\nETag: {etag}\r\n"), body),
         Serve::Raw(body) => ("HTTP/1.1 200 OK\r\n".to_string(), body),
+        Serve::Hang => {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            return;
+        }
     };
     let head = format!(
         "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",

@@ -248,6 +248,20 @@ impl Provider {
     }
 
     /// Whether the process is running (false after [`Provider::stop`] or if it died).
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the provider: a frozen one accepts
+    /// connections (the kernel does) and answers nothing, like a hung identity provider.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("provider running")
+            .id()
+            .to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

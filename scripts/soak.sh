@@ -4,7 +4,7 @@
 # (default 600). Reports requests, wrong decisions, errors, nmp-authz's RSS, file descriptors and
 # threads at start and end; exits non-zero on any wrong decision or error, RSS growth beyond
 # 16 MiB over the warm sample, or more file descriptors at the end than at the start.
-# The test suite runs the same code for 40 s (tests/soak.rs).
+# The test suite runs the same code for two minutes (tests/soak.rs).
 #
 #   scripts/soak.sh [SECONDS] [--release]     NMP_AUTHZ_SOAK_RATE=600 (requests/s, total)
 set -euo pipefail

@@ -1,6 +1,6 @@
 //! Soak: sustained load through the quickstart Envoy to nmp-authz while its policy file is
 //! rewritten every few seconds, for a bounded time. `scripts/soak.sh [SECONDS]` runs
-//! [`soak_command`] (default 600 s); the suite runs the same code for 40 s
+//! [`soak_command`] (default 600 s); the suite runs the same code for two minutes
 //! ([`soak_through_envoy_with_a_changing_policy`]).
 //!
 //! "Wrong decision" is exact. alice always holds Editor in `stable` (200) and nothing in
@@ -439,10 +439,10 @@ fn run(duration: Duration) {
     );
 }
 
-/// The soak in the suite: 40 s (ten policy changes), so the suite stays within its budget.
+/// The soak in the suite: two minutes (about thirty policy changes), as issue 7 asks.
 #[test]
 fn soak_through_envoy_with_a_changing_policy() {
-    run(Duration::from_secs(40));
+    run(Duration::from_secs(120));
 }
 
 /// `scripts/soak.sh [SECONDS]`: the same for NMP_AUTHZ_SOAK_SECONDS (default 600).

@@ -9,13 +9,12 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Envoy, KeepAlive, Loopback, NmpAuthz, QUICKSTART, Upstream, poll_until, render, template,
-    unsigned_token,
+    KeepAlive, NmpAuthz, Sent, Upstream, paced_load, poll_until, quickstart_envoy, unsigned_token,
 };
 
 const ALLOWED: &str = "/apis/models/v2/workspaces/default/models";
@@ -42,73 +41,33 @@ impl Kind {
     }
 }
 
-/// One request of a load run: which, when (relative to the run's start), and what came back.
-#[derive(Clone, Debug)]
-struct Outcome {
-    id: u64,
-    kind: Kind,
-    sent: Duration,
-    received: Duration,
-    /// The HTTP status, or the transport error.
-    status: Result<u16, String>,
-}
+/// One request of a load run.
+type Outcome = Sent<Kind>;
 
 /// Interval between two requests of one load thread (≤ 500 requests/s each).
 const PACE: Duration = Duration::from_millis(2);
 
 /// `threads` clients on keep-alive connections to `gateway`, cycling allowed / forbidden /
-/// anonymous requests (each with a unique `?req=` id, so the upstream's record says which ones
-/// it received) until `stop`.
+/// anonymous requests until `stop`.
 fn load(
     gateway: SocketAddr,
     threads: usize,
     stop: Arc<AtomicBool>,
     start: Instant,
 ) -> Vec<thread::JoinHandle<Vec<Outcome>>> {
-    let next_id = Arc::new(AtomicU64::new(0));
-    let token = unsigned_token(
-        "alice@example.com",
-        &[("email", "alice@example.com".into())],
+    let alice = format!(
+        "Bearer {}",
+        unsigned_token(
+            "alice@example.com",
+            &[("email", "alice@example.com".into())]
+        )
     );
-    (0..threads)
-        .map(|t| {
-            let (stop, next_id) = (stop.clone(), next_id.clone());
-            let authorization = format!("Bearer {token}");
-            thread::spawn(move || {
-                let mut client = KeepAlive::new(gateway);
-                let mut outcomes = Vec::new();
-                let kinds = [Kind::Allowed, Kind::Forbidden, Kind::Anonymous];
-                let mut i = t;
-                let mut next = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    // Paced: at most one request per PACE per thread, however fast the answer.
-                    next += PACE;
-                    if let Some(ahead) = next.checked_duration_since(Instant::now()) {
-                        thread::sleep(ahead);
-                    }
-                    let kind = kinds[i % kinds.len()];
-                    i += 1;
-                    let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let (path, headers): (&str, Vec<(&str, &str)>) = match kind {
-                        Kind::Allowed => (ALLOWED, vec![("Authorization", &authorization)]),
-                        Kind::Forbidden => (FORBIDDEN, vec![("Authorization", &authorization)]),
-                        Kind::Anonymous => (ALLOWED, vec![]),
-                    };
-                    let target = format!("{path}?req={id}");
-                    let sent = start.elapsed();
-                    let status = client.get(&target, &headers).map(|r| r.status);
-                    outcomes.push(Outcome {
-                        id,
-                        kind,
-                        sent,
-                        received: start.elapsed(),
-                        status,
-                    });
-                }
-                outcomes
-            })
-        })
-        .collect()
+    let mix = vec![
+        (Kind::Allowed, ALLOWED, Some(alice.clone())),
+        (Kind::Forbidden, FORBIDDEN, Some(alice)),
+        (Kind::Anonymous, ALLOWED, None),
+    ];
+    paced_load(gateway, threads, PACE, mix, stop, start)
 }
 
 /// The `req` ids of the requests the upstream received after the first `skip` (each must
@@ -145,13 +104,7 @@ const RECOVERY_SLACK: Duration = Duration::from_secs(10);
 fn nmp_authz_killed_under_load_fails_closed_and_resumes() {
     let upstream = Upstream::start();
     let mut authz = NmpAuthz::quickstart();
-    let loopback = Loopback {
-        authz_grpc: authz.grpc,
-        authz_http: authz.http,
-        api: upstream.addr(),
-        idp: None,
-    };
-    let mut envoy = Envoy::start(&render(&template(QUICKSTART), &loopback));
+    let mut envoy = quickstart_envoy(&authz, &upstream);
     let envoy_pid = envoy.pid();
     // Envoy's health check has to pass before it sends Checks.
     let token = unsigned_token("alice@example.com", &[]);

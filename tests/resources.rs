@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::check_request;
 use common::gateway::{
-    Envoy, Loopback, NmpAuthz, QUICKSTART, Upstream, poll_until, render, template, try_request,
-    unsigned_token,
+    NmpAuthz, Upstream, poll_until, quickstart_envoy, try_request, unsigned_token,
 };
 use common::process::{Server, fd_count, http_get, rss_kib, thread_count};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -232,13 +231,7 @@ fn oversized_check_requests_are_denied_and_the_server_stays_up() {
 fn oversized_headers_through_envoy_are_refused_by_envoy() {
     let upstream = Upstream::start();
     let authz = NmpAuthz::quickstart();
-    let loopback = Loopback {
-        authz_grpc: authz.grpc,
-        authz_http: authz.http,
-        api: upstream.addr(),
-        idp: None,
-    };
-    let envoy = Envoy::start(&render(&template(QUICKSTART), &loopback));
+    let envoy = quickstart_envoy(&authz, &upstream);
     let token = alice();
     let big = "v".repeat(100 * 1024);
     let response = try_request(

@@ -20,13 +20,12 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::gateway::{
-    Envoy, KeepAlive, Loopback, NmpAuthz, QUICKSTART, Upstream, poll_until, render, template,
-    unsigned_token,
+    KeepAlive, NmpAuthz, Sent, Upstream, paced_load, poll_until, quickstart_envoy, unsigned_token,
 };
 use common::process::{fd_count, rss_kib, thread_count};
 
@@ -54,14 +53,7 @@ enum Kind {
     Flip,
 }
 
-#[derive(Clone, Debug)]
-struct Outcome {
-    id: u64,
-    kind: Kind,
-    sent: Duration,
-    received: Duration,
-    status: Result<u16, String>,
-}
+type Outcome = Sent<Kind>;
 
 /// One policy revision: when its file was renamed into place, when the probe first saw its
 /// decision, and whether flip@example.com is bound in it.
@@ -178,58 +170,21 @@ fn load(
     stop: Arc<AtomicBool>,
     start: Instant,
 ) -> Vec<thread::JoinHandle<Vec<Outcome>>> {
-    let next_id = Arc::new(AtomicU64::new(0));
     let pace = Duration::from_secs_f64(THREADS as f64 / rate.max(1) as f64);
-    let alice = format!(
-        "Bearer {}",
-        unsigned_token(
-            "alice@example.com",
-            &[("email", "alice@example.com".into())]
+    let bearer = |email: &str| {
+        format!(
+            "Bearer {}",
+            unsigned_token(email, &[("email", email.into())])
         )
-    );
-    let flip = format!(
-        "Bearer {}",
-        unsigned_token("flip@example.com", &[("email", "flip@example.com".into())])
-    );
-    (0..THREADS)
-        .map(|t| {
-            let (stop, next_id) = (stop.clone(), next_id.clone());
-            let (alice, flip) = (alice.clone(), flip.clone());
-            thread::spawn(move || {
-                let mut client = KeepAlive::new(gateway);
-                let mut outcomes = Vec::new();
-                let kinds = [Kind::Stable, Kind::Other, Kind::Anonymous, Kind::Flip];
-                let mut i = t as usize;
-                let mut next = Instant::now();
-                while !stop.load(Ordering::SeqCst) {
-                    next += pace;
-                    if let Some(ahead) = next.checked_duration_since(Instant::now()) {
-                        thread::sleep(ahead);
-                    }
-                    let kind = kinds[i % kinds.len()];
-                    i += 1;
-                    let id = next_id.fetch_add(1, Ordering::SeqCst);
-                    let (path, headers): (&str, Vec<(&str, &str)>) = match kind {
-                        Kind::Stable => (STABLE, vec![("Authorization", &alice)]),
-                        Kind::Other => (OTHER, vec![("Authorization", &alice)]),
-                        Kind::Anonymous => (STABLE, vec![]),
-                        Kind::Flip => (FLIP, vec![("Authorization", &flip)]),
-                    };
-                    let target = format!("{path}?req={id}");
-                    let sent = start.elapsed();
-                    let status = client.get(&target, &headers).map(|r| r.status);
-                    outcomes.push(Outcome {
-                        id,
-                        kind,
-                        sent,
-                        received: start.elapsed(),
-                        status,
-                    });
-                }
-                outcomes
-            })
-        })
-        .collect()
+    };
+    let (alice, flip) = (bearer("alice@example.com"), bearer("flip@example.com"));
+    let mix = vec![
+        (Kind::Stable, STABLE, Some(alice.clone())),
+        (Kind::Other, OTHER, Some(alice)),
+        (Kind::Anonymous, STABLE, None),
+        (Kind::Flip, FLIP, Some(flip)),
+    ];
+    paced_load(gateway, THREADS as usize, pace, mix, stop, start)
 }
 
 /// The flip decisions possible between `sent` and `received`.
@@ -257,13 +212,7 @@ fn soak(duration: Duration, rate: u64) -> Report {
     let upstream = Upstream::start();
     let authz = NmpAuthz::start(&config);
     let pid = authz.pid().expect("nmp-authz runs");
-    let loopback = Loopback {
-        authz_grpc: authz.grpc,
-        authz_http: authz.http,
-        api: upstream.addr(),
-        idp: None,
-    };
-    let envoy = Envoy::start(&render(&template(QUICKSTART), &loopback));
+    let envoy = quickstart_envoy(&authz, &upstream);
     let flip_token = format!("Bearer {}", unsigned_token("flip@example.com", &[]));
     let mut probe = KeepAlive::new(envoy.addr());
     let probe_status = |probe: &mut KeepAlive| {

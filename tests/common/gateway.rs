@@ -1084,3 +1084,69 @@ pub fn quickstart_envoy(authz: &NmpAuthz, upstream: &Upstream) -> Envoy {
     };
     Envoy::start(&render(&template(QUICKSTART), &loopback))
 }
+
+/// One request of a [`paced_load`], and what came back.
+#[derive(Clone, Debug)]
+pub struct Sent<K> {
+    /// Unique across the load; the request carried it as `?req=ID`.
+    pub id: u64,
+    pub kind: K,
+    /// When it was sent and answered, since the load's `start`.
+    pub sent: Duration,
+    pub received: Duration,
+    /// The HTTP status, or the transport error.
+    pub status: Result<u16, String>,
+}
+
+/// Loads `gateway` until `stop` from `threads` keep-alive clients, each sending at most one
+/// request per `pace` however fast the answers come, cycling through `mix` (a kind, a path,
+/// and the `Authorization` value if any) from its own starting point. Every request carries
+/// a unique `?req=` id, so the upstream's record says which ones it received.
+pub fn paced_load<K: Copy + Send + Sync + 'static>(
+    gateway: SocketAddr,
+    threads: usize,
+    pace: Duration,
+    mix: Vec<(K, &'static str, Option<String>)>,
+    stop: Arc<AtomicBool>,
+    start: Instant,
+) -> Vec<thread::JoinHandle<Vec<Sent<K>>>> {
+    let next_id = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mix = Arc::new(mix);
+    (0..threads)
+        .map(|t| {
+            let (stop, next_id, mix) = (stop.clone(), next_id.clone(), mix.clone());
+            thread::spawn(move || {
+                let mut client = KeepAlive::new(gateway);
+                let mut sent = Vec::new();
+                let mut next = Instant::now();
+                for i in t.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    next += pace;
+                    if let Some(ahead) = next.checked_duration_since(Instant::now()) {
+                        thread::sleep(ahead);
+                    }
+                    let (kind, path, authorization) = &mix[i % mix.len()];
+                    let headers: Vec<(&str, &str)> = authorization
+                        .iter()
+                        .map(|a| ("Authorization", a.as_str()))
+                        .collect();
+                    let id = next_id.fetch_add(1, Ordering::SeqCst);
+                    let at = start.elapsed();
+                    let status = client
+                        .get(&format!("{path}?req={id}"), &headers)
+                        .map(|r| r.status);
+                    sent.push(Sent {
+                        id,
+                        kind: *kind,
+                        sent: at,
+                        received: start.elapsed(),
+                        status,
+                    });
+                }
+                sent
+            })
+        })
+        .collect()
+}

@@ -49,6 +49,29 @@ if [ ! -f .venv/.requirements.installed ] || ! cmp -s tests/requirements.txt .ve
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 
+# The real NeMo Platform (PyPI nemo-platform, pinned in tests/nmp/requirements.txt) for the tests
+# that run NMP's own client, middleware, policy engine and services against nmp-authz. It needs
+# Python 3.11 or later, in a virtualenv of its own (.venv-nmp: ~700 MB, kept apart so the tools
+# venv stays small). Reinstalled when the pins change.
+nmp_python=""
+for candidate in python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+        "$candidate" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+        nmp_python="$candidate"
+        break
+    fi
+done
+[ -n "$nmp_python" ] || { echo "test.sh: Python 3.11 or later is required for the NMP tests (tests/nmp)" >&2; exit 1; }
+if [ ! -x .venv-nmp/bin/python ]; then
+    echo "== python venv (.venv-nmp, $("$nmp_python" --version))"
+    "$nmp_python" -m venv .venv-nmp
+fi
+if [ ! -f .venv-nmp/.requirements.installed ] || ! cmp -s tests/nmp/requirements.txt .venv-nmp/.requirements.installed; then
+    echo "== pip install -r tests/nmp/requirements.txt (NeMo Platform 0.3.0)"
+    .venv-nmp/bin/pip install --quiet --disable-pip-version-check -r tests/nmp/requirements.txt
+    cp tests/nmp/requirements.txt .venv-nmp/.requirements.installed
+fi
+
 # NMP's own catalog is read from ../shared by the compatibility tests; it is never copied here.
 if [ ! -f ../shared/nmp/static-authz.yaml ]; then
     if [ "${CI:-}" = "true" ]; then

@@ -327,5 +327,6 @@ pub fn expect_principal_headers(
 pub mod bundle;
 pub mod gateway;
 pub mod nginx;
+pub mod nmp;
 pub mod oidc;
 pub mod process;

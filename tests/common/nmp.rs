@@ -1,0 +1,82 @@
+//! The real NeMo Platform (PyPI `nemo-platform==0.3.0`, installed into `.venv-nmp` by
+//! `./scripts/test.sh`): its Python, the files of its released package, and the harness scripts
+//! under `tests/nmp/` that run NMP's own code on inputs a test gives them.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The interpreter of `.venv-nmp`; panics saying how to install it when it is missing.
+pub fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nmp/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run ./scripts/test.sh, which installs NMP 0.3.0 from \
+         tests/nmp/requirements.txt into .venv-nmp",
+        python.display()
+    );
+    python
+}
+
+/// The directory of NMP's `nmp` package inside `.venv-nmp` (site-packages/nmp).
+pub fn package_dir() -> PathBuf {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nmp/lib");
+    std::fs::read_dir(&lib)
+        .unwrap_or_else(|e| panic!("{}: {e} (run ./scripts/test.sh)", lib.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("site-packages/nmp"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| panic!("no site-packages/nmp under {}", lib.display()))
+}
+
+/// NMP 0.3.0's released endpoint catalog (`nmp/core/auth/assets/static-authz.yaml`).
+pub fn released_catalog() -> PathBuf {
+    let path = package_dir().join("core/auth/assets/static-authz.yaml");
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
+/// A harness script under `tests/nmp/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/nmp")
+        .join(name)
+}
+
+/// Runs `tests/nmp/<name>` with NMP's Python, `input` on its stdin, and returns its stdout
+/// parsed as JSON. Panics with its stderr when it fails.
+pub fn run_json(name: &str, args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new(python())
+        .arg(script(name))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    let body = serde_json::to_vec(input).expect("input serializes");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // Written from a thread: a large input must not deadlock against a full stdout pipe.
+    let writer = std::thread::spawn(move || stdin.write_all(&body));
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {name}: {e}"));
+    writer
+        .join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("write to {name}: {e}"));
+    assert!(
+        out.status.success(),
+        "{name} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name} printed no JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -29,6 +29,7 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub policy: PolicyConfig,
     pub http_authz: HttpAuthzConfig,
+    pub pdp: PdpConfig,
 }
 
 /// NMP's own `auth:` keys, with NMP's names and meanings.
@@ -122,6 +123,38 @@ impl Default for ServerConfig {
     }
 }
 
+/// The PDP listener: NMP's PDP API for NMP's own services (README "PDP API"), which identify
+/// only with an `X-NMP-Principal-Id: service:<name>` header. That header is believed here and
+/// nowhere else, so this listener must be reachable by platform services only: a Unix socket
+/// (file permissions) and/or a TCP address that a network policy guards. Off unless given.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PdpConfig {
+    pub addr: Option<SocketAddr>,
+    pub unix_socket: Option<PathBuf>,
+    /// Permissions of the socket file, octal in quotes (`"0660"`: owner and group).
+    pub unix_socket_mode: String,
+}
+
+impl Default for PdpConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            unix_socket: None,
+            unix_socket_mode: "0660".into(),
+        }
+    }
+}
+
+impl PdpConfig {
+    /// The socket file's mode bits (validated by [`Config::validate`]).
+    pub fn socket_mode(&self) -> Option<u32> {
+        u32::from_str_radix(&self.unix_socket_mode, 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+    }
+}
+
 /// Where the principal comes from, tried in this order.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -198,13 +231,30 @@ impl Default for PolicyConfig {
     }
 }
 
-/// One policy data source: `{file: PATH}`, `{bundle_url: URL}` or `{builtin: true}`.
+/// One policy data source: `{file: PATH}`, `{bundle_url: URL}` (with an optional credential)
+/// or `{builtin: true}`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(untagged)]
 pub enum SourceConfig {
-    File { file: PathBuf },
-    BundleUrl { bundle_url: String },
-    Builtin { builtin: bool },
+    File {
+        file: PathBuf,
+    },
+    /// NMP's auth service answers its bundle only to a caller with `iam.bundle.read` in
+    /// `system` or a `service:` caller, so a bundle request may identify itself, with one of:
+    BundleUrl {
+        bundle_url: String,
+        /// Sent as `X-NMP-Principal-Id`, the way NMP's own services call each other inside
+        /// the platform's network (NMP trusts that header from anyone who reaches its port).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        principal_id: Option<String>,
+        /// A file holding a bearer token, read on every request (a rotated token is used as
+        /// soon as it is written) and sent as `Authorization: Bearer`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bearer_token_file: Option<PathBuf>,
+    },
+    Builtin {
+        builtin: bool,
+    },
 }
 
 // Hand-written because serde's untagged error ("data did not match any variant") does not say
@@ -212,20 +262,45 @@ pub enum SourceConfig {
 impl<'de> Deserialize<'de> for SourceConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = Value::deserialize(deserializer)?;
-        let single = value.as_object().filter(|m| m.len() == 1);
-        let source = match single.and_then(|m| m.iter().next()) {
-            Some((k, Value::String(s))) if k == "file" => Some(Self::File { file: s.into() }),
-            Some((k, Value::String(s))) if k == "bundle_url" => Some(Self::BundleUrl {
-                bundle_url: s.clone(),
-            }),
-            Some((k, Value::Bool(b))) if k == "builtin" => Some(Self::Builtin { builtin: *b }),
-            _ => None,
-        };
-        source.ok_or_else(|| {
+        let expected = || {
             D::Error::custom(format!(
-                "expected one of `file: PATH`, `bundle_url: URL` or `builtin: true`, got {value}"
+                "expected one of `file: PATH`, `bundle_url: URL` (with `principal_id: ID` or                  `bearer_token_file: PATH`) or `builtin: true`, got {value}"
             ))
-        })
+        };
+        let map = value.as_object().ok_or_else(expected)?;
+        if let Some(url) = map.get("bundle_url") {
+            let url = url.as_str().ok_or_else(expected)?;
+            let text = |key: &str| match map.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(D::Error::custom(format!("{key} must be a string"))),
+            };
+            if let Some(unknown) = map.keys().find(|k| {
+                !["bundle_url", "principal_id", "bearer_token_file"].contains(&k.as_str())
+            }) {
+                return Err(D::Error::custom(format!(
+                    "unknown key {unknown:?} in a bundle_url source (known: principal_id,                      bearer_token_file)"
+                )));
+            }
+            let principal_id = text("principal_id")?;
+            let bearer_token_file = text("bearer_token_file")?.map(PathBuf::from);
+            if principal_id.is_some() && bearer_token_file.is_some() {
+                return Err(D::Error::custom(
+                    "give principal_id or bearer_token_file, not both",
+                ));
+            }
+            return Ok(Self::BundleUrl {
+                bundle_url: url.to_string(),
+                principal_id,
+                bearer_token_file,
+            });
+        }
+        let single = (map.len() == 1).then(|| map.iter().next()).flatten();
+        match single {
+            Some((k, Value::String(s))) if k == "file" => Ok(Self::File { file: s.into() }),
+            Some((k, Value::Bool(b))) if k == "builtin" => Ok(Self::Builtin { builtin: *b }),
+            _ => Err(expected()),
+        }
     }
 }
 
@@ -504,6 +579,11 @@ fn check_path_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// An id NMP's `Principal.from_headers` accepts (what a bundle request may claim to be).
+fn is_nmp_principal_id(id: &str) -> bool {
+    id.len() <= 256 && crate::identity::is_principal_id(id)
+}
+
 impl Config {
     /// Checks that serde cannot express. Run by [`load`]; public for configs built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -565,6 +645,26 @@ impl Config {
                 ));
             }
         }
+        if self.pdp.socket_mode().is_none() {
+            return Err(ConfigError::key(
+                "pdp.unix_socket_mode",
+                format!(
+                    "must be octal permission bits in quotes, such as \"0660\" (got {:?})",
+                    self.pdp.unix_socket_mode
+                ),
+            ));
+        }
+        if self
+            .pdp
+            .unix_socket
+            .as_ref()
+            .is_some_and(|p| !p.is_absolute())
+        {
+            return Err(ConfigError::key(
+                "pdp.unix_socket",
+                "must be an absolute path",
+            ));
+        }
         if self.policy.sources.is_empty() {
             return Err(ConfigError::key(
                 "policy.sources",
@@ -583,8 +683,33 @@ impl Config {
                 SourceConfig::File { file } if file.as_os_str().is_empty() => {
                     return Err(ConfigError::key(key + ".file", "must not be empty"));
                 }
-                SourceConfig::BundleUrl { bundle_url } => {
-                    check_url(&(key + ".bundle_url"), bundle_url)?
+                SourceConfig::BundleUrl {
+                    bundle_url,
+                    principal_id,
+                    bearer_token_file,
+                } => {
+                    check_url(&format!("{key}.bundle_url"), bundle_url)?;
+                    if let Some(id) = principal_id
+                        .as_deref()
+                        .filter(|id| !is_nmp_principal_id(id))
+                    {
+                        return Err(ConfigError::key(
+                            key + ".principal_id",
+                            format!(
+                                "{id:?} is not a principal id NMP accepts (1-256 of \
+                                 A-Z a-z 0-9 @ . _ - : + /)"
+                            ),
+                        ));
+                    }
+                    if bearer_token_file
+                        .as_ref()
+                        .is_some_and(|f| f.as_os_str().is_empty())
+                    {
+                        return Err(ConfigError::key(
+                            key + ".bearer_token_file",
+                            "must not be empty",
+                        ));
+                    }
                 }
                 _ => {}
             }
@@ -709,7 +834,9 @@ policy:
                     file: "policy.yaml".into()
                 },
                 SourceConfig::BundleUrl {
-                    bundle_url: "http://auth:8000/apis/auth/v2/iam/opa-bundle.tar.gz".into()
+                    bundle_url: "http://auth:8000/apis/auth/v2/iam/opa-bundle.tar.gz".into(),
+                    principal_id: None,
+                    bearer_token_file: None,
                 },
                 SourceConfig::Builtin { builtin: true },
             ]

@@ -66,17 +66,19 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
-    /// GETs `url` (with `If-None-Match` when `etag` is given), reading at most `max_body`
+    /// GETs `url` with `headers` (such as `If-None-Match`), reading at most `max_body`
     /// bytes, all within `timeout`. A 304 comes back with an empty body; any other non-2xx
     /// status is an error.
     pub async fn get(
         &self,
         url: &str,
-        etag: Option<&str>,
+        headers: &[(header::HeaderName, header::HeaderValue)],
         max_body: usize,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
-        let fetched = self.send(Method::GET, url, etag, max_body, timeout).await?;
+        let fetched = self
+            .send(Method::GET, url, headers, max_body, timeout)
+            .await?;
         let status = fetched.status;
         if status != StatusCode::NOT_MODIFIED && !status.is_success() {
             return Err(FetchError {
@@ -93,7 +95,7 @@ impl HttpClient {
         &self,
         method: Method,
         url: &str,
-        etag: Option<&str>,
+        headers: &[(header::HeaderName, header::HeaderValue)],
         max_body: usize,
         timeout: Duration,
     ) -> Result<Fetched, FetchError> {
@@ -102,8 +104,8 @@ impl HttpClient {
             reason,
         };
         let mut request = Request::builder().method(method).uri(url);
-        if let Some(etag) = etag {
-            request = request.header(header::IF_NONE_MATCH, etag);
+        for (name, value) in headers {
+            request = request.header(name, value);
         }
         let request = request
             .body(Empty::new())

@@ -104,7 +104,7 @@ impl Sources {
                 name: match config {
                     SourceConfig::Builtin { .. } => "builtin".into(),
                     SourceConfig::File { file } => file.display().to_string(),
-                    SourceConfig::BundleUrl { bundle_url } => bundle_url.clone(),
+                    SourceConfig::BundleUrl { bundle_url, .. } => bundle_url.clone(),
                 },
                 config: config.clone(),
                 current: None,
@@ -174,24 +174,29 @@ impl Sources {
                 }
             }
         }
-        let Some(documents) = self
+        // What has loaded is compiled even while a source never has (a bundle from a platform
+        // that is still starting): Checks stay 503 meanwhile (`stale`), but the PDP can answer
+        // the platform's own services from it (`bootstrapping`, README "PDP API").
+        let (names, documents): (Vec<String>, Vec<_>) = self
             .sources
             .iter()
-            .map(|s| s.current.clone())
-            .collect::<Option<Vec<_>>>()
-        else {
+            .filter_map(|s| Some((s.name.clone(), s.current.clone()?)))
+            .unzip();
+        if documents.is_empty() {
             return Refresh::Unchanged;
-        };
+        }
         let mut fingerprint = Fnv64::default();
-        for (_, print) in &documents {
-            fingerprint.update(&print.to_le_bytes());
+        for (index, source) in self.sources.iter().enumerate() {
+            if let Some((_, print)) = &source.current {
+                fingerprint.update(&index.to_le_bytes());
+                fingerprint.update(&print.to_le_bytes());
+            }
         }
         fingerprint.update(format!("{:?}", self.defaults).as_bytes());
         if self.compiled == Some(fingerprint.0) {
             return Refresh::Unchanged;
         }
         self.compiled = Some(fingerprint.0);
-        let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
         let defaults = self.defaults.clone();
         let revision = format!("{:016x}", fingerprint.0);
         let compiled =
@@ -250,16 +255,24 @@ impl Sources {
                     .map_err(|e| e.to_string())??;
                 Ok(Some((Arc::new(doc), print)))
             }
-            SourceConfig::BundleUrl { bundle_url } => {
-                let etag = source.current.as_ref().and(source.etag.clone());
+            SourceConfig::BundleUrl {
+                bundle_url,
+                principal_id,
+                bearer_token_file,
+            } => {
+                let mut headers = bundle_credential_headers(
+                    principal_id.as_deref(),
+                    bearer_token_file.as_deref(),
+                )?;
+                if let Some(etag) = source.current.as_ref().and(source.etag.as_deref()) {
+                    // An ETag NMP sent is a quoted hex digest; anything else is not sent back.
+                    if let Ok(value) = hyper::header::HeaderValue::from_str(etag) {
+                        headers.push((hyper::header::IF_NONE_MATCH, value));
+                    }
+                }
                 let fetched = self
                     .client
-                    .get(
-                        &bundle_url,
-                        etag.as_deref(),
-                        MAX_BUNDLE_BYTES,
-                        BUNDLE_TIMEOUT,
-                    )
+                    .get(&bundle_url, &headers, MAX_BUNDLE_BYTES, BUNDLE_TIMEOUT)
                     .await
                     .map_err(|e| e.reason)?;
                 if fetched.status == hyper::StatusCode::NOT_MODIFIED {
@@ -288,6 +301,11 @@ impl Sources {
             .iter()
             .any(|s| s.failing_since.is_some() && too_old(s.last_success))
             || self.compile_failure.is_some() && too_old(self.last_compiled)
+    }
+
+    /// True while some source has never loaded: the policy in use (if any) lacks its data.
+    pub fn bootstrapping(&self) -> bool {
+        self.sources.iter().any(|s| s.current.is_none())
     }
 
     /// Why the current documents do not compile, if they do not.
@@ -381,6 +399,28 @@ pub fn load(config: &Config) -> Result<CompiledPolicy, LoadError> {
     })
 }
 
+/// The headers that identify a bundle request (see `SourceConfig::BundleUrl`).
+fn bundle_credential_headers(
+    principal_id: Option<&str>,
+    bearer_token_file: Option<&Path>,
+) -> Result<Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>, String> {
+    use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
+    let mut headers = Vec::new();
+    if let Some(id) = principal_id {
+        let value = HeaderValue::from_str(id).map_err(|_| "principal_id is not a header value")?;
+        headers.push((HeaderName::from_static("x-nmp-principal-id"), value));
+    }
+    if let Some(file) = bearer_token_file {
+        let token = std::fs::read_to_string(file)
+            .map_err(|e| format!("bearer_token_file {}: {e}", file.display()))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| format!("bearer_token_file {}: not a header value", file.display()))?;
+        value.set_sensitive(true);
+        headers.push((AUTHORIZATION, value));
+    }
+    Ok(headers)
+}
+
 fn parse_file(path: &Path, bytes: &[u8]) -> Result<PolicyDocument, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
     PolicyDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
@@ -417,8 +457,19 @@ pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
         }
     }
     let data = data.ok_or("the bundle has no data.json")?;
-    PolicyDocument::parse(&data, Format::Json).map_err(|e| format!("data.json: {e}"))
+    let mut roots: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&data).map_err(|e| format!("data.json: invalid JSON: {e}"))?;
+    // NMP's auth service puts the same document under `envoy` and `common` as well, for its
+    // Rego packages of those names; `authz` is the one its decisions read.
+    for copy in BUNDLE_COPIES {
+        roots.remove(copy);
+    }
+    PolicyDocument::from_value(serde_json::Value::Object(roots))
+        .map_err(|e| format!("data.json: {e}"))
 }
+
+/// Roots of NMP's `data.json` besides `authz` (copies of it); any other root is an error.
+const BUNDLE_COPIES: [&str; 2] = ["envoy", "common"];
 
 /// Merges the documents in order and compiles them; an error names the source its entry
 /// came from.

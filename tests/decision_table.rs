@@ -4,7 +4,7 @@
 //! rule has a case where it applies and one where it narrowly does not. Expectations come from
 //! DESIGN §1 (and the lead's interpretations: `service:` is judged on the principal id only,
 //! method rules compare the method as sent, a `/-/{rest}` tail needs a non-empty remainder,
-//! `has_role` counts `*`), not from running the code.
+//! `has_role` does not count `*`, as in NMP 0.3.0), not from running the code.
 
 mod common;
 
@@ -547,8 +547,11 @@ fn has_role_table() {
         ("bound by email", who("bob").email("bob@example.com"), "ws1", "Viewer", true),
         ("without the email", who("bob"), "ws1", "Viewer", false),
         ("bound by group", who("carol").groups(&["x", "team-a"]), "ws1", "Editor", true),
-        ("bound through `*`", nobody(), "shared", "Viewer", true),
-        ("`*` not bound there", nobody(), "ws1", "Viewer", false),
+        // As NMP 0.3.0's has_role: `*` holds it, not the caller (services poll this to see a
+        // caller's own binding appear or go).
+        ("`*` binding is not the caller's", nobody(), "shared", "Viewer", false),
+        ("asked about `*` itself", who("*"), "shared", "Viewer", true),
+        ("`*` not bound there", who("*"), "ws1", "Viewer", false),
         ("PlatformAdmin by email", root(), "system", "PlatformAdmin", true),
         ("PlatformAdmin by group", who("gina").groups(&["admins"]), "system", "PlatformAdmin", true),
         ("PlatformAdmin is not every role", root(), "ws1", "Editor", false),

@@ -354,7 +354,12 @@ fn discovery(config: &Config) -> serde_json::Value {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, stopped) = watch::channel(false);
-    runtime.spawn(nmp_authz::server::http::serve(listener, state, stopped));
+    runtime.spawn(nmp_authz::server::http::serve(
+        listener,
+        state,
+        stopped,
+        nmp_authz::server::http::Face::Main,
+    ));
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .write_all(b"GET /apis/auth/discovery HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -50,6 +50,8 @@ fn served_bundle() -> (BundleServer, Sources) {
     });
     let sources = Sources::new(
         &config(vec![SourceConfig::BundleUrl {
+            principal_id: None,
+            bearer_token_file: None,
             bundle_url: server.url.clone(),
         }]),
         Arc::default(),
@@ -180,7 +182,11 @@ fn an_unreachable_bundle_never_loaded_is_stale_and_loads_nothing() {
     drop(closed);
     let rt = runtime();
     let mut sources = Sources::new(
-        &config(vec![SourceConfig::BundleUrl { bundle_url: url }]),
+        &config(vec![SourceConfig::BundleUrl {
+            bundle_url: url,
+            principal_id: None,
+            bearer_token_file: None,
+        }]),
         Arc::default(),
     );
     assert!(matches!(rt.block_on(sources.refresh()), Refresh::Unchanged));

@@ -599,7 +599,7 @@ pub fn policy_load(data: &[u8]) {
                 let d = policy.allow(who.as_ref(), method, pattern);
                 assert!(!d.allowed || who.is_some() || is_health(pattern));
                 if let Some(p) = who {
-                    let _ = policy.has_permissions(p, "ws1", &["a.read".into()]);
+                    let _ = policy.has_permissions(p, "ws1", &["a.read"]);
                     let _ = policy.has_role(p, "ws1", "Editor");
                 }
             }

@@ -193,7 +193,7 @@ impl KeyFetcher {
     async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
         Ok(self
             .client
-            .get(url, None, MAX_BODY_BYTES, FETCH_TIMEOUT)
+            .get(url, &[], MAX_BODY_BYTES, FETCH_TIMEOUT)
             .await?
             .body)
     }

@@ -765,7 +765,7 @@ fn header_principal(
 // hold each to NMP's expression.
 
 /// `^[a-zA-Z0-9@._\-:+/]+$` (all ASCII, so its length in bytes is its length in characters).
-fn is_principal_id(id: &str) -> bool {
+pub(crate) fn is_principal_id(id: &str) -> bool {
     !id.is_empty()
         && id
             .bytes()

@@ -418,7 +418,7 @@ fn live_checks(url: &str) -> Result<Vec<Check>, String> {
     let discovery = runtime.block_on(client.send(
         hyper::Method::GET,
         &format!("{base}/apis/auth/discovery"),
-        None,
+        &[],
         LIMIT,
         TIMEOUT,
     ));
@@ -448,7 +448,7 @@ fn live_checks(url: &str) -> Result<Vec<Check>, String> {
     // the gateway, ext_authz does the same for an unauthenticated request.
     let probe = format!("{base}/apis/auth/v2/authz/allow");
     let unauthenticated =
-        match runtime.block_on(client.send(hyper::Method::POST, &probe, None, LIMIT, TIMEOUT)) {
+        match runtime.block_on(client.send(hyper::Method::POST, &probe, &[], LIMIT, TIMEOUT)) {
             Err(e) => check("live: unauthenticated", Fail, e.to_string()),
             Ok(r) if r.status == hyper::StatusCode::UNAUTHORIZED => check(
                 "live: unauthenticated",

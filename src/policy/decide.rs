@@ -471,7 +471,7 @@ impl CompiledPolicy {
         &self,
         principal: &Principal,
         workspace: &str,
-        permissions: &[String],
+        permissions: &[impl AsRef<str>],
     ) -> bool {
         let f = self.bare_facts(principal);
         if f.applicable.is_empty() {
@@ -480,26 +480,31 @@ impl CompiledPolicy {
         if self.platform_admin_among(&f.applicable).is_some() {
             return true;
         }
-        let required: Vec<&str> = permissions.iter().map(String::as_str).collect();
+        let required: Vec<&str> = permissions.iter().map(AsRef::as_ref).collect();
         f.applicable
             .iter()
             .any(|p| self.holds_all_named(&f, p, workspace, &required, &mut ()))
     }
 
-    /// NMP's `has_role`: the role is bound in `workspace` to an applicable principal directly,
-    /// through its email or a group, through `*`, or is `ServiceSystem` for a `service:` id
-    /// without bindings there.
+    /// True when an applicable principal holds PlatformAdmin in `system`.
+    pub fn is_platform_admin(&self, principal: &Principal) -> bool {
+        self.platform_admin_among(&applicable_principals(principal))
+            .is_some()
+    }
+
+    /// NMP's `has_role`: the role is bound in `workspace` to an applicable principal (its id,
+    /// email or a group), or is `ServiceSystem` for a `service:` id without bindings there.
+    /// A `*` binding does not count, as in NMP: services poll this (`wait_role`) to see a
+    /// binding of that principal appear or go, and a revoked member's role must read as gone
+    /// even where `*` holds the same role.
     pub fn has_role(&self, principal: &Principal, workspace: &str, role: &str) -> bool {
         let f = self.bare_facts(principal);
         let Some(&role) = self.role_ids.get(role) else {
             return false;
         };
-        !f.applicable.is_empty()
-            && (f
-                .applicable
-                .iter()
-                .any(|p| self.effective_roles(&f, p, workspace).contains(&role))
-                || self.explicit_roles("*", workspace).contains(&role))
+        f.applicable
+            .iter()
+            .any(|p| self.effective_roles(&f, p, workspace).contains(&role))
     }
 
     pub(crate) fn bare_facts<'r>(&self, principal: &'r Principal) -> Facts<'_, 'r> {

@@ -55,26 +55,19 @@ impl Pattern {
             if i > 0 && seg.is_empty() && text != "/" {
                 return Err(format!("endpoint pattern {text:?} has an empty segment"));
             }
-            segments.push(if seg.starts_with('{') && seg.ends_with('}') {
-                let name = &seg[1..seg.len() - 1];
-                let valid = name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !valid {
+            // NMP's matcher takes any segment in braces for a placeholder, whatever is inside:
+            // its plugin routes carry FastAPI converters such as `{trailing_uri:path}`.
+            segments.push(
+                if seg.len() >= 2 && seg.starts_with('{') && seg.ends_with('}') {
+                    Segment::Placeholder(seg[1..seg.len() - 1].into())
+                } else if seg.contains(['{', '}']) {
                     return Err(format!(
                         "endpoint pattern {text:?} has a malformed placeholder {seg:?}"
                     ));
-                }
-                Segment::Placeholder(name.into())
-            } else if seg.contains(['{', '}']) {
-                return Err(format!(
-                    "endpoint pattern {text:?} has a malformed placeholder {seg:?}"
-                ));
-            } else {
-                Segment::Literal((*seg).into())
-            });
+                } else {
+                    Segment::Literal((*seg).into())
+                },
+            );
         }
         let placeholders = segments
             .iter()
@@ -343,10 +336,31 @@ mod tests {
     #[test]
     fn malformed_patterns_are_rejected() {
         for bad in [
-            "a/b", "/a//b", "/a/{x", "/a/{}/b", "/a/x}y", "/a/{1x}", "/a?b", "/a/b/", "/a b",
+            "a/b", "/a//b", "/a/{x", "/a/x}y", "/a/x}", "/a/{", "/a?b", "/a/b/", "/a b",
         ] {
             assert!(Pattern::parse(bad).is_err(), "{bad} should be rejected");
         }
         assert!(Pattern::parse("/").is_ok());
+    }
+
+    #[test]
+    fn any_segment_in_braces_is_a_placeholder() {
+        // NMP's plugin routes: FastAPI path converters inside the braces.
+        let m = matcher(&[
+            "/apis/agents/v2/workspaces/{workspace}/agents/{name}/-/{trailing_uri:path}",
+        ]);
+        assert_eq!(
+            best(
+                &m,
+                "/apis/agents/v2/workspaces/w/agents/a/-/v1/chat/completions"
+            ),
+            Some("/apis/agents/v2/workspaces/{workspace}/agents/{name}/-/{trailing_uri:path}")
+        );
+        assert_eq!(best(&m, "/apis/agents/v2/workspaces/w/agents/a/-"), None);
+        for odd in ["/a/{}/b", "/a/{1x}", "/a/{x:int}"] {
+            let m = matcher(&[odd]);
+            let path = odd.replace(odd.split('/').nth(2).unwrap(), "seg");
+            assert_eq!(best(&m, &path), Some(odd), "{odd} matches {path}");
+        }
     }
 }

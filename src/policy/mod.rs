@@ -8,6 +8,7 @@ pub mod document;
 pub mod explain;
 pub mod matcher;
 pub mod members;
+pub mod pdp;
 pub mod syntax;
 
 pub use compile::{BindingDefaults, CompiledPolicy};

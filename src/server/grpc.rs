@@ -23,7 +23,8 @@ use crate::pdp_proto::{
     AllowRequest, AllowResponse, HasPermissionsRequest, HasPermissionsResponse, HasRoleRequest,
     HasRoleResponse, PrincipalInput,
 };
-use crate::policy::{CompiledPolicy, Principal};
+use crate::policy::pdp::Entrypoint;
+use serde_json::{Map, Value as Json};
 
 use super::{State, check, pdp};
 
@@ -163,7 +164,7 @@ impl Authorization for AuthzService {
 pub struct PdpService(pub Arc<State>);
 
 impl PdpService {
-    async fn authorize<T>(&self, request: &Request<T>) -> Result<Arc<CompiledPolicy>, Status> {
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<pdp::Usable, Status> {
         let headers = request.metadata().clone().into_headers();
         pdp::authorize_caller(&self.0, &headers)
             .await
@@ -182,19 +183,24 @@ fn status(refused: pdp::Refused) -> Status {
     Status::new(code, refused.detail)
 }
 
-/// The principal an input describes; invalid ids, emails, groups or scopes are rejected.
-fn principal_input(
-    input: Option<PrincipalInput>,
-    scopes: Vec<String>,
-) -> Result<Principal, Status> {
-    let input = input.unwrap_or_default();
-    pdp::input_principal(
-        input.principal_id,
-        Some(input.principal_email),
-        input.principal_groups,
-        scopes,
-    )
-    .map_err(status)
+/// A request as the `{"input": ...}` document NMP's HTTP PDP takes, so that both faces are one
+/// evaluation. Unset strings are left out (NMP reads them as absent); lists are always given.
+fn input(principal: Option<PrincipalInput>, fields: &[(&str, Json)]) -> Map<String, Json> {
+    let principal = principal.unwrap_or_default();
+    let mut input = Map::new();
+    if let Some(id) = principal.principal_id {
+        input.insert("principal_id".into(), id.into());
+    }
+    if !principal.principal_email.is_empty() {
+        input.insert("principal_email".into(), principal.principal_email.into());
+    }
+    input.insert("principal_groups".into(), principal.principal_groups.into());
+    for (key, value) in fields {
+        if value.as_str() != Some("") {
+            input.insert((*key).into(), value.clone());
+        }
+    }
+    input
 }
 
 #[tonic::async_trait]
@@ -204,11 +210,19 @@ impl PolicyDecision for PdpService {
         request: Request<AllowRequest>,
     ) -> Result<Response<AllowResponse>, Status> {
         let policy = self.authorize(&request).await?;
-        let input = request.into_inner();
-        let principal = principal_input(input.principal, input.scopes)?;
+        let r = request.into_inner();
+        let input = input(
+            r.principal,
+            &[
+                ("method", r.method.into()),
+                ("path", r.path.into()),
+                ("scopes", r.scopes.into()),
+            ],
+        );
         let allowed = policy
-            .allow(Some(&principal), &input.method, &input.path)
-            .allowed;
+            .answer(Entrypoint::Allow, &input)
+            .map_err(status)?
+            .granted();
         Ok(Response::new(AllowResponse {
             allowed,
             headers: HashMap::from([("X-NMP-Authorized".to_string(), allowed.to_string())]),
@@ -220,10 +234,19 @@ impl PolicyDecision for PdpService {
         request: Request<HasPermissionsRequest>,
     ) -> Result<Response<HasPermissionsResponse>, Status> {
         let policy = self.authorize(&request).await?;
-        let input = request.into_inner();
-        let principal = principal_input(input.principal, Vec::new())?;
+        let r = request.into_inner();
+        let input = input(
+            r.principal,
+            &[
+                ("workspace", r.workspace.into()),
+                ("permissions", r.permissions.into()),
+            ],
+        );
         Ok(Response::new(HasPermissionsResponse {
-            allowed: policy.has_permissions(&principal, &input.workspace, &input.permissions),
+            allowed: policy
+                .answer(Entrypoint::HasPermissions, &input)
+                .map_err(status)?
+                .granted(),
         }))
     }
 
@@ -232,10 +255,16 @@ impl PolicyDecision for PdpService {
         request: Request<HasRoleRequest>,
     ) -> Result<Response<HasRoleResponse>, Status> {
         let policy = self.authorize(&request).await?;
-        let input = request.into_inner();
-        let principal = principal_input(input.principal, Vec::new())?;
+        let r = request.into_inner();
+        let input = input(
+            r.principal,
+            &[("workspace", r.workspace.into()), ("role", r.role.into())],
+        );
         Ok(Response::new(HasRoleResponse {
-            has_role: policy.has_role(&principal, &input.workspace, &input.role),
+            has_role: policy
+                .answer(Entrypoint::HasRole, &input)
+                .map_err(status)?
+                .granted(),
         }))
     }
 }

@@ -16,19 +16,54 @@ use tokio::sync::watch;
 use super::{State, http_authz, pdp};
 use crate::identity;
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// The routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Face {
+    /// The HTTP port: health, metrics, discovery, the PDP API for callers with a token, and
+    /// the HTTP authorization endpoint.
+    Main,
+    /// The PDP listener (`pdp:` config): NMP's PDP API for platform services, which identify
+    /// with `X-NMP-Principal-Id` only, plus health.
+    Pdp,
+}
+
+/// Where connections come from: a TCP port or a Unix socket.
+pub trait Listener: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+/// Serves `face` on `listener` until `shutdown`, then lets in-flight requests finish.
+pub async fn serve<L: Listener>(
+    listener: L,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
+    face: Face,
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept_io() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             // Out of file descriptors (EMFILE, ENFILE), a connection reset before it was
             // accepted: passing conditions. Returning here would close the port for good.
             Err(e) => {
@@ -37,11 +72,15 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req).await) }
+            async move {
+                Ok::<_, Infallible>(match face {
+                    Face::Main => route(&state, req).await,
+                    Face::Pdp => route_pdp(&state, req).await,
+                })
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -80,25 +119,57 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         )
         .await;
     }
-    if let Some(entrypoint) = req.uri().path().strip_prefix(PDP_PREFIX) {
-        if req.method() != Method::POST {
-            return json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                r#"{"detail":"Method not allowed"}"#.into(),
-            );
-        }
-        let entrypoint = entrypoint.to_string();
-        return pdp_answer(state, &entrypoint, req).await;
+    if pdp::entrypoint_of(req.uri().path()).is_some() {
+        return pdp_answer(state, req, Face::Main).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"detail":"Method not allowed"}"#.into(),
-        );
+        return method_not_allowed();
     }
     match req.uri().path() {
-        "/health/live" | "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/apis/auth/discovery" => json(StatusCode::OK, state.discovery.clone()),
+        "/metrics" => {
+            let policy = state.policy.load();
+            let loaded_at = state.policy_loaded_at.load(Ordering::Relaxed);
+            let age = (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at));
+            let body = state.metrics.render(
+                policy.as_ref().map(|p| p.revision()),
+                age,
+                state.stale.load(Ordering::Relaxed),
+                state.ready(),
+            );
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        path => health(state, path),
+    }
+}
+
+/// The PDP listener's routes: NMP's PDP API and health.
+async fn route_pdp(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if pdp::entrypoint_of(req.uri().path()).is_some() {
+        return pdp_answer(state, req, Face::Pdp).await;
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return method_not_allowed();
+    }
+    health(state, req.uri().path())
+}
+
+fn method_not_allowed() -> Response<Full<Bytes>> {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        r#"{"detail":"Method not allowed"}"#.into(),
+    )
+}
+
+/// Liveness and readiness (both listeners), else 404.
+fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "/health/live" | "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/health/ready" | "/readyz" => {
             // The body says what a failing source is doing, even while the last good policy
             // still serves (ready) and before staleness makes it unready.
@@ -129,44 +200,25 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
             };
             json(status, body.to_string())
         }
-        "/metrics" => {
-            let policy = state.policy.load();
-            let loaded_at = state.policy_loaded_at.load(Ordering::Relaxed);
-            let age = (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at));
-            let body = state.metrics.render(
-                policy.as_ref().map(|p| p.revision()),
-                age,
-                state.stale.load(Ordering::Relaxed),
-                state.ready(),
-            );
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
-        }
         _ => json(StatusCode::NOT_FOUND, r#"{"detail":"Not found"}"#.into()),
     }
 }
 
-/// NMP's PDP over HTTP: `POST /apis/auth/v2/authz/{allow,has_permissions,has_role}`.
-const PDP_PREFIX: &str = "/apis/auth/v2/authz/";
-
-async fn pdp_answer(
-    state: &State,
-    entrypoint: &str,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+/// NMP's PDP over HTTP: `POST` to either PDP path (`pdp::PATH_PREFIXES`).
+async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Response<Full<Bytes>> {
     let answered = async {
-        let policy = pdp::authorize_caller(state, req.headers()).await?;
+        if req.method() != Method::POST {
+            return Err(pdp::Refused::new(405, "Method not allowed"));
+        }
+        let policy = match face {
+            Face::Main => pdp::authorize_caller(state, req.headers()).await?,
+            Face::Pdp => pdp::authorize_service_header(state, req.headers())?,
+        };
+        let entrypoint = pdp::entrypoint(pdp::entrypoint_of(req.uri().path()).unwrap_or(""))?;
         let body = Limited::new(req.into_body(), MAX_PDP_BODY)
             .collect()
             .await
-            .map_err(|e| pdp::Refused {
-                status: 400,
-                detail: format!("Invalid request body: {e}"),
-            })?
+            .map_err(|e| pdp::Refused::new(400, format!("Invalid request body: {e}")))?
             .to_bytes();
         pdp::answer(&policy, entrypoint, &body)
     };

@@ -41,8 +41,13 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// The `GET /apis/auth/discovery` body.
     pub discovery: String,
-    /// Set when a policy source has failed for longer than `max_staleness_seconds`.
+    /// Set when a policy source has failed for longer than `max_staleness_seconds` (or has
+    /// never loaded).
     pub stale: AtomicBool,
+    /// Set while a policy source has never loaded: the policy in use, if any, is compiled from
+    /// the others. Checks are 503 meanwhile (the data is also `stale`); the PDP answers only
+    /// questions about `service:` principals from it (see `pdp::current_policy`).
+    pub bootstrapping: AtomicBool,
     /// Unix time of the last policy installed.
     pub policy_loaded_at: AtomicU64,
     /// Set on SIGTERM: readiness goes false before the listeners close.
@@ -107,6 +112,7 @@ impl State {
             metrics,
             discovery: discovery.to_string(),
             stale: AtomicBool::new(false),
+            bootstrapping: AtomicBool::new(false),
             policy_loaded_at: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             decision_log: DecisionLog::from_env(),
@@ -169,6 +175,25 @@ impl State {
         }
     }
 
+    /// Takes in how the sources are doing after a refresh: their status, staleness, and
+    /// whether one has never loaded.
+    fn observe(&self, sources: &Sources, max_staleness: Duration) {
+        self.source_status.store(Arc::new(sources.status()));
+        self.bootstrapping
+            .store(sources.bootstrapping(), Ordering::Relaxed);
+        let stale = sources.stale(max_staleness);
+        if stale != self.stale.swap(stale, Ordering::Relaxed) {
+            if stale {
+                tracing::error!(
+                    max_staleness_seconds = max_staleness.as_secs(),
+                    "policy data is stale or incomplete: denying every Check with 503 until every source has loaded"
+                );
+            } else {
+                tracing::info!("policy data is current again");
+            }
+        }
+    }
+
     /// Ready when a current policy with endpoints is loaded (or authorization is off), and
     /// not shutting down.
     pub fn ready(&self) -> bool {
@@ -194,7 +219,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::new(&config, None));
     let mut sources = Sources::new(&config, state.metrics.clone());
     let first = sources.refresh().await;
-    state.source_status.store(Arc::new(sources.status()));
     // A file or the built-in catalog failing at start-up is a configuration error; a bundle
     // that cannot be fetched yet is not: the server starts unready (503) and keeps polling.
     if let Some(failed) = sources
@@ -212,10 +236,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Refresh::Failed(e) => return Err(e.into()),
         Refresh::Unchanged => tracing::warn!("no policy data yet: answering 503 until it loads"),
     }
+    let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
+    // Before the first Check: a policy compiled without a source that never loaded must not
+    // decide one.
+    state.observe(&sources, max_staleness);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_addr).await?;
     let http_listener = tokio::net::TcpListener::bind(config.server.http_addr).await?;
+    let pdp_tcp = match config.pdp.addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let pdp_socket = match &config.pdp.unix_socket {
+        Some(path) => Some(bind_unix_socket(
+            path,
+            config.pdp.socket_mode().unwrap_or(0o660),
+        )?),
+        None => None,
+    };
+    if let Some(listener) = &pdp_tcp {
+        tracing::info!(pdp = %listener.local_addr()?, "PDP listening");
+    }
+    if let Some(path) = &config.pdp.unix_socket {
+        tracing::info!(pdp_socket = %path.display(), "PDP listening");
+    }
     tracing::info!(
         grpc = %grpc_listener.local_addr()?,
         http = %http_listener.local_addr()?,
@@ -234,7 +279,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown_rx.clone(),
     ));
-    let http = tokio::spawn(http::serve(http_listener, state.clone(), shutdown_rx));
+    let pdp_tcp = pdp_tcp.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+            http::Face::Pdp,
+        ))
+    });
+    let pdp_socket = pdp_socket.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            state.clone(),
+            shutdown_rx.clone(),
+            http::Face::Pdp,
+        ))
+    });
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        state.clone(),
+        shutdown_rx,
+        http::Face::Main,
+    ));
 
     shutdown_requested.await;
     tracing::info!("shutting down: not ready any more; finishing in-flight requests");
@@ -242,9 +308,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     grpc.await??;
     http.await??;
+    for pdp in pdp_tcp.into_iter().chain(pdp_socket) {
+        pdp.await??;
+    }
+    if let Some(path) = &config.pdp.unix_socket {
+        let _ = std::fs::remove_file(path);
+    }
     reload.abort();
     keys.abort();
     Ok(())
+}
+
+/// Binds the PDP's Unix socket at `path` with `mode`. The socket is made under a temporary
+/// name, given its mode, then renamed into place, so nobody can connect while it still has the
+/// umask's permissions. A socket file left by a process that is gone is replaced; one that
+/// still answers is an error.
+fn bind_unix_socket(path: &std::path::Path, mode: u32) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let context = |what: &str| format!("pdp.unix_socket {}: {what}", path.display());
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!(context("exists and is not a socket"));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(context("another process is serving it"));
+        }
+    }
+    let staging = path.with_file_name(format!(
+        ".{}.{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("pdp.sock"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staging);
+    let listener = tokio::net::UnixListener::bind(&staging)
+        .map_err(|e| anyhow::anyhow!(context(&format!("cannot bind: {e}"))))?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&staging, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&staging);
+            anyhow::anyhow!(context(&e.to_string()))
+        })?;
+    Ok(listener)
 }
 
 /// Refreshes the sources every refresh interval, and soon after a policy file changes (a
@@ -278,18 +384,7 @@ async fn reload_loop(
                 state.metrics.policy_load_failed();
             }
         }
-        state.source_status.store(Arc::new(sources.status()));
-        let stale = sources.stale(max_staleness);
-        if stale != state.stale.swap(stale, Ordering::Relaxed) {
-            if stale {
-                tracing::error!(
-                    max_staleness_seconds = max_staleness.as_secs(),
-                    "policy data is stale: denying every Check with 503 until a source loads again"
-                );
-            } else {
-                tracing::info!("policy data is current again");
-            }
-        }
+        state.observe(&sources, max_staleness);
     }
 }
 

@@ -1,16 +1,28 @@
 //! NMP's policy decision point for platform services (`allow`, `has_permissions`, `has_role`),
-//! shared by its gRPC face (`nmp_authz.v1.PolicyDecision`) and its HTTP face
-//! (`POST /apis/auth/v2/authz/{entrypoint}`, NMP's `{"input": ...}` → `{"result": ...}`).
+//! shared by its faces: gRPC (`nmp_authz.v1.PolicyDecision`), NMP's HTTP API on the HTTP port
+//! and on the PDP listener, at both of the paths NMP's `AuthClient` calls —
+//! `/apis/auth/v2/authz/{entrypoint}` (provider `embedded`) and `/v1/data/authz/{entrypoint}`
+//! (provider `opa`, OPA's REST API) — with `{"input": ...}` in and `{"result": ...}` out.
+//! Inputs are evaluated as NMP's PDP evaluates them (`policy::pdp`).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde_json::{Map, Value as Json, json};
 
 use crate::identity::{self, IdentityError};
-use crate::policy::{CompiledPolicy, Principal};
+use crate::policy::CompiledPolicy;
+use crate::policy::pdp::{self, Entrypoint};
 
 use super::State;
+
+/// NMP's PDP paths: the embedded provider's, and OPA's REST API's.
+pub const PATH_PREFIXES: [&str; 2] = ["/apis/auth/v2/authz/", "/v1/data/authz/"];
+
+/// The entrypoint named by a PDP path, if `path` is one.
+pub fn entrypoint_of(path: &str) -> Option<&str> {
+    PATH_PREFIXES.iter().find_map(|p| path.strip_prefix(p))
+}
 
 /// Why a PDP call was refused, with the HTTP status that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +32,7 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn new(status: u16, detail: impl Into<String>) -> Self {
+    pub fn new(status: u16, detail: impl Into<String>) -> Self {
         Self {
             status,
             detail: detail.into(),
@@ -28,16 +40,60 @@ impl Refused {
     }
 }
 
-/// The caller must be a `service:` principal (any caller when authorization is off); the
-/// answer is the policy to decide with.
-pub async fn authorize_caller(
-    state: &State,
-    headers: &hyper::HeaderMap,
-) -> Result<Arc<CompiledPolicy>, Refused> {
+/// The policy the PDP decides with right now.
+#[derive(Debug, Clone)]
+pub struct Usable {
+    policy: Arc<CompiledPolicy>,
+    /// A source has never loaded: only questions about `service:` principals are answered.
+    services_only: bool,
+}
+
+impl Usable {
+    /// Answers `entrypoint` for NMP's `input` object.
+    pub fn answer(
+        &self,
+        entrypoint: Entrypoint,
+        input: &Map<String, Json>,
+    ) -> Result<pdp::Answer, Refused> {
+        if self.services_only && !pdp::asks_about_service(input) {
+            return Err(Refused::new(
+                503,
+                "Authorization policy data is still loading: only questions about service \
+                 principals are answered until it has",
+            ));
+        }
+        Ok(pdp::answer(&self.policy, entrypoint, input))
+    }
+}
+
+/// The policy to decide with. None loaded, or stale, is a 503 on every face, as for Check: a
+/// PDP that answered from stale data would hand out access the gateway already refuses.
+/// While a source has never loaded (NMP's bundle, while NMP starts), what has loaded answers
+/// questions about `service:` principals only: NMP's services must be able to authorize the
+/// calls that build that very bundle (NMP's own PDP answers from its static catalog then).
+pub fn current_policy(state: &State) -> Result<Usable, Refused> {
     let policy = state
         .policy
         .load_full()
         .ok_or_else(|| Refused::new(503, "Authorization policy data is not available"))?;
+    let services_only = state.auth_enabled && state.bootstrapping.load(Ordering::Relaxed);
+    if state.auth_enabled && !services_only && state.stale.load(Ordering::Relaxed) {
+        return Err(Refused::new(503, "Authorization policy data is stale"));
+    }
+    Ok(Usable {
+        policy,
+        services_only,
+    })
+}
+
+/// On the HTTP and gRPC ports: the caller identifies like any request (a bearer token, or
+/// trusted principal headers) and must be a `service:` principal (anyone when authorization
+/// is off).
+pub async fn authorize_caller(
+    state: &State,
+    headers: &hyper::HeaderMap,
+) -> Result<Usable, Refused> {
+    let policy = current_policy(state)?;
     if !state.auth_enabled {
         return Ok(policy);
     }
@@ -63,75 +119,64 @@ pub async fn authorize_caller(
     }
 }
 
-/// The principal an input describes; invalid ids, emails, groups or scopes are a 400.
-pub fn input_principal(
-    principal_id: Option<String>,
-    principal_email: Option<String>,
-    principal_groups: Vec<String>,
-    scopes: Vec<String>,
-) -> Result<Principal, Refused> {
-    let principal = Principal {
-        id: principal_id,
-        email: principal_email.filter(|e| !e.is_empty()),
-        groups: principal_groups,
-        scopes,
+/// On the PDP listener: the caller is who its `X-NMP-Principal-Id` header says, as NMP's own
+/// middleware guards its PDP routes (NMP's `AuthClient` sends that header and no token). Only
+/// `service:` principals may ask: none is a 401, anyone else a 403, with NMP's bodies. The
+/// listener must be reachable by platform services only (a Unix socket's permissions, or a
+/// network policy): it believes that header from whoever can connect.
+pub fn authorize_service_header(
+    state: &State,
+    headers: &hyper::HeaderMap,
+) -> Result<Usable, Refused> {
+    let id = match headers
+        .get_all("x-nmp-principal-id")
+        .iter()
+        .collect::<Vec<_>>()[..]
+    {
+        [] => "",
+        [one] => one
+            .to_str()
+            .map_err(|_| Refused::new(400, "X-NMP-Principal-Id is not text"))?,
+        // Whichever copy we read, another hop might read the other.
+        _ => return Err(Refused::new(400, "Repeated X-NMP-Principal-Id header")),
     };
-    identity::validate_principal(&principal).map_err(|e| Refused::new(400, e.detail()))?;
-    Ok(principal)
-}
-
-/// NMP's input document, all entrypoints' fields together (each reads its own).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct Input {
-    principal_id: Option<String>,
-    principal_email: Option<String>,
-    principal_groups: Vec<String>,
-    method: String,
-    path: String,
-    scopes: Vec<String>,
-    workspace: String,
-    permissions: Vec<String>,
-    role: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct Body {
-    input: Input,
-}
-
-/// Answers `entrypoint` for a JSON body `{"input": {...}}` with NMP's `{"result": {...}}`.
-pub fn answer(policy: &CompiledPolicy, entrypoint: &str, body: &[u8]) -> Result<Json, Refused> {
-    if !matches!(entrypoint, "allow" | "has_permissions" | "has_role") {
+    if !id.starts_with("service:") {
+        let status = if id.is_empty() { 401 } else { 403 };
+        let detail = if id.is_empty() {
+            "Unauthorized"
+        } else {
+            "Forbidden"
+        };
+        return Err(Refused::new(status, detail));
+    }
+    // NMP parses the header (trimmed) before it serves the call; so do we.
+    let id = id.trim();
+    if id.len() > 256 || !identity::is_principal_id(id) {
         return Err(Refused::new(
             400,
-            format!("Unknown entrypoint {entrypoint:?} (allow, has_permissions, has_role)"),
+            "X-NMP-Principal-Id contains invalid characters; allowed: alphanumeric, @, ., -, _, :, +, /",
         ));
+    }
+    current_policy(state)
+}
+
+/// The entrypoint a path names, or a 400 listing the valid ones.
+pub fn entrypoint(name: &str) -> Result<Entrypoint, Refused> {
+    Entrypoint::parse(name).ok_or_else(|| {
+        Refused::new(
+            400,
+            format!("Invalid entrypoint: {name:?} (valid: allow, has_permissions, has_role)"),
+        )
+    })
+}
+
+/// Answers a JSON body `{"input": {...}}` with NMP's `{"result": {...}}`.
+pub fn answer(policy: &Usable, entrypoint: Entrypoint, body: &[u8]) -> Result<Json, Refused> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        input: Map<String, Json>,
     }
     let Body { input } = serde_json::from_slice(body)
         .map_err(|e| Refused::new(400, format!("Invalid request body: {e}")))?;
-    let scopes = if entrypoint == "allow" {
-        input.scopes
-    } else {
-        Vec::new()
-    };
-    let principal = input_principal(
-        input.principal_id,
-        input.principal_email,
-        input.principal_groups,
-        scopes,
-    )?;
-    let result = match entrypoint {
-        "allow" => {
-            let allowed = policy
-                .allow(Some(&principal), &input.method, &input.path)
-                .allowed;
-            json!({"allowed": allowed, "headers": {"X-NMP-Authorized": allowed.to_string()}})
-        }
-        "has_permissions" => json!({
-            "allowed": policy.has_permissions(&principal, &input.workspace, &input.permissions)
-        }),
-        _ => json!({"has_role": policy.has_role(&principal, &input.workspace, &input.role)}),
-    };
-    Ok(json!({ "result": result }))
+    Ok(json!({ "result": policy.answer(entrypoint, &input)?.to_json() }))
 }

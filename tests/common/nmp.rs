@@ -46,9 +46,20 @@ pub fn script(name: &str) -> PathBuf {
 /// Runs `tests/nmp/<name>` with NMP's Python, `input` on its stdin, and returns its stdout
 /// parsed as JSON. Panics with its stderr when it fails.
 pub fn run_json(name: &str, args: &[&str], input: &serde_json::Value) -> serde_json::Value {
+    run_json_with_env(name, args, input, &[])
+}
+
+/// [`run_json`] with environment variables set for the script.
+pub fn run_json_with_env(
+    name: &str,
+    args: &[&str],
+    input: &serde_json::Value,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let mut child = Command::new(python())
         .arg(script(name))
         .args(args)
+        .envs(env.iter().copied())
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nmp_authz::policy::builtin::{NMP_RELEASE, builtin_document};
 use nmp_authz::policy::document::{AuthzData, RoleDef};
@@ -223,7 +223,7 @@ const MODELS_WS1: &str = "/apis/models/v2/workspaces/ws1/models";
 const MODELS_DEFAULT: &str = "/apis/models/v2/workspaces/default/models";
 
 /// All permissions a role holds, following `includes`.
-fn expand(roles: &std::collections::BTreeMap<String, RoleDef>, name: &str) -> BTreeSet<String> {
+fn expand(roles: &BTreeMap<String, RoleDef>, name: &str) -> BTreeSet<String> {
     let (mut out, mut seen) = (BTreeSet::new(), BTreeSet::new());
     let mut stack = vec![name];
     while let Some(role) = stack.pop() {
@@ -247,8 +247,8 @@ fn as_set(list: &Option<Vec<String>>) -> Option<BTreeSet<&String>> {
 /// listed, so one run shows them all.
 #[test]
 fn builtin_catalog_is_the_released_catalog() {
-    let nmp: AuthzData = released_document().authz;
-    let ours: AuthzData = builtin_document().authz;
+    let nmp = released_document().authz;
+    let ours = builtin_document().authz;
     let mut differences = Vec::new();
     let mut differ = |what: String| differences.push(what);
 
@@ -264,8 +264,7 @@ fn builtin_catalog_is_the_released_catalog() {
         let Some(our_methods) = ours.endpoints.get(path) else {
             continue;
         };
-        let methods =
-            |m: &std::collections::BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
+        let methods = |m: &BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
         if methods(nmp_methods) != methods(our_methods) {
             differ(format!(
                 "methods of {path}: NMP {:?}, built-in {:?}",
@@ -291,7 +290,10 @@ fn builtin_catalog_is_the_released_catalog() {
                 ));
             }
             if (&mine.callers, mine.deny) != (&theirs.callers, theirs.deny) {
-                differ(format!("callers or deny of {at}"));
+                differ(format!(
+                    "callers and deny of {at}: NMP {:?} {:?}, built-in {:?} {:?}",
+                    theirs.callers, theirs.deny, mine.callers, mine.deny
+                ));
             }
         }
     }

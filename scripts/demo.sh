@@ -163,7 +163,7 @@ check_alive() {
 # interfaces and uses the default ports; here everything runs on loopback. The texts replaced
 # are the ones envoy/README.md ("Environment-specific values") lists; each must be there.
 render_tokens=("address: 0.0.0.0" "address: nmp-authz" "address: nmp-api" "port_value: 8080"
-    "port_value: 9191" "port_value: 8000" "port_value: 8081" "port_value: 9901")
+    "port_value: 9191" "port_value: 8081" "port_value: 9901")
 for token in "${render_tokens[@]}"; do
     grep -qF "$token" "$ENVOY_CONFIG" ||
         fail "$ENVOY_CONFIG no longer contains '$token' (envoy/README.md lists the texts this script replaces)"
@@ -174,10 +174,9 @@ sed -E \
     -e "s/address: (0\.0\.0\.0|nmp-authz|nmp-api)([[:space:],}]|$)/address: 127.0.0.1\2/g" \
     -e "s/port_value: 8080([^0-9]|$)/port_value: @GATEWAY@\1/g" \
     -e "s/port_value: 9191([^0-9]|$)/port_value: @GRPC@\1/g" \
-    -e "s/port_value: 8000([^0-9]|$)/port_value: @HTTP@\1/g" \
     -e "s/port_value: 8081([^0-9]|$)/port_value: @UPSTREAM@\1/g" \
     -e "s/port_value: 9901([^0-9]|$)/port_value: @ADMIN@\1/g" \
-    -e "s/@GATEWAY@/$GATEWAY_PORT/g; s/@GRPC@/$GRPC_PORT/g; s/@HTTP@/$HTTP_PORT/g" \
+    -e "s/@GATEWAY@/$GATEWAY_PORT/g; s/@GRPC@/$GRPC_PORT/g" \
     -e "s/@UPSTREAM@/$UPSTREAM_PORT/g; s/@ADMIN@/$ADMIN_PORT/g" \
     "$ENVOY_CONFIG" >"$WORK/envoy.yaml"
 if grep -Eq 'address: *(0\.0\.0\.0|nmp-authz|nmp-api)' "$WORK/envoy.yaml"; then
@@ -280,11 +279,24 @@ EOF
         flunk "the upstream's view of the allowed request: $(cat "$WORK/body")"
     fi
 
-    expect "no token: GET /apis/auth/discovery" 200 /apis/auth/discovery
-    if grep -q '"auth_enabled": *true' "$WORK/body"; then
-        pass "discovery says auth is enabled"
+    # What NMP serves without authorization goes to the API with no decision: no x-nmp-*.
+    expect "no token: GET /studio/ (the Studio UI)" 200 /studio/ -H "X-NMP-Authorized: true"
+    if "$PYTHON" - "$WORK/body" <<'EOF'; then
+import json, sys
+answer = json.load(open(sys.argv[1]))
+assert answer["path"] == "/studio/", answer
+assert not [h for h in answer["headers"] if h.startswith("x-nmp-")], answer["headers"]
+EOF
+        pass "the upstream got /studio/ with no x-nmp-* header (the client's x-nmp-authorized dropped)"
     else
-        flunk "discovery: $(cat "$WORK/body")"
+        flunk "the upstream's view of /studio/: $(cat "$WORK/body")"
+    fi
+    expect "no token: GET /studio-admin" 401 /studio-admin
+
+    if curl -s --max-time 5 "http://127.0.0.1:$HTTP_PORT/apis/auth/discovery" | grep -q '"auth_enabled": *true'; then
+        pass "nmp-authz's discovery (its HTTP port) says auth is enabled"
+    else
+        flunk "nmp-authz's discovery does not say auth_enabled: true"
     fi
 
     if [ -n "$GRPCURL" ]; then
@@ -344,8 +356,10 @@ Try it (another terminal):
   curl -s -w '\\n' -H "Authorization: Bearer \$TOKEN" $GATEWAY/apis/models/v2/workspaces/team-a/models
   # never routed: 404
   curl -s -w '\\n' $GATEWAY/internal/x
-  # no token needed
-  curl -s -w '\\n' $GATEWAY/apis/auth/discovery
+  # what NMP serves without authorization: to the upstream with no token and no x-nmp-*
+  curl -s $GATEWAY/studio/
+  # nmp-authz's own discovery, on its HTTP port
+  curl -s -w '\\n' http://127.0.0.1:$HTTP_PORT/apis/auth/discovery
 
   # nmp-authz's PDP API (gRPC), as a service principal
   SERVICE='$SERVICE'

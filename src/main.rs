@@ -1,10 +1,12 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
 
 use nmp_authz::config::{self, Config, SourceConfig};
+use nmp_authz::policy::builtin::NMP_RELEASE;
 use nmp_authz::{loadtest, operator, server, sources, telemetry};
 
 /// A Check allocates a few dozen small, short-lived objects (decoded request, principal,
@@ -12,9 +14,17 @@ use nmp_authz::{loadtest, operator, server, sources, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--version`: which NMP release the built-in catalog is, beside the server's own version.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (built-in catalog: NeMo Platform {NMP_RELEASE})",
+        env!("CARGO_PKG_VERSION")
+    )
+});
+
 /// Envoy ext_authz server for the NeMo Platform API: workspace-scoped RBAC and token scopes.
 #[derive(Parser, Debug)]
-#[command(name = "nmp-authz", version, about)]
+#[command(name = "nmp-authz", version = VERSION.as_str(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -241,7 +241,13 @@ impl Sources {
                 if source.current.is_some() {
                     return Ok(None);
                 }
-                let print = Fnv64::of(concat!("builtin:", env!("CARGO_PKG_VERSION")).as_bytes());
+                // The catalog changes with the NMP release it follows, not only with our version.
+                let print = format!(
+                    "builtin:{}:{}",
+                    env!("CARGO_PKG_VERSION"),
+                    builtin::NMP_RELEASE
+                );
+                let print = Fnv64::of(print.as_bytes());
                 Ok(Some((Arc::new(builtin::builtin_document()), print)))
             }
             SourceConfig::File { file } => {

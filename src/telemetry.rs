@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::policy::Reason;
+use crate::policy::builtin::NMP_RELEASE;
 
 /// The HTTP statuses a Check can end in.
 const STATUSES: [u16; 5] = [200, 400, 401, 403, 503];
@@ -109,6 +110,17 @@ impl Metrics {
         ready: bool,
     ) -> String {
         let mut out = String::new();
+        header(
+            &mut out,
+            "nmp_authz_build_info",
+            "gauge",
+            "This build: its version and the NMP release of its built-in catalog.",
+        );
+        let _ = writeln!(
+            out,
+            "nmp_authz_build_info{{version=\"{}\",builtin_catalog=\"{NMP_RELEASE}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         header(
             &mut out,
             "nmp_authz_decisions_total",

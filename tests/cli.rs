@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use nmp_authz::policy::builtin::NMP_RELEASE;
+
 mod common;
 use common::process::{PROCESS_DEADLINE, Server, describe, http_get, nmp_authz, text};
 
@@ -489,6 +491,66 @@ fn validate_loads_nmp_static_document() {
     );
 }
 
+/// README "Which NMP's catalog": the Python that prints where an NMP install keeps its catalog.
+const CATALOG_PATH_PROGRAM: &str = r#"import importlib.resources as r; print(r.files("nmp.core.auth") / "assets/static-authz.yaml")"#;
+
+/// The README's one line, run with the installed NMP's Python, names that NMP's catalog, and
+/// the server loads it as a `file:` source.
+#[test]
+fn the_catalog_of_the_installed_nmp_is_one_line_away() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    assert!(
+        readme.contains(&format!("python -c '{CATALOG_PATH_PROGRAM}'")),
+        "README.md lacks the one-liner"
+    );
+    let out = Command::new(common::nmp::python())
+        .args(["-c", CATALOG_PATH_PROGRAM])
+        .output()
+        .expect("run NMP's python");
+    assert!(out.status.success(), "{}", describe(&out));
+    let printed = PathBuf::from(text(&out.stdout).trim());
+    let released = common::nmp::released_catalog();
+    assert_eq!(
+        printed.canonicalize().unwrap(),
+        released.canonicalize().unwrap()
+    );
+
+    let w = Workdir::new();
+    let config = w.config(&format!(
+        "policy:\n  sources:\n    - file: {}\n",
+        printed.display()
+    ));
+    let out = run(&["validate", "--config", &config], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let patterns = nmp_authz::policy::PolicyDocument::parse(
+        &std::fs::read_to_string(&released).unwrap(),
+        nmp_authz::policy::Format::Yaml,
+    )
+    .expect("the released catalog parses")
+    .authz
+    .endpoints
+    .len();
+    assert!(
+        text(&out.stdout).contains(&format!(" {patterns} endpoint patterns")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn version_names_the_nmp_release_of_the_builtin_catalog() {
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "nmp-authz {} (built-in catalog: NeMo Platform {NMP_RELEASE})\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
 // --- serve ----------------------------------------------------------------------------------
 
 const EPHEMERAL: [&str; 4] = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
@@ -514,12 +576,15 @@ fn serve_end_to_end_with_config() {
     assert_eq!(http_get(http, "/health/live").0, 200);
     let (status, body) = http_get(http, "/health/ready");
     assert_eq!(status, 200, "{body}");
+    // Only a file source here: readiness names no built-in catalog.
+    assert!(!body.contains("builtin_catalog"), "{body}");
     let (status, metrics) = http_get(http, "/metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.lines().any(|l| l.trim() == "nmp_authz_ready 1"),
         "{metrics}"
     );
+    assert!(metrics.contains(&build_info()), "{metrics}");
     let (status, body) = http_get(http, "/no/such/path");
     assert_eq!(status, 404, "{body}");
     TcpStream::connect_timeout(&grpc, Duration::from_secs(10)).expect("gRPC port accepts");
@@ -542,9 +607,21 @@ fn serve_quickstart_says_development() {
         "quickstart must say it is a development mode:\n{}",
         server.output()
     );
-    assert_eq!(http_get(http, "/health/ready").0, 200);
+    let (status, body) = http_get(http, "/health/ready");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("readiness is JSON");
+    assert_eq!(ready["builtin_catalog"], NMP_RELEASE, "{body}");
+    assert!(http_get(http, "/metrics").1.contains(&build_info()));
     let status = server.terminate();
     assert!(status.success(), "{status:?}\n{}", server.output());
+}
+
+/// The `/metrics` line naming this build and its built-in catalog's NMP release.
+fn build_info() -> String {
+    format!(
+        "\nnmp_authz_build_info{{version=\"{}\",builtin_catalog=\"{NMP_RELEASE}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Once `listening` is logged, SIGTERM must mean a graceful exit 0.

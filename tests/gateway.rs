@@ -6,8 +6,9 @@
 //! Covered: both configs pass `envoy --mode validate` (as written and rendered); client-sent
 //! `x-nmp-*` headers reach neither nmp-authz nor the upstream; on allow the upstream gets
 //! exactly one `x-nmp-authorized: true` and the verified principal; 401/403 never reach the
-//! upstream; `/internal` in every spelling never does either; health and discovery answer
-//! without a token; nmp-authz down fails closed (503) and service resumes when it is back,
+//! upstream; `/internal` in every spelling never does either; what NMP serves without
+//! authorization goes to the upstream with no token and no `x-nmp-*`, exactly those paths
+//! (common::bypass); nmp-authz down fails closed (503) and service resumes when it is back,
 //! with no Envoy restart; the hardening checklist's deployment validation; the quickstart.
 
 mod common;
@@ -15,6 +16,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::bypass::{self, check_bypass};
 use common::gateway::{
     CheckTap, Envoy, Idp, Loopback, NmpAuthz, PRODUCTION, QUICKSTART, Recorded, Response, Upstream,
     get, poll_until, quickstart_envoy, render, request, substitute, template, token, try_request,
@@ -25,7 +27,7 @@ use common::oidc::{
 };
 use common::{check_request, expect_ok};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const MODELS_DEFAULT: &str = "/apis/models/v2/workspaces/default/models";
 const MODELS_SYSTEM: &str = "/apis/models/v2/workspaces/system/models";
@@ -360,8 +362,8 @@ fn configs_avoid_the_measured_envoy_traps() {
                 assert!(off, "{}: {route}", at("/internal skips auth"));
                 internal.push(matcher.clone());
             } else if off {
-                assert_eq!(route["route"]["cluster"], "nmp_authz_http", "{route}");
-                bypassed.push(matcher["path"].as_str().expect("an exact path"));
+                assert_eq!(route["route"]["cluster"], "nmp_api", "{route}");
+                bypassed.push(matcher.clone());
             } else {
                 assert_eq!(i, routes.len() - 1, "{}: {route}", at("catch-all last"));
                 assert_eq!(matcher["prefix"], "/", "{route}");
@@ -377,12 +379,7 @@ fn configs_avoid_the_measured_envoy_traps() {
             "{}",
             at("/internal routes")
         );
-        assert_eq!(
-            bypassed,
-            ["/health/live", "/health/ready", "/apis/auth/discovery"],
-            "{}",
-            at("bypass routes")
-        );
+        assert_eq!(bypassed, bypass_matchers(), "{}", at("bypass routes"));
 
         // The ext_authz cluster speaks HTTP/2 and is health-checked over gRPC.
         let clusters = config["static_resources"]["clusters"].as_array().unwrap();
@@ -395,6 +392,36 @@ fn configs_avoid_the_measured_envoy_traps() {
         );
         assert!(cluster["health_checks"][0]["grpc_health_check"].is_object());
     }
+}
+
+/// The route matches that send [`bypass`]'s paths to the API, in order: the exact paths, each
+/// prefix as `<prefix>/`, then `GET`/`HEAD` on the read-only paths.
+fn bypass_matchers() -> Vec<Value> {
+    let read_only =
+        json!([{"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}]);
+    bypass::exact_paths()
+        .into_iter()
+        .map(|path| json!({ "path": path }))
+        .chain(bypass::UNDER.map(|path| json!({ "prefix": format!("{path}/") })))
+        .chain(bypass::READ_ONLY.map(|path| json!({ "path": path, "headers": read_only })))
+        .collect()
+}
+
+/// The bypass list is NMP's, read from the installed NMP's middleware rather than remembered.
+#[test]
+fn bypass_paths_are_those_nmp_serves_without_asking_its_pdp() {
+    let nmp = common::nmp::run_json("middleware_paths.py", &[], &Value::Null);
+    let listed = |key: &str| -> Vec<String> {
+        serde_json::from_value(nmp[key].clone()).unwrap_or_else(|e| panic!("{key}: {e}: {nmp}"))
+    };
+    let sorted = |paths: &[&str]| {
+        let mut paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(listed("health_endpoints"), sorted(&bypass::NMP_HEALTH));
+    assert_eq!(listed("public_get_paths"), sorted(&bypass::READ_ONLY));
+    assert_eq!(listed("bypass_prefixes"), sorted(&bypass::UNDER));
 }
 
 #[test]
@@ -462,7 +489,7 @@ fn substitution_is_one_pass_and_names_a_missing_token() {
 // ---- the production gateway ----
 
 /// Allowed requests carry the verified principal once; 401 and 403 never reach the upstream;
-/// health and discovery need no token; the hardening checklist's deployment validation.
+/// the hardening checklist's deployment validation.
 #[test]
 fn production_gateway_decides_and_only_allowed_requests_reach_the_upstream() {
     let stack = Production::start(false, false);
@@ -567,27 +594,13 @@ fn production_gateway_decides_and_only_allowed_requests_reach_the_upstream() {
     assert_eq!(health.len(), 1, "{clusters}");
     assert!(health[0].ends_with("::healthy"), "{health:?}\n{}", logs());
 
-    // Health and discovery: no token needed, answered by nmp-authz, not the upstream.
-    for path in ["/health/live", "/health/ready"] {
-        let response = get(stack.envoy.addr(), path, &[]);
-        assert_eq!(response.status, 200, "{path}: {response:?}\n{}", logs());
-    }
-    let discovery = get(stack.envoy.addr(), "/apis/auth/discovery", &[]);
+    // Hardening checklist, deployment validation 1: nmp-authz's discovery (on its own port;
+    // through the gateway the path is NMP's) says auth is enabled.
+    let discovery = get(stack.authz.http, "/apis/auth/discovery", &[]);
     assert_eq!(discovery.status, 200, "{discovery:?}");
     let discovery = discovery.json();
-    // Hardening checklist, deployment validation 1: discovery says auth is enabled.
     assert_eq!(discovery["auth_enabled"], true, "{discovery}");
     assert_eq!(discovery["oidc"]["issuer"], stack.provider.issuer());
-    // Only those exact paths bypass authorization.
-    for path in [
-        "/healthz",
-        "/health/live/x",
-        "/health/readyz",
-        "/apis/auth/discoveryx",
-    ] {
-        let response = get(stack.envoy.addr(), path, &[]);
-        assert_nmp_denial(&response, 401, path);
-    }
     // Deployment validation 2: an unauthenticated list of workspaces is 401.
     let response = get(stack.envoy.addr(), WORKSPACES, &[]);
     assert_nmp_denial(&response, 401, "unauthenticated workspace list");
@@ -803,6 +816,21 @@ fn internal_paths_never_reach_the_upstream() {
     assert_eq!(received[0].path, WORKSPACES);
 }
 
+/// What NMP serves without authorization goes to the API with no decision and no principal
+/// headers; near misses, and a bare `service:` name on an HF-compatible route, are refused
+/// (that one by jwt_authn: it is no token).
+#[test]
+fn production_gateway_sends_what_nmp_serves_unauthorized_straight_to_the_api() {
+    let stack = Production::start(false, false);
+    check_bypass(stack.envoy.addr(), &stack.upstream, "production");
+    // A verified token changes nothing there: no decision, so no principal headers.
+    let alice = bearer(&stack.token("alice", ""));
+    let response = stack.send("GET", "/studio/", &[("Authorization", &alice)]);
+    assert_eq!(response.status, 200, "{response:?}\n{}", stack.logs());
+    let received = only_request(&stack.upstream, "/studio/", "studio with a token");
+    assert_eq!(received.nmp_headers(), [], "{received:?}");
+}
+
 /// nmp-authz killed: 503 and nothing forwarded (fail closed). Restarted on the same ports:
 /// service resumes with the same Envoy process.
 #[test]
@@ -897,7 +925,6 @@ fn quickstart_gateway_accepts_unsigned_tokens_and_denies_without_one() {
         &[("Authorization", &authorization)],
     );
     assert_eq!(response.status, 404);
-    let discovery = get(envoy.addr(), "/apis/auth/discovery", &[]);
-    assert_eq!(discovery.json()["auth_enabled"], true, "{discovery:?}");
     assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
+    check_bypass(envoy.addr(), &upstream, "quickstart");
 }

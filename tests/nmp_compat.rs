@@ -1,37 +1,35 @@
 //! Compatibility with NMP's own authorization catalog.
 //!
-//! Reads NMP's static document (`../shared/nmp/static-authz.yaml`, Apache-2.0, never copied into
-//! this repository) at run time, adds this test's own bindings, compiles it exactly as the server
-//! would, and checks representative decisions across the catalog. Every case is also run against
-//! the built-in catalog (`builtin_document()`), which must decide the same way.
+//! Reads the catalog of the NMP release installed in `.venv-nmp` (`nemo-platform` 0.3.0's
+//! `nmp/core/auth/assets/static-authz.yaml`, Apache-2.0, never copied into this repository) at
+//! run time and checks that the built-in catalog (`builtin_document()`) is that catalog: the
+//! same patterns, methods, permissions, scopes, callers and deny flags, the same roles with the
+//! same expanded permissions, and the same decisions. Each decision case adds this test's own
+//! bindings to both documents, compiles them exactly as the server would and decides on both.
 //!
-//! When the NMP file is missing the test prints a skip notice, except in CI (`CI=true`), where it
-//! fails.
+//! NMP's development catalog (`../shared/nmp/static-authz.yaml`, from a later commit) must
+//! still load: it is the format newer NMPs ship.
 
-use nmp_authz::policy::Principal;
-use nmp_authz::policy::builtin::builtin_document;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nmp_authz::policy::builtin::{NMP_RELEASE, builtin_document};
+use nmp_authz::policy::document::{AuthzData, RoleDef};
 use nmp_authz::policy::{
-    BindingDefaults, CompiledPolicy, Decision, Format, PolicyDocument, Reason,
+    BindingDefaults, CompiledPolicy, Decision, Format, PolicyDocument, Principal, Reason,
 };
 
-const NMP_STATIC: &str = concat!(
+const NMP_DEVELOPMENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/nmp/static-authz.yaml"
 );
 
-/// NMP's static document, or `None` (after a notice) when it is not there outside CI.
-fn nmp_document() -> Option<PolicyDocument> {
-    let text = match std::fs::read_to_string(NMP_STATIC) {
-        Ok(text) => text,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{NMP_STATIC}: {e} (the NMP document is required when CI=true)")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: NMP compatibility test needs {NMP_STATIC}: {e}");
-            return None;
-        }
-    };
-    Some(PolicyDocument::parse(&text, Format::Yaml).expect("NMP's static document parses"))
+/// The released catalog of the installed NMP.
+fn released_document() -> PolicyDocument {
+    let path = common::nmp::released_catalog();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    PolicyDocument::parse(&text, Format::Yaml).expect("NMP's released catalog parses")
 }
 
 /// Routes the static catalog does not have, added to both documents under test: `callers`
@@ -87,8 +85,7 @@ struct Policies {
 }
 
 impl Policies {
-    fn load(denied_plugin_prefixes: &[&str]) -> Option<Self> {
-        let nmp = nmp_document()?;
+    fn load(denied_plugin_prefixes: &[&str]) -> Self {
         let build = |mut doc: PolicyDocument, name: &str| {
             doc.merge(
                 PolicyDocument::parse(EXTRA_ENDPOINTS, Format::Yaml).expect("extra endpoints"),
@@ -101,10 +98,10 @@ impl Policies {
             CompiledPolicy::build(doc, &defaults(), "rev")
                 .unwrap_or_else(|e| panic!("{name} compiles: {e}"))
         };
-        Some(Self {
-            nmp: build(nmp, "NMP static document"),
+        Self {
+            nmp: build(released_document(), "NMP's released catalog"),
             builtin: build(builtin_document(), "built-in catalog"),
-        })
+        }
     }
 }
 
@@ -166,7 +163,7 @@ impl<'p> Checker<'p> {
             if allowed { "allow" } else { "deny" },
             reason.as_str()
         );
-        for (name, d) in [("NMP static", &nmp), ("built-in", &builtin)] {
+        for (name, d) in [("NMP 0.3.0", &nmp), ("built-in", &builtin)] {
             if d.allowed != allowed || d.reason != reason {
                 self.failures.push(format!(
                     "{name}: {method} {path} as {who_text}: want {want}, got {} ({}) endpoint={:?} workspace={:?}",
@@ -225,19 +222,196 @@ use Reason::*;
 const MODELS_WS1: &str = "/apis/models/v2/workspaces/ws1/models";
 const MODELS_DEFAULT: &str = "/apis/models/v2/workspaces/default/models";
 
+/// All permissions a role holds, following `includes`.
+fn expand(roles: &BTreeMap<String, RoleDef>, name: &str) -> BTreeSet<String> {
+    let (mut out, mut seen) = (BTreeSet::new(), BTreeSet::new());
+    let mut stack = vec![name];
+    while let Some(role) = stack.pop() {
+        if !seen.insert(role) {
+            continue;
+        }
+        let def = roles
+            .get(role)
+            .unwrap_or_else(|| panic!("unknown role {role}"));
+        out.extend(def.permissions.iter().cloned());
+        stack.extend(def.includes.iter().map(String::as_str));
+    }
+    out
+}
+
+fn as_set(list: &Option<Vec<String>>) -> Option<BTreeSet<&String>> {
+    list.as_ref().map(|l| l.iter().collect())
+}
+
+/// The built-in catalog is the installed release's, entry for entry. Every difference is
+/// listed, so one run shows them all.
 #[test]
-fn nmp_catalog_loads_with_every_endpoint() {
-    let Some(p) = Policies::load(&[]) else { return };
-    // 96 NMP patterns plus this test's four.
-    assert_eq!(p.nmp.endpoint_count(), 100);
+fn builtin_catalog_is_the_released_catalog() {
+    let nmp = released_document().authz;
+    let ours = builtin_document().authz;
+    let mut differences = Vec::new();
+    let mut differ = |what: String| differences.push(what);
+
+    let patterns = |doc: &AuthzData| doc.endpoints.keys().cloned().collect::<BTreeSet<_>>();
+    let (theirs, mine) = (patterns(&nmp), patterns(&ours));
+    for only in theirs.difference(&mine) {
+        differ(format!("pattern missing from the built-in catalog: {only}"));
+    }
+    for only in mine.difference(&theirs) {
+        differ(format!("pattern only in the built-in catalog: {only}"));
+    }
+    for (path, nmp_methods) in &nmp.endpoints {
+        let Some(our_methods) = ours.endpoints.get(path) else {
+            continue;
+        };
+        let methods = |m: &BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
+        if methods(nmp_methods) != methods(our_methods) {
+            differ(format!(
+                "methods of {path}: NMP {:?}, built-in {:?}",
+                methods(nmp_methods),
+                methods(our_methods)
+            ));
+        }
+        for (method, theirs) in nmp_methods {
+            let Some(mine) = our_methods.get(method) else {
+                continue;
+            };
+            let at = format!("{method} {path}");
+            if as_set(&mine.permissions) != as_set(&theirs.permissions) {
+                differ(format!(
+                    "permissions of {at}: NMP {:?}, built-in {:?}",
+                    theirs.permissions, mine.permissions
+                ));
+            }
+            if as_set(&mine.scopes) != as_set(&theirs.scopes) {
+                differ(format!(
+                    "scopes of {at}: NMP {:?}, built-in {:?}",
+                    theirs.scopes, mine.scopes
+                ));
+            }
+            if (&mine.callers, mine.deny) != (&theirs.callers, theirs.deny) {
+                differ(format!(
+                    "callers and deny of {at}: NMP {:?} {:?}, built-in {:?} {:?}",
+                    theirs.callers, theirs.deny, mine.callers, mine.deny
+                ));
+            }
+        }
+    }
+
+    let names = |doc: &AuthzData| doc.roles.keys().cloned().collect::<Vec<_>>();
+    if names(&nmp) != names(&ours) {
+        differ(format!(
+            "roles: NMP {:?}, built-in {:?}",
+            names(&nmp),
+            names(&ours)
+        ));
+    }
+    for name in nmp.roles.keys().filter(|r| ours.roles.contains_key(*r)) {
+        let (theirs, mine) = (expand(&nmp.roles, name), expand(&ours.roles, name));
+        if theirs != mine {
+            differ(format!(
+                "role {name}: only NMP's grants {:?}, only the built-in one grants {:?}",
+                theirs.difference(&mine).collect::<Vec<_>>(),
+                mine.difference(&theirs).collect::<Vec<_>>()
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the built-in catalog differs from {}:\n{}",
+        common::nmp::released_catalog().display(),
+        differences.join("\n")
+    );
+}
+
+/// `NMP_RELEASE` (what `--version`, metrics and readiness say) names the release compared
+/// above: the version of the installed `nemo-platform` distribution.
+#[test]
+fn builtin_release_is_the_installed_nmp() {
+    let site_packages = common::nmp::package_dir();
+    let site_packages = site_packages.parent().expect("site-packages");
+    let installed: Vec<String> = std::fs::read_dir(site_packages)
+        .expect("site-packages lists")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let version = name
+                .strip_prefix("nemo_platform-")?
+                .strip_suffix(".dist-info")?;
+            Some(version.to_string())
+        })
+        .collect();
+    assert_eq!(installed, [NMP_RELEASE], "in {}", site_packages.display());
+}
+
+#[test]
+fn catalogs_load_with_every_endpoint() {
+    let p = Policies::load(&[]);
+    let extra = PolicyDocument::parse(EXTRA_ENDPOINTS, Format::Yaml).expect("extra endpoints");
+    let released = released_document().authz;
+    assert_eq!(
+        p.nmp.endpoint_count(),
+        released.endpoints.len() + extra.authz.endpoints.len()
+    );
     assert_eq!(p.builtin.endpoint_count(), p.nmp.endpoint_count());
-    assert_eq!(p.nmp.role_count(), 7);
+    assert_eq!(p.nmp.role_count(), released.roles.len());
     assert_eq!(p.builtin.role_count(), p.nmp.role_count());
+
+    // NMP's development catalog (a later commit's format: `x-not-in-openapi` keys, more routes)
+    // loads and compiles too.
+    let text = match std::fs::read_to_string(NMP_DEVELOPMENT) {
+        Ok(text) => text,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{NMP_DEVELOPMENT}: {e} (required when CI=true)")
+        }
+        Err(e) => return eprintln!("SKIPPED: {NMP_DEVELOPMENT}: {e}"),
+    };
+    let development = PolicyDocument::parse(&text, Format::Yaml).expect("development catalog");
+    let patterns = development.authz.endpoints.len();
+    let policy = CompiledPolicy::build(development, &defaults(), "dev").expect("compiles");
+    assert_eq!(policy.endpoint_count(), patterns);
+}
+
+/// Routes 0.3.0 has and the development catalog does not, and the other way round.
+#[test]
+fn routes_of_the_0_3_0_release() {
+    let p = Policies::load(&[]);
+    let mut c = Checker::new(&p);
+    let stranger = human("stranger");
+    // Workload identity: open to any authenticated caller (NMP's middleware does not even ask
+    // its PDP for these paths).
+    let d = c.allow(&stranger, "GET", "/apis/auth/jwks", PermissionlessRead);
+    c.expect_match(&d, Some("/apis/auth/jwks"), None);
+    let d = c.allow(
+        &stranger,
+        "POST",
+        "/apis/auth/token",
+        PermissionlessEndpoint,
+    );
+    c.expect_match(&d, Some("/apis/auth/token"), None);
+    c.case(None, "POST", "/apis/auth/token", false, NoIdentity);
+    // Evaluations can be patched by an Editor, not by a Viewer.
+    let evaluation = "/apis/intake/v2/workspaces/ws1/evaluations/e1";
+    let d = c.allow(&human("editor-1"), "PATCH", evaluation, WorkspacePermission);
+    c.expect_match(
+        &d,
+        Some("/apis/intake/v2/workspaces/{workspace}/evaluations/{name}"),
+        Some("ws1"),
+    );
+    c.deny(&human("viewer-1"), "PATCH", evaluation, NotPermitted);
+    // `experiments` is no route of 0.3.0: an unknown path for a human.
+    let d = c.deny(
+        &human("editor-1"),
+        "GET",
+        "/apis/intake/v2/workspaces/ws1/experiments",
+        NotPermitted,
+    );
+    c.expect_match(&d, None, None);
+    c.finish();
 }
 
 #[test]
 fn workspace_roles_viewer_editor_admin() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let viewer = human("viewer-1");
     let editor = human("editor-1");
@@ -453,7 +627,7 @@ fn workspace_roles_viewer_editor_admin() {
 
 #[test]
 fn bootstrap_wildcard_bindings() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let anyone = human("nobody");
 
@@ -531,7 +705,7 @@ fn bootstrap_wildcard_bindings() {
 
 #[test]
 fn group_and_email_bindings() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let ml = with_groups(human("dave"), &["", "team-ml", "other"]);
     c.allow(
@@ -619,7 +793,7 @@ fn group_and_email_bindings() {
 
 #[test]
 fn platform_admin_via_admin_email() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let root = platform_admin();
     c.allow(
@@ -707,7 +881,7 @@ fn platform_admin_via_admin_email() {
     c.finish();
 
     // Without an admin_email nobody is PlatformAdmin.
-    let mut doc = nmp_document().expect("loaded above");
+    let mut doc = released_document();
     bind_test_principals(&mut doc);
     let no_admin = BindingDefaults {
         admin_email: None,
@@ -720,7 +894,7 @@ fn platform_admin_via_admin_email() {
 
 #[test]
 fn service_principals() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let jobs = human("service:jobs");
 
@@ -811,7 +985,7 @@ fn service_principals() {
 
 #[test]
 fn humans_on_unknown_paths_and_methods() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let anyone = human("nobody");
     let d = c.deny(&anyone, "GET", "/v1/legacy", NotPermitted);
@@ -861,7 +1035,7 @@ fn humans_on_unknown_paths_and_methods() {
 
 #[test]
 fn token_scopes() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let scoped = |scopes: &[&str]| with_scopes(human("nobody"), scopes);
 
@@ -960,7 +1134,7 @@ fn token_scopes() {
 
 #[test]
 fn permissionless_endpoints() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     // `permissions: []`: any authenticated caller, even one bound nowhere.
     let d = c.allow(
@@ -1001,7 +1175,7 @@ fn permissionless_endpoints() {
 
 #[test]
 fn dash_tails_and_the_openai_tie() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let anyone = human("nobody");
     let viewer = human("viewer-1");
@@ -1157,7 +1331,7 @@ fn dash_tails_and_the_openai_tie() {
 
 #[test]
 fn all_workspaces_dash() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let anyone = human("nobody");
     let d = c.allow(
@@ -1226,7 +1400,7 @@ fn all_workspaces_dash() {
 
 #[test]
 fn nested_entities_paths() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let anyone = human("nobody");
     let admin = human("admin-1");
@@ -1348,7 +1522,7 @@ fn nested_entities_paths() {
 
 #[test]
 fn bundle_path_only_for_platform_admin() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let bundle = "/apis/auth/v2/iam/opa-bundle.tar.gz";
     c.allow(&platform_admin(), "GET", bundle, PlatformAdmin);
@@ -1369,7 +1543,7 @@ fn bundle_path_only_for_platform_admin() {
 
 #[test]
 fn callers_restricted_routes() {
-    let Some(p) = Policies::load(&[]) else { return };
+    let p = Policies::load(&[]);
     let mut c = Checker::new(&p);
     let sync = "/apis/compat/v2/workspaces/ws1/internal-sync";
     let profile = "/apis/compat/v2/workspaces/ws1/my-profile";
@@ -1394,10 +1568,7 @@ fn callers_restricted_routes() {
 
 #[test]
 fn denied_plugin_prefixes() {
-    let Some(p) = Policies::load(&["/apis/guardrails", "/apis/intake/v2/workspaces/default"])
-    else {
-        return;
-    };
+    let p = Policies::load(&["/apis/guardrails", "/apis/intake/v2/workspaces/default"]);
     let mut c = Checker::new(&p);
     let configs = "/apis/guardrails/v2/workspaces/default/configs";
     c.deny(&human("nobody"), "GET", configs, DeniedPluginPrefix);

@@ -403,7 +403,6 @@ fn compose_file_is_valid_and_wires_the_quickstart_gateway() {
         hosts,
         BTreeSet::from([
             ("nmp-api".to_string(), 8081),
-            ("nmp-authz".to_string(), 8000),
             ("nmp-authz".to_string(), 9191),
         ]),
         "envoy/quickstart.yaml's upstreams"
@@ -693,10 +692,7 @@ fn kubernetes_envoy_config_is_envoy_yaml_rendered_and_valid() {
         .collect();
     assert_eq!(
         authz,
-        BTreeSet::from([
-            &("nmp-authz-headless".to_string(), 9191),
-            &("nmp-authz-headless".to_string(), 8000)
-        ]),
+        BTreeSet::from([&("nmp-authz-headless".to_string(), 9191)]),
         "Envoy reaches nmp-authz through the headless Service"
     );
     for (host, port) in authz {
@@ -821,6 +817,8 @@ fn demo_check_passes() {
         "ok    unsigned token (alice): GET /apis/models/v2/workspaces/default/models: 200",
         "ok    the upstream saw x-nmp-authorized: true",
         "ok    GET /internal/x: 404",
+        "ok    the upstream got /studio/ with no x-nmp-* header",
+        "ok    no token: GET /studio-admin: 401",
         "ok    grpcurl PolicyDecision/Allow",
         "all checks passed",
     ] {

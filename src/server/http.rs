@@ -187,12 +187,16 @@ fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
                 })
                 .collect();
             let ready = state.ready();
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "status": if ready { "ready" } else { "not ready" },
                 "policy_revision": state.policy.load().as_ref().map(|p| p.revision().to_string()),
                 "stale": state.stale.load(Ordering::Relaxed),
                 "sources": sources,
             });
+            // Which NMP release the built-in catalog is, when it is one of the sources.
+            if sources.iter().any(|s| s["source"] == "builtin") {
+                body["builtin_catalog"] = crate::policy::builtin::NMP_RELEASE.into();
+            }
             let status = if ready {
                 StatusCode::OK
             } else {

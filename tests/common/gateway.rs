@@ -62,11 +62,11 @@ pub mod token {
     pub const LISTEN_PORT: &str = "port_value: 8080";
     /// Admin port (the admin address is already 127.0.0.1).
     pub const ADMIN_PORT: &str = "port_value: 9901";
-    /// nmp-authz host, in both of its clusters.
+    /// nmp-authz host.
     pub const AUTHZ_HOST: &str = "address: nmp-authz";
     /// nmp-authz gRPC port (ext_authz Check, health).
     pub const AUTHZ_GRPC_PORT: &str = "port_value: 9191";
-    /// nmp-authz HTTP port (health, discovery).
+    /// nmp-authz HTTP port ([`HTTP_MODE`] only: its HTTP authorization endpoint).
     pub const AUTHZ_HTTP_PORT: &str = "port_value: 8000";
     /// The NMP API host.
     pub const API_HOST: &str = "address: nmp-api";
@@ -101,6 +101,7 @@ pub struct Idp {
 #[derive(Clone, Debug)]
 pub struct Loopback {
     pub authz_grpc: SocketAddr,
+    /// Used by [`HTTP_MODE`] only.
     pub authz_http: SocketAddr,
     pub api: SocketAddr,
     /// Required for [`PRODUCTION`], absent for [`QUICKSTART`].
@@ -190,13 +191,15 @@ fn render_tokens(template: &str, to: &Loopback, grpc: bool) -> String {
         (token::LISTEN_ADDRESS, "address: 127.0.0.1".to_string()),
         (token::LISTEN_PORT, "port_value: 0".to_string()),
         (token::ADMIN_PORT, "port_value: 0".to_string()),
-        (token::AUTHZ_HTTP_PORT, port(&to.authz_http)),
         (token::API_HOST, address(&to.api)),
         (token::API_PORT, port(&to.api)),
     ];
-    if grpc {
-        pairs.push((token::AUTHZ_GRPC_PORT, port(&to.authz_grpc)));
-    }
+    // Each config reaches nmp-authz on one port: gRPC, or HTTP for the HTTP service.
+    pairs.push(if grpc {
+        (token::AUTHZ_GRPC_PORT, port(&to.authz_grpc))
+    } else {
+        (token::AUTHZ_HTTP_PORT, port(&to.authz_http))
+    });
     assert_eq!(
         to.authz_grpc.ip(),
         to.authz_http.ip(),
@@ -655,14 +658,16 @@ fn serve_connection(stream: TcpStream, recorded: &Mutex<Vec<Recorded>>) {
                 return;
             }
         }
+        // A HEAD answer has a GET answer's headers and no body.
+        let body = r#"{"upstream": true}"#;
+        let sent = if method == "HEAD" { "" } else { body };
         recorded.lock().expect("upstream record").push(Recorded {
             method,
             path,
             headers,
         });
-        let body = r#"{"upstream": true}"#;
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{sent}",
             body.len()
         );
         if writer.write_all(response.as_bytes()).is_err() || close {

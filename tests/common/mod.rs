@@ -325,6 +325,7 @@ pub fn expect_principal_headers(
     Ok(())
 }
 pub mod bundle;
+pub mod bypass;
 pub mod gateway;
 pub mod nginx;
 pub mod nmp;

@@ -218,6 +218,11 @@ pub struct PolicyConfig {
     /// Merged in order. Given sources are all there is: the built-in catalog joins only as
     /// `builtin: true`, which is also the default when no sources are given.
     pub sources: Vec<SourceConfig>,
+    /// Local sources (`builtin`, `file`) that stand in while a source above has never loaded:
+    /// the PDP answers questions about `service:` principals from them (README "PDP API"), so
+    /// that NMP's services, using nmp-authz as their PDP, can build the very bundle it waits
+    /// for. Never part of the policy once every source has loaded; Checks stay 503 until then.
+    pub bootstrap: Vec<SourceConfig>,
     /// After this long without a good load, deny with 503 (fail closed).
     pub max_staleness_seconds: u64,
 }
@@ -226,6 +231,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         Self {
             sources: vec![SourceConfig::Builtin { builtin: true }],
+            bootstrap: Vec::new(),
             max_staleness_seconds: 300,
         }
     }
@@ -642,6 +648,14 @@ impl Config {
                 return Err(ConfigError::key(
                     format!("http_authz.trusted_forwarded_headers[{i}]"),
                     "listed twice",
+                ));
+            }
+        }
+        for (i, source) in self.policy.bootstrap.iter().enumerate() {
+            if let SourceConfig::BundleUrl { .. } = source {
+                return Err(ConfigError::key(
+                    format!("policy.bootstrap[{i}]"),
+                    "must be local (`builtin: true` or `file: PATH`): it stands in while a bundle cannot be fetched",
                 ));
             }
         }

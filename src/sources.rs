@@ -52,6 +52,8 @@ struct Source {
     /// Set while the source fails; cleared by its next good read.
     failing_since: Option<Instant>,
     last_error: Option<String>,
+    /// A `policy.bootstrap` source: used only while a main source has never loaded.
+    bootstrap: bool,
 }
 
 /// What a refresh produced.
@@ -76,6 +78,10 @@ pub struct SourceStatus {
     pub failing_for: Option<Duration>,
     pub since_success: Option<Duration>,
     pub last_error: Option<String>,
+    /// A `policy.bootstrap` source.
+    pub bootstrap: bool,
+    /// The built-in catalog.
+    pub builtin: bool,
 }
 
 /// All configured sources and what was last compiled from them.
@@ -96,22 +102,23 @@ pub struct Sources {
 
 impl Sources {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
-        let sources = config
-            .policy
-            .sources
-            .iter()
-            .map(|config| Source {
+        let main = config.policy.sources.iter().map(|c| (c, false));
+        let bootstrap = config.policy.bootstrap.iter().map(|c| (c, true));
+        let sources = main
+            .chain(bootstrap)
+            .map(|(config, bootstrap)| Source {
                 name: match config {
                     SourceConfig::Builtin { .. } => "builtin".into(),
                     SourceConfig::File { file } => file.display().to_string(),
                     SourceConfig::BundleUrl { bundle_url, .. } => bundle_url.clone(),
-                },
+                } + if bootstrap { " (bootstrap)" } else { "" },
                 config: config.clone(),
                 current: None,
                 etag: None,
                 last_success: None,
                 failing_since: None,
                 last_error: None,
+                bootstrap,
             })
             .collect();
         Self {
@@ -174,23 +181,23 @@ impl Sources {
                 }
             }
         }
-        // What has loaded is compiled even while a source never has (a bundle from a platform
-        // that is still starting): Checks stay 503 meanwhile (`stale`), but the PDP can answer
-        // the platform's own services from it (`bootstrapping`, README "PDP API").
-        let (names, documents): (Vec<String>, Vec<_>) = self
+        // Every main source, or while one has never loaded, the bootstrap sources (if any).
+        let bootstrapping = self.bootstrapping();
+        let Some(documents) = self
             .sources
             .iter()
-            .filter_map(|s| Some((s.name.clone(), s.current.clone()?)))
-            .unzip();
-        if documents.is_empty() {
+            .filter(|s| s.bootstrap == bootstrapping)
+            .map(|s| Some((s.name.clone(), s.current.clone()?)))
+            .collect::<Option<Vec<_>>>()
+            .filter(|documents| !documents.is_empty())
+        else {
             return Refresh::Unchanged;
-        }
+        };
+        let (names, documents): (Vec<String>, Vec<_>) = documents.into_iter().unzip();
         let mut fingerprint = Fnv64::default();
-        for (index, source) in self.sources.iter().enumerate() {
-            if let Some((_, print)) = &source.current {
-                fingerprint.update(&index.to_le_bytes());
-                fingerprint.update(&print.to_le_bytes());
-            }
+        fingerprint.update(&[u8::from(bootstrapping)]);
+        for (_, print) in &documents {
+            fingerprint.update(&print.to_le_bytes());
         }
         fingerprint.update(format!("{:?}", self.defaults).as_bytes());
         if self.compiled == Some(fingerprint.0) {
@@ -305,13 +312,16 @@ impl Sources {
         let too_old = |last: Option<Instant>| last.is_none_or(|at| at.elapsed() > max);
         self.sources
             .iter()
-            .any(|s| s.failing_since.is_some() && too_old(s.last_success))
+            .any(|s| !s.bootstrap && s.failing_since.is_some() && too_old(s.last_success))
             || self.compile_failure.is_some() && too_old(self.last_compiled)
     }
 
-    /// True while some source has never loaded: the policy in use (if any) lacks its data.
+    /// True while a main source has never loaded: the policy in use, if any, is the bootstrap
+    /// sources'.
     pub fn bootstrapping(&self) -> bool {
-        self.sources.iter().any(|s| s.current.is_none())
+        self.sources
+            .iter()
+            .any(|s| !s.bootstrap && s.current.is_none())
     }
 
     /// Why the current documents do not compile, if they do not.
@@ -329,6 +339,8 @@ impl Sources {
                 failing_for: s.failing_since.map(|t| t.elapsed()),
                 since_success: s.last_success.map(|t| t.elapsed()),
                 last_error: s.last_error.clone(),
+                bootstrap: s.bootstrap,
+                builtin: matches!(s.config, SourceConfig::Builtin { .. }),
             })
             .collect()
     }

@@ -11,6 +11,7 @@
 //! - `service_not_id`: an email or group spelled `service:...` makes no caller a service in
 //!   nmp-authz (DESIGN: `service:` is judged on the principal id only); NMP gives such a
 //!   group the ServiceSystem role.
+//!
 //! Cases where NMP's engine fails (a tie between two endpoint patterns is an evaluation error
 //! there) are counted and must stay rare; nmp-authz answers them deterministically.
 
@@ -473,4 +474,328 @@ fn pdp_answers_like_nmps_own_pdp() {
         "too few agreements: {agreed}"
     );
     assert!(tally.get("nmp_error").copied().unwrap_or(0) < cases.len() / 50);
+}
+
+// ---- NMP's own client and middleware, with nmp-authz as their PDP ----
+
+use common::gateway::{NmpAuthz, get, poll_until, request};
+use std::time::Duration;
+
+/// The bindings the client and middleware tests decide with (over the built-in catalog).
+const SITE_POLICY: &str = "authz:
+  principals:
+    alice@example.com: {workspaces: {ws1: [Editor]}}
+    auth0|abc123: {workspaces: {ws1: [Viewer]}}
+";
+
+/// nmp-authz with the built-in catalog, `SITE_POLICY` in a file, and the PDP listener on a
+/// TCP port and a Unix socket. Stale after 2 s without a good load.
+struct Pdp {
+    authz: NmpAuthz,
+    dir: tempfile::TempDir,
+}
+
+impl Pdp {
+    fn start() -> Pdp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policy = dir.path().join("policy.yaml");
+        std::fs::write(&policy, SITE_POLICY).expect("write the policy");
+        let authz = NmpAuthz::start(&format!(
+            "auth:
+  bootstrap_bindings: false
+  policy_data_refresh_interval: 1
+policy:
+  max_staleness_seconds: 2
+  sources:
+    - builtin: true
+    - file: {}
+pdp:
+  addr: 127.0.0.1:0
+  unix_socket: {}
+",
+            policy.display(),
+            dir.path().join("pdp.sock").display()
+        ));
+        Pdp { authz, dir }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("pdp.sock")
+    }
+
+    /// NMP's `policy_decision_point_base_url` for the TCP listener or the socket.
+    fn base_url(&self, unix: bool) -> String {
+        if unix {
+            format!("unix://{}", self.socket().display())
+        } else {
+            format!("http://{}", self.authz.pdp_addr())
+        }
+    }
+
+    fn write_policy(&self, text: &str) {
+        std::fs::write(self.dir.path().join("policy.yaml"), text).expect("write the policy");
+    }
+}
+
+fn client_calls(base_url: &str, provider: &str, calls: Json) -> Vec<Json> {
+    let answer = common::nmp::run_json(
+        "auth_client.py",
+        &[],
+        &json!({
+            "auth": {
+                "enabled": true,
+                "policy_decision_point_base_url": base_url,
+                "policy_decision_point_provider": provider,
+                "propagation_poll_interval_seconds": 0.2,
+            },
+            "service_name": "probe",
+            "calls": calls,
+        }),
+    );
+    answer["results"].as_array().expect("results").clone()
+}
+
+const MODELS_WS1: &str = "/apis/models/v2/workspaces/ws1/models";
+
+/// NMP's `AuthClient`, unmodified, over both providers' paths and both kinds of listener:
+/// its answers, NMP's `wait_role` following a binding as it appears, and a stale policy
+/// failing its calls closed (an HTTP 503 the client raises on).
+#[test]
+fn nmp_auth_client_against_the_pdp_listener() {
+    let pdp = Pdp::start();
+    for (provider, unix) in [
+        ("embedded", false),
+        ("opa", false),
+        ("embedded", true),
+        ("opa", true),
+    ] {
+        let base = pdp.base_url(unix);
+        let results = client_calls(
+            &base,
+            provider,
+            json!([
+                {"call": "authorize_request", "principal": {"id": "alice@example.com"}, "method": "POST", "path": MODELS_WS1},
+                {"call": "authorize_request", "principal": {"id": "auth0|abc123"}, "method": "GET", "path": MODELS_WS1},
+                {"call": "authorize_request", "principal": {"id": "auth0|abc123"}, "method": "POST", "path": MODELS_WS1},
+                {"call": "authorize_request", "principal": {}, "method": "GET", "path": MODELS_WS1},
+                {"call": "has_permissions", "principal": {"id": "alice@example.com"}, "workspace": "ws1", "permissions": ["models.create"]},
+                {"call": "has_permissions", "principal": {"id": "auth0|abc123"}, "workspace": "ws1", "permissions": ["models.create"]},
+                {"call": "wait_role", "principal_id": "alice@example.com", "workspace": "ws1", "role": "Editor", "timeout": 5},
+                {"call": "wait_role", "principal_id": "nobody", "workspace": "ws1", "role": "Editor", "is_present": false, "timeout": 5},
+            ]),
+        );
+        let values: Vec<&Json> = results.iter().map(|r| &r["ok"]).collect();
+        assert_eq!(
+            values,
+            [true, true, false, false, true, false, true, true]
+                .map(Json::Bool)
+                .iter()
+                .collect::<Vec<_>>(),
+            "{provider} over {base}: {results:#?}"
+        );
+    }
+
+    // A binding added to the policy file: NMP's wait_role polls until nmp-authz decides on it.
+    pdp.write_policy(&format!(
+        "{SITE_POLICY}    carol@example.com: {{workspaces: {{ws1: [Editor]}}}}\n"
+    ));
+    let waited = client_calls(
+        &pdp.base_url(true),
+        "embedded",
+        json!([{"call": "wait_role", "principal_id": "carol@example.com", "workspace": "ws1", "role": "Editor", "timeout": 10}]),
+    );
+    assert_eq!(waited[0]["ok"], true, "{waited:?}");
+    eprintln!(
+        "wait_role saw carol's new binding after {:.2} s",
+        waited[0]["seconds"].as_f64().unwrap()
+    );
+
+    // A policy that stops loading: once stale, every PDP call fails closed (503), and NMP's
+    // client raises instead of answering from old data; a good load recovers it.
+    pdp.write_policy("authz: {principals: [not a map]}\n");
+    let (_, after) = poll_until(Duration::from_secs(15), || {
+        let r = client_calls(
+            &pdp.base_url(false),
+            "opa",
+            json!([{"call": "authorize_request", "principal": {"id": "alice@example.com"}, "method": "POST", "path": MODELS_WS1}]),
+        );
+        match r[0]["status"].as_u64() {
+            Some(503) => Ok(()),
+            _ => Err(format!("{r:?}")),
+        }
+    })
+    .expect("stale policy: the PDP answers 503");
+    eprintln!("PDP failed closed {after:?} after the policy broke (max_staleness_seconds: 2)");
+    pdp.write_policy(SITE_POLICY);
+    poll_until(Duration::from_secs(15), || {
+        let r = client_calls(
+            &pdp.base_url(false),
+            "opa",
+            json!([{"call": "authorize_request", "principal": {"id": "alice@example.com"}, "method": "POST", "path": MODELS_WS1}]),
+        );
+        (r[0]["ok"] == true).then_some(()).ok_or(format!("{r:?}"))
+    })
+    .expect("a good load answers again");
+}
+
+/// Who may call the PDP listener: `service:` principals by header, as NMP's middleware says.
+#[test]
+fn the_pdp_listener_believes_only_a_service_principal_header() {
+    let pdp = Pdp::start();
+    let addr = pdp.authz.pdp_addr();
+    let call = |headers: &[(&str, &str)], path: &str| {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        common::gateway::request_with_body(
+            addr,
+            "POST",
+            path,
+            &all,
+            r#"{"input": {"principal_id": "alice@example.com", "method": "POST", "path": "/apis/models/v2/workspaces/ws1/models"}}"#,
+        )
+    };
+    let allow = "/apis/auth/v2/authz/allow";
+    let service = call(&[("x-nmp-principal-id", "service:models")], allow);
+    assert_eq!(service.status, 200, "{service:?}");
+    assert_eq!(service.json()["result"]["allowed"], true);
+    let opa = call(
+        &[("x-nmp-principal-id", "service:models")],
+        "/v1/data/authz/allow",
+    );
+    assert_eq!((opa.status, opa.json()), (service.status, service.json()));
+    assert_eq!(call(&[], allow).status, 401);
+    assert_eq!(
+        call(&[("x-nmp-principal-id", "alice@example.com")], allow).status,
+        403
+    );
+    // A token is no credential here (NMP's client never sends one): only the header counts.
+    assert_eq!(
+        call(&[("authorization", "Bearer service:models")], allow).status,
+        401
+    );
+    assert_eq!(
+        call(
+            &[
+                ("x-nmp-principal-id", "service:a"),
+                ("x-nmp-principal-id", "service:b")
+            ],
+            allow
+        )
+        .status,
+        400
+    );
+    assert_eq!(
+        call(
+            &[("x-nmp-principal-id", "service:models")],
+            "/apis/auth/v2/authz/nope"
+        )
+        .status,
+        400
+    );
+    // Nothing else is served there; the main HTTP port does not believe the header.
+    assert_eq!(get(addr, "/metrics", &[]).status, 404);
+    assert_eq!(get(addr, "/health/ready", &[]).status, 200);
+    let main = common::gateway::request_with_body(
+        pdp.authz.http,
+        "POST",
+        allow,
+        &[("x-nmp-principal-id", "service:models")],
+        r#"{"input": {}}"#,
+    );
+    assert_eq!(
+        main.status, 401,
+        "the HTTP port takes no header for an identity: {main:?}"
+    );
+    // The socket file is the owner's and the group's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(pdp.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+}
+
+/// NMP's `AuthorizationMiddleware`, unmodified, in front of a service, with nmp-authz as its
+/// PDP: what a service answers for each kind of caller, where it used to answer 502.
+#[test]
+fn nmp_middleware_with_nmp_authz_as_its_pdp() {
+    let mut pdp = Pdp::start();
+    let apps: Vec<(String, common::nmp::ServiceApp)> = [("embedded", false), ("opa", true)]
+        .into_iter()
+        .map(|(provider, unix)| {
+            let base = pdp.base_url(unix);
+            let app = common::nmp::ServiceApp::start(&format!(
+                "auth:
+  enabled: true
+  allow_unsigned_jwt: true
+  policy_decision_point_base_url: {base}
+  policy_decision_point_provider: {provider}
+"
+            ));
+            (format!("{provider} over {base}"), app)
+        })
+        .collect();
+    let auth0 = common::nmp::unsigned_token(&json!({"principal_id": "auth0|abc123"}));
+    let auth0 = format!("Bearer {auth0}");
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case] = &[
+        (
+            "POST",
+            MODELS_WS1,
+            &[("x-nmp-principal-id", "alice@example.com")],
+            200,
+        ),
+        (
+            "POST",
+            MODELS_WS1,
+            &[("x-nmp-principal-id", "bob@example.com")],
+            403,
+        ),
+        // No identity at all: NMP's PDP answers `allowed: false` for `principal_id: ""`, and
+        // the service says 401 (it said 502 when nmp-authz refused that input).
+        ("GET", MODELS_WS1, &[], 401),
+        // A subject NMP's header parser would refuse, from a token the service verified:
+        // evaluated as the ordinary id it is (it was a 502).
+        ("GET", MODELS_WS1, &[("authorization", &auth0)], 200),
+        ("POST", MODELS_WS1, &[("authorization", &auth0)], 403),
+        ("GET", "/health/live", &[], 200),
+    ];
+    let run = |expect_status: Option<u16>| {
+        for (name, app) in &apps {
+            for (method, path, headers, status) in cases {
+                let response = request(app.addr, method, path, headers);
+                let want = if path.starts_with("/health") {
+                    *status
+                } else {
+                    expect_status.unwrap_or(*status)
+                };
+                assert_eq!(
+                    response.status, want,
+                    "{name}: {method} {path} {headers:?}: {response:?}"
+                );
+                if response.status == 200 && !path.starts_with("/health") {
+                    let id = response.json()["principal"]["id"].clone();
+                    assert!(id == "alice@example.com" || id == "auth0|abc123", "{id}");
+                }
+            }
+        }
+    };
+    run(None);
+    // Stale policy: the PDP fails closed and the service answers its PDP-error status.
+    pdp.write_policy("authz: {principals: [not a map]}\n");
+    poll_until(Duration::from_secs(15), || {
+        let r = request(
+            apps[0].1.addr,
+            "POST",
+            MODELS_WS1,
+            &[("x-nmp-principal-id", "alice@example.com")],
+        );
+        (r.status == 502).then_some(()).ok_or(format!("{r:?}"))
+    })
+    .expect("a stale PDP makes the service refuse (502), not allow");
+    run(Some(502));
+    // nmp-authz gone: NMP's middleware answers 503.
+    pdp.authz.kill();
+    run(Some(503));
 }

@@ -183,6 +183,7 @@ fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
                         "loaded": s.loaded,
                         "failing_for_seconds": s.failing_for.map(|d| d.as_secs()),
                         "error": s.last_error,
+                        "bootstrap": s.bootstrap,
                     })
                 })
                 .collect();
@@ -191,10 +192,11 @@ fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
                 "status": if ready { "ready" } else { "not ready" },
                 "policy_revision": state.policy.load().as_ref().map(|p| p.revision().to_string()),
                 "stale": state.stale.load(Ordering::Relaxed),
+                "bootstrapping": state.bootstrapping.load(Ordering::Relaxed),
                 "sources": sources,
             });
             // Which NMP release the built-in catalog is, when it is one of the sources.
-            if sources.iter().any(|s| s["source"] == "builtin") {
+            if state.source_status.load().iter().any(|s| s.builtin) {
                 body["builtin_catalog"] = crate::policy::builtin::NMP_RELEASE.into();
             }
             let status = if ready {

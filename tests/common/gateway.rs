@@ -500,6 +500,17 @@ impl NmpAuthz {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The PDP listener's TCP address (`pdp.addr` in its config), from its `PDP listening` log
+    /// line (written before `listening`).
+    pub fn pdp_addr(&self) -> SocketAddr {
+        self.log()
+            .lines()
+            .filter(|line| line.contains("PDP listening"))
+            .find_map(|line| line.split_whitespace().find_map(|t| t.strip_prefix("pdp=")))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no `PDP listening pdp=` line:\n{}", self.log()))
+    }
+
     /// Its log (all runs), colour codes removed.
     pub fn log(&self) -> String {
         let current = fs::read_to_string(self.log_path()).unwrap_or_default();
@@ -725,6 +736,17 @@ pub fn try_request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<Response, String> {
+    try_request_with_body(addr, method, target, headers, "")
+}
+
+/// [`try_request`] with a body.
+pub fn try_request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
     let mut stream = TcpStream::connect_timeout(&addr, DEADLINE)
         .map_err(|e| format!("connect to {addr}: {e}"))?;
     stream
@@ -735,10 +757,11 @@ pub fn try_request(
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
-    if !matches!(method, "GET" | "HEAD") {
-        request.push_str("Content-Length: 0\r\n");
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("Connection: close\r\n\r\n");
+    request.push_str(body);
     stream
         .write_all(request.as_bytes())
         .map_err(|e| format!("send to {addr}: {e}"))?;
@@ -861,6 +884,18 @@ impl KeepAlive {
 /// [`try_request`], panicking on a transport error.
 pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
     try_request(addr, method, target, headers).unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+}
+
+/// [`request`] with a body.
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
+    try_request_with_body(addr, method, target, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
 }
 
 /// `GET target`.

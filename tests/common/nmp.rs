@@ -91,3 +91,73 @@ pub fn run_json_with_env(
         )
     })
 }
+
+/// A port on 127.0.0.1 free right now, for a process that must be told its port before it
+/// starts (NMP's services run with `--port`; nmp-authz must know it first for its bundle URL).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `tests/nmp/service_app.py`: a FastAPI app behind NMP's own `AuthorizationMiddleware`, with
+/// the `auth:` config given. Killed on drop.
+pub struct ServiceApp {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    pub addr: std::net::SocketAddr,
+}
+
+impl ServiceApp {
+    pub fn start(auth_config_yaml: &str) -> ServiceApp {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("config.yaml");
+        std::fs::write(&config, auth_config_yaml).expect("write the app's config");
+        let mut child = Command::new(python())
+            .arg(script("service_app.py"))
+            .env("NMP_CONFIG_FILE_PATH", &config)
+            .env("NMP_DATA_DIR", dir.path().join("data"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("NMP_AUTH_POLICY_DECISION_POINT_BASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("app.log")).expect("app log"))
+            .spawn()
+            .expect("start service_app.py");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // The first line comes once the socket accepts (bounded by the child exiting).
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read service_app.py's port");
+        let port: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap_or_default();
+            panic!("service_app.py said {line:?} ({e}):\n{log}")
+        });
+        let port = port["port"].as_u64().expect("a port") as u16;
+        ServiceApp {
+            child,
+            _dir: dir,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for ServiceApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An unsigned (`alg: none`) token made by NMP's own helper (`generate_unsigned_jwt`, what
+/// `nmp auth login --unsigned-token` uses) for `claims` (`principal_id`, `email`, `groups`,
+/// `scopes`, `extra_claims`).
+pub fn unsigned_token(claims: &serde_json::Value) -> String {
+    run_json("unsigned_token.py", &[], claims)["token"]
+        .as_str()
+        .expect("a token")
+        .to_string()
+}

@@ -1100,6 +1100,87 @@ policy:
     }
 
     #[test]
+    fn pdp_listener_keys() {
+        let c = yaml("").unwrap();
+        assert_eq!((c.pdp.addr, c.pdp.unix_socket.as_deref()), (None, None));
+        assert_eq!(c.pdp.socket_mode(), Some(0o660));
+        let c = yaml("pdp:\n  addr: 127.0.0.1:8181\n  unix_socket: /run/nmp-authz/pdp.sock\n  unix_socket_mode: \"0600\"\n").unwrap();
+        assert_eq!(c.pdp.addr.unwrap().port(), 8181);
+        assert_eq!(c.pdp.socket_mode(), Some(0o600));
+        for (text, needle) in [
+            (
+                "pdp:\n  unix_socket_mode: \"0999\"\n",
+                "at pdp.unix_socket_mode:",
+            ),
+            (
+                "pdp:\n  unix_socket_mode: \"01777\"\n",
+                "at pdp.unix_socket_mode:",
+            ),
+            (
+                "pdp:\n  unix_socket: pdp.sock\n",
+                "at pdp.unix_socket: must be an absolute path",
+            ),
+            ("pdp:\n  adr: 127.0.0.1:1\n", "pdp.adr"),
+        ] {
+            let msg = err(yaml(text));
+            assert!(msg.contains(needle), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn bundle_sources_carry_a_credential_and_bootstrap_is_local() {
+        let url = "http://auth:8000/apis/auth/v2/iam/opa-bundle.tar.gz";
+        let c = yaml(&format!(
+            "policy:\n  sources:\n    - bundle_url: {url}\n      principal_id: service:nmp-authz\n  bootstrap:\n    - builtin: true\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.policy.sources,
+            vec![SourceConfig::BundleUrl {
+                bundle_url: url.into(),
+                principal_id: Some("service:nmp-authz".into()),
+                bearer_token_file: None,
+            }]
+        );
+        assert_eq!(
+            c.policy.bootstrap,
+            vec![SourceConfig::Builtin { builtin: true }]
+        );
+        let c = yaml(&format!(
+            "policy:\n  sources:\n    - bundle_url: {url}\n      bearer_token_file: /var/run/token\n"
+        ))
+        .unwrap();
+        assert!(matches!(
+            &c.policy.sources[0],
+            SourceConfig::BundleUrl { bearer_token_file: Some(f), .. } if f.ends_with("token")
+        ));
+        for (source, needle) in [
+            (
+                "principal_id: service:x\n      bearer_token_file: /t",
+                "not both",
+            ),
+            (
+                "principal_id: \"service:a b\"",
+                "at policy.sources[0].principal_id:",
+            ),
+            ("principal_id: 5", "principal_id must be a string"),
+            ("token: x", "unknown key \"token\""),
+        ] {
+            let msg = err(yaml(&format!(
+                "policy:\n  sources:\n    - bundle_url: {url}\n      {source}\n"
+            )));
+            assert!(msg.contains(needle), "{source:?}: {msg}");
+        }
+        let msg = err(yaml(&format!(
+            "policy:\n  bootstrap:\n    - bundle_url: {url}\n"
+        )));
+        assert!(
+            msg.contains("at policy.bootstrap[0]: must be local"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn http_authz_keys() {
         let c = Config::default();
         assert!(c.http_authz.enabled);

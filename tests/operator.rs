@@ -716,3 +716,44 @@ fn doctor_probes_a_running_deployment() {
         &["http(s) URL"],
     );
 }
+
+/// The PDP listener believes a header from whoever connects: doctor says who can, and whether
+/// NMP's services could start against it.
+#[test]
+fn doctor_judges_the_pdp_listener() {
+    let (dir, config) = hardened_dir();
+    let hardened = std::fs::read_to_string(&config).unwrap();
+    let with = |extra: &str| {
+        std::fs::write(&config, format!("{hardened}{extra}")).unwrap();
+        chmod(&config, 0o600);
+        let out = run(&["doctor", "--config", config.to_str().unwrap(), "--json"]);
+        let checks = doctor_json(&out);
+        let pdp = checks.iter().find(|c| c.0 == "PDP listener").cloned();
+        pdp.unwrap_or_else(|| panic!("no PDP listener check: {checks:?}"))
+    };
+    assert_eq!(with("").1, "pass");
+    let socket = dir.path().join("pdp.sock");
+    let local = with(&format!(
+        "pdp:\n  unix_socket: {}\n  addr: 127.0.0.1:8181\n",
+        socket.display()
+    ));
+    assert_eq!(local.1, "pass", "{local:?}");
+    assert!(local.2.contains("mode 0660"), "{local:?}");
+    let open = with("pdp:\n  addr: 0.0.0.0:8181\n");
+    assert_eq!(open.1, "warn", "{open:?}");
+    assert!(open.2.contains("NetworkPolicy"), "{open:?}");
+    // Following NMP's bundle without a bootstrap source: NMP's services could not start.
+    let bundle = "    - bundle_url: http://127.0.0.1:9/apis/auth/v2/iam/opa-bundle.tar.gz\n";
+    let hardened = hardened.replace("    - file: policy.yaml\n", bundle);
+    std::fs::write(&config, format!("{hardened}pdp:\n  addr: 127.0.0.1:8181\n")).unwrap();
+    chmod(&config, 0o600);
+    let checks = doctor_json(&run(&[
+        "doctor",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]));
+    let pdp = checks.iter().find(|c| c.0 == "PDP listener").unwrap();
+    assert_eq!(pdp.1, "warn", "{pdp:?}");
+    assert!(pdp.2.contains("policy.bootstrap"), "{pdp:?}");
+}

@@ -23,10 +23,16 @@ struct Pdp {
 }
 
 async fn start(auth_enabled: bool) -> Pdp {
+    start_with(auth_enabled, |_| ()).await
+}
+
+/// [`start`] with the server's state adjusted first (staleness, bootstrapping).
+async fn start_with(auth_enabled: bool, adjust: impl FnOnce(&State)) -> Pdp {
     let mut config = Config::default();
     config.auth.enabled = auth_enabled;
     config.auth.allow_unsigned_jwt = true;
     let state = State::new(&config, Some(common::policy(common::DECISION_POLICY)));
+    adjust(&state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
@@ -206,6 +212,42 @@ async fn input_principals_are_evaluated_not_validated() {
     scoped.scopes = vec!["models.read".into()];
     let answer = pdp.client.allow(as_caller(scoped, caller)).await.unwrap();
     assert!(answer.into_inner().allowed);
+}
+
+/// Stale policy data fails closed on the PDP as on Check (it answered from stale data before);
+/// while a source has never loaded, only questions about service principals are answered.
+#[tokio::test]
+async fn stale_data_fails_closed_and_bootstrap_answers_services_only() {
+    use std::sync::atomic::Ordering;
+    let caller = Some("service:evaluator");
+    let mut stale = start_with(true, |s| s.stale.store(true, Ordering::Relaxed)).await;
+    let refused = stale
+        .client
+        .allow(as_caller(allow_request("alice", "POST", MODELS), caller))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.message().contains("stale"), "{refused:?}");
+    let mut booting = start_with(true, |s| {
+        s.stale.store(true, Ordering::Relaxed);
+        s.bootstrapping.store(true, Ordering::Relaxed);
+    })
+    .await;
+    let service = booting
+        .client
+        .allow(as_caller(
+            allow_request("service:auth", "GET", MODELS),
+            caller,
+        ))
+        .await
+        .unwrap();
+    assert!(service.into_inner().allowed);
+    let human = booting
+        .client
+        .allow(as_caller(allow_request("alice", "POST", MODELS), caller))
+        .await
+        .unwrap_err();
+    assert_eq!(human.code(), tonic::Code::Unavailable);
 }
 
 #[tokio::test]

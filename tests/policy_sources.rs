@@ -238,3 +238,133 @@ fn documents_that_do_not_compile_count_toward_staleness() {
     assert!(sources.compile_error().is_none());
     assert!(!sources.stale(Duration::ZERO));
 }
+
+/// NMP's own bundle layout: the document under `authz`, `envoy` and `common` (copies), and
+/// plugin routes whose placeholders carry FastAPI converters (`{trailing_uri:path}`).
+#[test]
+fn nmps_bundle_roots_and_converter_placeholders_load() {
+    let doc: serde_json::Value = serde_json::from_str(&document("alice")).unwrap();
+    let mut authz = doc["authz"].clone();
+    authz["endpoints"]["/apis/x/v2/workspaces/{workspace}/agents/{name}/-/{trailing_uri:path}"] =
+        serde_json::json!({"post": {"permissions": ["things.read"]}});
+    let nmp_layout = serde_json::json!({"authz": authz, "envoy": authz, "common": authz});
+    let parsed = nmp_authz::sources::parse_bundle(&bundle(&nmp_layout.to_string(), "r1"))
+        .expect("NMP's layout loads");
+    let defaults = nmp_authz::policy::BindingDefaults {
+        bootstrap_bindings: false,
+        ..Default::default()
+    };
+    let policy = CompiledPolicy::build(parsed, &defaults, "r1").unwrap();
+    let alice = Principal::with_id("alice");
+    let tail = "/apis/x/v2/workspaces/ws1/agents/a1/-/v1/chat/completions";
+    assert!(policy.allow(Some(&alice), "POST", tail).allowed);
+    assert!(policy.allow(Some(&alice), "GET", THINGS).allowed);
+    // Any other root is not NMP's: refused, naming it.
+    let odd = serde_json::json!({"authz": doc["authz"], "extra": {}});
+    let err = nmp_authz::sources::parse_bundle(&bundle(&odd.to_string(), "r1")).unwrap_err();
+    assert!(err.contains("extra"), "{err}");
+}
+
+/// A bundle request says who it is: NMP's service-principal header, or a bearer token read
+/// from a file on every request (a rotated token is used at once).
+#[test]
+fn bundle_requests_carry_their_credential() {
+    let runtime = runtime();
+    let server = BundleServer::start(Serve::Bundle {
+        body: bundle(&document("alice"), "r1"),
+        etag: "\"r1\"".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "first-token\n").unwrap();
+    let mut by_header = Sources::new(
+        &config(vec![SourceConfig::BundleUrl {
+            bundle_url: server.url.clone(),
+            principal_id: Some("service:nmp-authz".into()),
+            bearer_token_file: None,
+        }]),
+        Arc::default(),
+    );
+    let mut by_token = Sources::new(
+        &config(vec![SourceConfig::BundleUrl {
+            bundle_url: server.url.clone(),
+            principal_id: None,
+            bearer_token_file: Some(token.clone()),
+        }]),
+        Arc::default(),
+    );
+    runtime.block_on(by_header.refresh());
+    runtime.block_on(by_token.refresh());
+    std::fs::write(&token, "second-token").unwrap();
+    runtime.block_on(by_token.refresh());
+    let seen = server.seen_headers.lock().unwrap().clone();
+    let header = |i: usize, name: &str| {
+        seen[i]
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header(0, "x-nmp-principal-id").as_deref(),
+        Some("service:nmp-authz")
+    );
+    assert_eq!(header(0, "authorization"), None);
+    assert_eq!(
+        header(1, "authorization").as_deref(),
+        Some("Bearer first-token")
+    );
+    assert_eq!(
+        header(2, "authorization").as_deref(),
+        Some("Bearer second-token")
+    );
+    assert_eq!(header(1, "x-nmp-principal-id"), None);
+    // An unreadable token file is a failed read, not a request without a credential.
+    std::fs::remove_file(&token).unwrap();
+    runtime.block_on(by_token.refresh());
+    assert_eq!(server.seen_headers.lock().unwrap().len(), 3);
+    let status = by_token.status();
+    assert!(
+        status[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("bearer_token_file"),
+        "{status:?}"
+    );
+}
+
+/// `policy.bootstrap` stands in while the bundle has never loaded (Checks stay 503: the data
+/// is stale), and is no part of the policy once it has.
+#[test]
+fn bootstrap_sources_stand_in_until_the_bundle_loads() {
+    let runtime = runtime();
+    let server = BundleServer::start(Serve::Raw(b"not yet".to_vec()));
+    let mut config = config(vec![SourceConfig::BundleUrl {
+        bundle_url: server.url.clone(),
+        principal_id: None,
+        bearer_token_file: None,
+    }]);
+    config.policy.bootstrap = vec![SourceConfig::Builtin { builtin: true }];
+    let mut sources = Sources::new(&config, Arc::default());
+    let standing_in = compiled(runtime.block_on(sources.refresh()));
+    assert!(sources.bootstrapping());
+    assert!(
+        sources.stale(Duration::from_secs(300)),
+        "Checks must wait for the bundle"
+    );
+    assert!(standing_in.endpoint_count() > 90, "the built-in catalog");
+    assert!(!alice_may_read(&standing_in));
+    server.set(Serve::Bundle {
+        body: bundle(&document("alice"), "r1"),
+        etag: "\"r1\"".into(),
+    });
+    let loaded = compiled(runtime.block_on(sources.refresh()));
+    assert!(!sources.bootstrapping());
+    assert!(!sources.stale(Duration::from_secs(300)));
+    assert!(alice_may_read(&loaded));
+    assert_eq!(
+        loaded.endpoint_count(),
+        1,
+        "the bundle alone, no built-in routes"
+    );
+}

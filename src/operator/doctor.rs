@@ -228,6 +228,7 @@ fn config_checks(config: &Config) -> Vec<Check> {
             "x-nmp-principal-* headers are not trusted",
         )
     });
+    checks.push(pdp_listener_check(config));
     let refresh = auth.policy_data_refresh_interval;
     let staleness = config.policy.max_staleness_seconds;
     checks.push(if (5..=300).contains(&refresh) {
@@ -263,6 +264,53 @@ fn config_checks(config: &Config) -> Vec<Check> {
         )
     });
     checks
+}
+
+/// The PDP listener believes `X-NMP-Principal-Id` from whoever connects, so who can connect
+/// is what matters; and NMP's services can only start against it if something answers them
+/// before NMP's bundle exists (`policy.bootstrap`).
+fn pdp_listener_check(config: &Config) -> Check {
+    use Status::{Pass, Warn};
+    const NAME: &str = "PDP listener";
+    let pdp = &config.pdp;
+    if pdp.addr.is_none() && pdp.unix_socket.is_none() {
+        return check(NAME, Pass, "off");
+    }
+    let follows_bundle = config
+        .policy
+        .sources
+        .iter()
+        .any(|s| matches!(s, crate::config::SourceConfig::BundleUrl { .. }));
+    if follows_bundle && config.policy.bootstrap.is_empty() {
+        return check(
+            NAME,
+            Warn,
+            "policy.bootstrap is empty: NMP's services that use this PDP cannot start (NMP's              bundle, which nmp-authz waits for, is built through them); add `- builtin: true`",
+        );
+    }
+    match pdp.addr {
+        Some(addr) if !addr.ip().is_loopback() => check(
+            NAME,
+            Warn,
+            format!(
+                "pdp.addr {addr} is not loopback: it believes any `X-NMP-Principal-Id: service:*`                  header, so only NMP's services may reach it (a NetworkPolicy)"
+            ),
+        ),
+        _ => check(
+            NAME,
+            Pass,
+            match (&pdp.addr, &pdp.unix_socket) {
+                (Some(addr), None) => format!("{addr}"),
+                (None, Some(path)) => format!("{} (mode {})", path.display(), pdp.unix_socket_mode),
+                (Some(addr), Some(path)) => format!(
+                    "{addr} and {} (mode {})",
+                    path.display(),
+                    pdp.unix_socket_mode
+                ),
+                (None, None) => unreachable!("returned above"),
+            },
+        ),
+    }
 }
 
 /// Checks on the policy the server would serve: admins and wildcard bindings.

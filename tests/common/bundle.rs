@@ -58,11 +58,13 @@ pub enum Serve {
     Hang,
 }
 
-/// A one-thread HTTP/1.1 server for a bundle, recording each request's `If-None-Match`.
+/// A one-thread HTTP/1.1 server for a bundle, recording each request's `If-None-Match` and
+/// its headers (names lower-cased).
 pub struct BundleServer {
     pub url: String,
     serve: Arc<Mutex<Serve>>,
     pub seen_if_none_match: Arc<Mutex<Vec<Option<String>>>>,
+    pub seen_headers: Arc<Mutex<Vec<Vec<(String, String)>>>>,
 }
 
 impl BundleServer {
@@ -74,20 +76,22 @@ impl BundleServer {
         );
         let serve = Arc::new(Mutex::new(initial));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (serve2, seen2) = (serve.clone(), seen.clone());
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let (serve2, seen2, headers2) = (serve.clone(), seen.clone(), headers.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let answer = serve2.lock().unwrap().clone();
                 // A thread per connection, so a hanging answer holds up no other.
-                let seen = seen2.clone();
-                std::thread::spawn(move || respond(stream, answer, &seen));
+                let (seen, headers) = (seen2.clone(), headers2.clone());
+                std::thread::spawn(move || respond(stream, answer, &seen, &headers));
             }
         });
         BundleServer {
             url,
             serve,
             seen_if_none_match: seen,
+            seen_headers: headers,
         }
     }
 
@@ -96,21 +100,29 @@ impl BundleServer {
     }
 }
 
-fn respond(mut stream: TcpStream, answer: Serve, seen: &Mutex<Vec<Option<String>>>) {
+fn respond(
+    mut stream: TcpStream,
+    answer: Serve,
+    seen: &Mutex<Vec<Option<String>>>,
+    seen_headers: &Mutex<Vec<Vec<(String, String)>>>,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut if_none_match = None;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("if-none-match")
-        {
-            if_none_match = Some(value.trim().to_string());
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
         }
     }
+    let if_none_match = headers
+        .iter()
+        .find(|(name, _)| name == "if-none-match")
+        .map(|(_, value)| value.clone());
     seen.lock().unwrap().push(if_none_match.clone());
+    seen_headers.lock().unwrap().push(headers);
     let (head, body) = match answer {
         Serve::Bundle { etag, .. } if if_none_match.as_deref() == Some(etag.as_str()) => (
             format!("HTTP/1.1 304 Not Modified\r\nETag: {etag}\r\n"),

@@ -46,6 +46,9 @@ pub fn bundle(data_json: &str, revision: &str) -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
+/// Each request's headers (names lower-cased), in order of arrival.
+type SeenHeaders = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// What the bundle server answers with.
 #[derive(Clone)]
 pub enum Serve {
@@ -64,7 +67,7 @@ pub struct BundleServer {
     pub url: String,
     serve: Arc<Mutex<Serve>>,
     pub seen_if_none_match: Arc<Mutex<Vec<Option<String>>>>,
-    pub seen_headers: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub seen_headers: SeenHeaders,
 }
 
 impl BundleServer {
@@ -104,7 +107,7 @@ fn respond(
     mut stream: TcpStream,
     answer: Serve,
     seen: &Mutex<Vec<Option<String>>>,
-    seen_headers: &Mutex<Vec<Vec<(String, String)>>>,
+    seen_headers: &SeenHeaders,
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut headers = Vec::new();

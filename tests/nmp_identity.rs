@@ -135,28 +135,6 @@ impl Profile {
 
 // ---- claim sets ----
 
-/// splitmix64: a fixed seed gives the same cases on every run and machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.next() % 100 < p
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
 /// Python's white space (asserted against NMP's Python by `facts`), and three characters
 /// that only look like it.
 const SPACES: &[char] = &[
@@ -311,7 +289,7 @@ fn groups_claim(rng: &mut Rng) -> Option<Value> {
 }
 
 fn scope(rng: &mut Rng) -> &'static str {
-    let pool = if rng.percent(20) {
+    let pool = if rng.chance(20) {
         ODD_SCOPES
     } else {
         GOOD_SCOPES
@@ -322,7 +300,7 @@ fn scope(rng: &mut Rng) -> &'static str {
 /// A scope, behind the profile's prefix half the time (as Azure AD issues them).
 fn prefixed_scope(rng: &mut Rng, prefix: Option<&str>) -> String {
     match prefix {
-        Some(prefix) if rng.percent(50) => format!("{prefix}{}", scope(rng)),
+        Some(prefix) if rng.chance(50) => format!("{prefix}{}", scope(rng)),
         _ => scope(rng).to_string(),
     }
 }
@@ -337,7 +315,7 @@ fn scope_claim(rng: &mut Rng, prefix: Option<&str>) -> Option<Value> {
             let mut text = spaces(rng, 1);
             for _ in 0..rng.below(4) + 1 {
                 text.push_str(&prefixed_scope(rng, prefix));
-                text.push(if rng.percent(70) {
+                text.push(if rng.chance(70) {
                     ' '
                 } else {
                     *rng.pick(SPACES)
@@ -349,7 +327,7 @@ fn scope_claim(rng: &mut Rng, prefix: Option<&str>) -> Option<Value> {
             let mut items: Vec<Value> = (0..rng.below(4))
                 .map(|_| json!(prefixed_scope(rng, prefix)))
                 .collect();
-            if rng.percent(15) {
+            if rng.chance(15) {
                 items.push(json!(format!("{} {}", scope(rng), scope(rng))));
             }
             Value::Array(items)
@@ -366,10 +344,10 @@ fn claim_set(rng: &mut Rng, profile: &Profile) -> Map<String, Value> {
         .map(|s| s.to_string())
         .chain([long(256), long(257)])
         .collect();
-    if rng.percent(85) {
+    if rng.chance(85) {
         claims.insert("sub".into(), string_claim(rng, &subjects, &odd_subjects));
     }
-    if profile.subject_claim != "sub" && rng.percent(80) {
+    if profile.subject_claim != "sub" && rng.chance(80) {
         let subject = string_claim(rng, &subjects, &odd_subjects);
         claims.insert(profile.subject_claim.into(), subject);
     }
@@ -379,14 +357,14 @@ fn claim_set(rng: &mut Rng, profile: &Profile) -> Map<String, Value> {
         .map(|s| s.to_string())
         .chain((308..310).map(|n| format!("{}@example.com", "a".repeat(n))))
         .collect();
-    if rng.percent(70) {
+    if rng.chance(70) {
         let email = string_claim(rng, GOOD_EMAILS, &odd_emails);
         claims.insert(profile.email_claim.into(), email);
     }
     if let Some(groups) = groups_claim(rng) {
         claims.insert(profile.groups_claim.into(), groups);
     }
-    if (profile.name == "cognito" || rng.percent(15))
+    if (profile.name == "cognito" || rng.chance(15))
         && let Some(groups) = groups_claim(rng)
     {
         claims.insert("cognito:groups".into(), groups);
@@ -745,6 +723,24 @@ fn assert_nmp_reads_the_headers(allowed: &[(String, Carried, Headers)]) {
     );
 }
 
+/// One nmp-authz per claim setting, in the order of `PROFILES`.
+async fn servers() -> Vec<TestServer> {
+    let mut servers = Vec::new();
+    for profile in &PROFILES {
+        servers.push(TestServer::start(profile.state(false)).await);
+    }
+    servers
+}
+
+/// Each case on each path, with NMP's view of it (claims.py's `mappings`, in case order).
+fn on_both_paths<'a, C>(cases: &'a [C], nmp: &'a Value) -> Vec<(&'a C, Path, &'a Value)> {
+    cases
+        .iter()
+        .zip(nmp["mappings"].as_array().unwrap())
+        .flat_map(|(case, nmp)| PATHS.map(|path| (case, path, &nmp[path.key()])))
+        .collect()
+}
+
 /// A case for claims.py: NMP's view of both paths.
 fn nmp_case(profile: &Profile, claims: &Map<String, Value>) -> Value {
     json!({"oidc": profile.oidc(), "claims": claims, "token": unsigned_token(claims)})
@@ -756,13 +752,13 @@ fn nmp_case(profile: &Profile, claims: &Map<String, Value>) -> Value {
 async fn generated_claim_sets_map_as_nmp_maps_them_and_the_headers_carry_the_decision() {
     let started = std::time::Instant::now();
     let mut rng = Rng(SEED);
-    let cases: Vec<(&Profile, Map<String, Value>)> = PROFILES
-        .iter()
+    // (index into PROFILES, claims)
+    let cases: Vec<(usize, Map<String, Value>)> = (0..PROFILES.len())
         .flat_map(|p| std::iter::repeat_n(p, CASES_PER_PROFILE))
-        .map(|p| (p, claim_set(&mut rng, p)))
+        .map(|p| (p, claim_set(&mut rng, &PROFILES[p])))
         .collect();
     let request = json!({
-        "mappings": cases.iter().map(|(p, c)| nmp_case(p, c)).collect::<Vec<_>>(),
+        "mappings": cases.iter().map(|(p, c)| nmp_case(&PROFILES[*p], c)).collect::<Vec<_>>(),
         "facts": true,
     });
     let nmp = run_json("claims.py", &[], &request);
@@ -786,24 +782,11 @@ async fn generated_claim_sets_map_as_nmp_maps_them_and_the_headers_carry_the_dec
         "three lookalikes, the rest white space"
     );
 
-    let mut servers = Vec::new();
-    for profile in &PROFILES {
-        servers.push(TestServer::start(profile.state(false)).await);
-    }
-    let runs: Vec<_> = cases
-        .iter()
-        .zip(nmp["mappings"].as_array().unwrap())
-        .flat_map(|(case, nmp)| PATHS.map(|path| (case, path, &nmp[path.key()])))
-        .collect();
+    let servers = servers().await;
+    let runs = on_both_paths(&cases, &nmp);
     let requests = runs
         .iter()
-        .map(|((profile, claims), path, _)| {
-            let server = PROFILES
-                .iter()
-                .position(|p| std::ptr::eq(p, *profile))
-                .unwrap();
-            (server, path.request("GET", PROBE, claims))
-        })
+        .map(|((profile, claims), path, _)| (*profile, path.request("GET", PROBE, claims)))
         .collect();
     let answers = check_all(&servers, requests).await;
 
@@ -812,6 +795,7 @@ async fn generated_claim_sets_map_as_nmp_maps_them_and_the_headers_carry_the_dec
     let mut allowed = Vec::new();
     let mut dropped = 0;
     for (((profile, claims), path, nmp), got) in runs.into_iter().zip(answers) {
+        let profile = &PROFILES[*profile];
         let want = want(profile, path, claims, nmp);
         let context = || {
             format!(
@@ -975,15 +959,8 @@ async fn the_cases_issue_14_names() {
         assert_eq!(facts["header_carries"][name], false, "{name}");
     }
 
-    let mut servers = Vec::new();
-    for profile in &PROFILES {
-        servers.push(TestServer::start(profile.state(false)).await);
-    }
-    let runs: Vec<_> = cases
-        .iter()
-        .zip(nmp["mappings"].as_array().unwrap())
-        .flat_map(|(case, nmp)| PATHS.map(|path| (case, path, &nmp[path.key()])))
-        .collect();
+    let servers = servers().await;
+    let runs = on_both_paths(&cases, &nmp);
     let requests = runs
         .iter()
         .map(|(((_, profile, _, method, target, ..), claims), path, _)| {
@@ -1021,7 +998,7 @@ async fn the_cases_issue_14_names() {
 /// Header values as a gateway might set them, of every shape; a set in three may hold
 /// non-ASCII characters, the others are ASCII only.
 fn header_set(rng: &mut Rng) -> Headers {
-    let ascii = !rng.percent(33);
+    let ascii = !rng.chance(33);
     let value = |rng: &mut Rng, make: &dyn Fn(&mut Rng) -> String| loop {
         let value = make(rng);
         if !ascii || value.is_ascii() {
@@ -1040,7 +1017,7 @@ fn header_set(rng: &mut Rng) -> Headers {
         }
     };
     let mut set = Vec::new();
-    if rng.percent(92) {
+    if rng.chance(92) {
         let ids = &[
             "alice",
             "service:jobs",
@@ -1053,7 +1030,7 @@ fn header_set(rng: &mut Rng) -> Headers {
         ];
         set.push(("x-nmp-principal-id", value(rng, &one_of(ids))));
     }
-    if rng.percent(60) {
+    if rng.chance(60) {
         let emails = &[
             "a@x.io",
             "bob@x.io",
@@ -1065,9 +1042,9 @@ fn header_set(rng: &mut Rng) -> Headers {
         ];
         set.push(("x-nmp-principal-email", value(rng, &one_of(emails))));
     }
-    if rng.percent(60) {
+    if rng.chance(60) {
         let groups = |rng: &mut Rng| -> String {
-            if rng.percent(5) {
+            if rng.chance(5) {
                 let n = *rng.pick(&[100, 101]);
                 return (0..n)
                     .map(|i| format!("g-{i}"))
@@ -1084,16 +1061,16 @@ fn header_set(rng: &mut Rng) -> Headers {
         };
         set.push(("x-nmp-principal-groups", value(rng, &groups)));
     }
-    if rng.percent(60) {
+    if rng.chance(60) {
         let scopes = |rng: &mut Rng| -> String {
-            let mut scopes = if rng.percent(80) {
+            let mut scopes = if rng.chance(80) {
                 String::new()
             } else {
                 spaces(rng, 1)
             };
             for _ in 0..rng.below(4) {
                 scopes.push_str(scope(rng));
-                scopes.push(if rng.percent(90) {
+                scopes.push(if rng.chance(90) {
                     ' '
                 } else {
                     *rng.pick(SPACES)

@@ -19,6 +19,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::Rng;
 use nmp_authz::policy::pdp::{self, Entrypoint};
 use nmp_authz::policy::{BindingDefaults, CompiledPolicy, PolicyDocument};
 use serde_json::{Map, Value as Json, json};
@@ -45,28 +46,6 @@ fn bindings() -> Json {
         "runner": {"workspaces": {"ws1": ["JobRunner"]}},
         "*": {"workspaces": {"default": ["Editor"], "system": ["Viewer", "WorkspaceCreator"], "shared": ["Viewer"]}},
     })
-}
-
-/// SplitMix64: a fixed seed gives the same cases on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
 }
 
 const WORKSPACES: &[&str] = &[

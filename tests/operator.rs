@@ -220,6 +220,18 @@ fn explain_scope_mismatch_group_binding_admin_and_no_identity() {
         r["explanation"]["roles"][0]["roles"],
         serde_json::json!(["Editor"])
     );
+    assert_eq!(r["dropped_groups"], 0);
+    // Groups x-nmp-principal-groups cannot carry are left out, and counted (README "Identity").
+    let r = explain(&[
+        "GET",
+        "/apis/models/v2/workspaces/ws1/models",
+        "--principal-id",
+        "u-123",
+        "--groups",
+        "alice@example.com,Data Science,émigrés",
+    ]);
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["dropped_groups"], 2);
     let r = explain(&[
         "DELETE",
         "/apis/models/v2/workspaces/ws1/models/m",

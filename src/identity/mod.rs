@@ -125,6 +125,9 @@ pub enum Source {
 pub struct Identity {
     pub principal: Arc<Principal>,
     pub source: Source,
+    /// Groups of the token that `x-nmp-principal-groups` cannot carry, left out of the
+    /// principal (README "Identity").
+    pub dropped_groups: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -207,29 +210,32 @@ pub fn identify(
     metadata: Option<&Struct>,
     now_unix: u64,
 ) -> Result<Option<Identity>, IdentityError> {
-    let identity = if let Some(principal) = metadata_principal(settings, metadata)? {
+    let identity = if let Some(mapped) = metadata_principal(settings, metadata)? {
         // Usually the same token Envoy verified; if it names someone else, the request
         // carries two identities and picking either would be a guess.
         if settings.verify_bearer
             && let Some(subject) = bearer_subject_unverified(settings, headers)?
-            && principal.id.as_deref() != Some(subject.as_str())
+            && mapped.principal.id.as_deref() != Some(subject.as_str())
         {
             return Err(unauthenticated("Conflicting identities"));
         }
         Identity {
-            principal: Arc::new(principal),
+            principal: Arc::new(mapped.principal),
             source: Source::JwtAuthnMetadata,
+            dropped_groups: mapped.dropped_groups,
         }
-    } else if let Some(principal) = bearer_principal(settings, verifier, headers, now_unix)? {
+    } else if let Some(token) = bearer_principal(settings, verifier, headers, now_unix)? {
         Identity {
-            principal,
+            principal: token.principal.clone(),
             source: Source::BearerToken,
+            dropped_groups: token.dropped_groups,
         }
     } else if settings.trust_principal_headers {
         match header_principal(settings, headers)? {
             Some(principal) => Identity {
                 principal: Arc::new(principal),
                 source: Source::TrustedHeaders,
+                dropped_groups: 0,
             },
             None => return Ok(None),
         }
@@ -240,41 +246,71 @@ pub fn identify(
     // Trusted headers that name a different principal than the token are a conflict too.
     if settings.trust_principal_headers
         && identity.source != Source::TrustedHeaders
-        && let Some(header_id) = non_empty_header(headers, HEADER_ID)
+        && let Some(header_id) = header_value(headers, HEADER_ID)
         && identity.principal.id.as_deref() != Some(header_id)
     {
         return Err(unauthenticated("Conflicting identities"));
     }
-
-    // A bearer token's principal was validated when the token was first accepted.
-    if identity.source != Source::BearerToken {
-        validate_principal(&identity.principal)?;
+    if identity.dropped_groups > 0 {
+        tracing::debug!(
+            principal = identity.principal.id.as_deref().unwrap_or_default(),
+            dropped_groups = identity.dropped_groups,
+            "groups that x-nmp-principal-groups cannot carry were left out of the decision"
+        );
     }
     Ok(Some(identity))
 }
 
 // ---- claim mapping, shared by metadata and bearer tokens ----
+//
+// As NMP 0.3.0's `JWTValidator._extract_token_claims` (nmp/common/auth/jwt.py) maps claims,
+// then made fit for the `x-nmp-*` headers NMP's services parse (`Principal.from_headers`): a
+// group those headers cannot carry is dropped, anything else they cannot carry is a 400. The
+// deliberate differences are listed in README "Identity".
 
-/// A claim reduced to the shapes the mapping accepts; anything else is `Wrong`.
+/// A claim, told apart as NMP's mapping tells its cases apart; anything else is `Wrong`.
 enum Claim<'a> {
-    /// Missing or JSON `null`.
-    Absent,
+    /// Not in the claims at all: NMP then falls back (`sub`, `cognito:groups`).
+    Missing,
+    /// Present as JSON `null`: no value, and no fallback either.
+    Null,
     Str(&'a str),
     List(Vec<&'a str>),
     Wrong,
 }
 
+impl Claim<'_> {
+    /// Python's truthiness, as in NMP's `claims.get("scope") or claims.get("scp")`.
+    fn is_falsy(&self) -> bool {
+        match self {
+            Self::Missing | Self::Null => true,
+            Self::Str(s) => s.is_empty(),
+            Self::List(items) => items.is_empty(),
+            Self::Wrong => false,
+        }
+    }
+}
+
 /// Read access to a claim set, whether a protobuf `Struct` (metadata) or JSON (a token).
 trait Claims {
     fn claim(&self, name: &str) -> Claim<'_>;
+
+    /// `name`'s claim, or `fallback`'s when `name` is missing; with the name read.
+    fn claim_or<'a>(&'a self, name: &'a str, fallback: &'a str) -> (&'a str, Claim<'a>) {
+        match self.claim(name) {
+            Claim::Missing => (fallback, self.claim(fallback)),
+            claim => (name, claim),
+        }
+    }
 }
 
 impl Claims for Struct {
     fn claim(&self, name: &str) -> Claim<'_> {
-        match self.fields.get(name).and_then(|v| v.kind.as_ref()) {
-            None | Some(Kind::NullValue(_)) => Claim::Absent,
-            Some(Kind::StringValue(s)) => Claim::Str(s),
-            Some(Kind::ListValue(list)) => list
+        match self.fields.get(name).map(|v| v.kind.as_ref()) {
+            None => Claim::Missing,
+            Some(None | Some(Kind::NullValue(_))) => Claim::Null,
+            Some(Some(Kind::StringValue(s))) => Claim::Str(s),
+            Some(Some(Kind::ListValue(list))) => list
                 .values
                 .iter()
                 .map(|v| match &v.kind {
@@ -283,7 +319,7 @@ impl Claims for Struct {
                 })
                 .collect::<Option<Vec<_>>>()
                 .map_or(Claim::Wrong, Claim::List),
-            Some(_) => Claim::Wrong,
+            Some(Some(_)) => Claim::Wrong,
         }
     }
 }
@@ -291,7 +327,8 @@ impl Claims for Struct {
 impl Claims for Map<String, Json> {
     fn claim(&self, name: &str) -> Claim<'_> {
         match self.get(name) {
-            None | Some(Json::Null) => Claim::Absent,
+            None => Claim::Missing,
+            Some(Json::Null) => Claim::Null,
             Some(Json::String(s)) => Claim::Str(s),
             Some(Json::Array(items)) => items
                 .iter()
@@ -307,81 +344,131 @@ fn wrong_type(name: &str, expected: &str) -> IdentityError {
     invalid(format!("Invalid token claim '{name}': expected {expected}"))
 }
 
-/// A single-string claim; an empty string counts as absent.
-fn string_claim<'a>(claims: &'a impl Claims, name: &str) -> Result<Option<&'a str>, IdentityError> {
-    match claims.claim(name) {
-        Claim::Absent => Ok(None),
-        Claim::Str(s) => Ok(Some(s).filter(|s| !s.is_empty())),
-        Claim::List(_) | Claim::Wrong => Err(wrong_type(name, "a string")),
+const COGNITO_GROUPS: &str = "cognito:groups";
+
+/// Python's `str.isspace()`, which the `str.split()` and `str.strip()` in NMP's mapping and
+/// header parsing use: Unicode white space and also U+001C..U+001F.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `s.strip()`.
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(is_py_space)
+}
+
+/// Python's `s.split()`: the non-empty runs between white space.
+fn py_split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(is_py_space).filter(|part| !part.is_empty())
+}
+
+/// NMP's `claims.get(subject_claim, claims.get("sub"))`: `sub` only when the configured claim
+/// is missing. `None`: no subject (missing, `null` or empty). With the claim's name.
+fn subject<'a>(
+    settings: &'a IdentitySettings,
+    claims: &'a impl Claims,
+) -> Result<(&'a str, Option<&'a str>), IdentityError> {
+    match claims.claim_or(&settings.subject_claim, "sub") {
+        (name, Claim::Missing | Claim::Null) => Ok((name, None)),
+        (name, Claim::Str(s)) => Ok((name, Some(s).filter(|s| !s.is_empty()))),
+        (name, Claim::List(_) | Claim::Wrong) => Err(wrong_type(name, "a string")),
     }
 }
 
-/// Maps claims onto a principal. `id` is `None` when the subject claim is missing or empty.
-fn map_claims(
-    settings: &IdentitySettings,
-    claims: &impl Claims,
-) -> Result<Principal, IdentityError> {
-    let id = string_claim(claims, &settings.subject_claim)?.map(str::to_owned);
-    let email = string_claim(claims, &settings.email_claim)?.map(str::to_owned);
+/// Claims mapped onto a principal, validated, and how many groups were dropped.
+struct Mapped {
+    principal: Principal,
+    dropped_groups: usize,
+}
 
-    // Cognito names its groups claim `cognito:groups`; accept it when the configured one is absent.
-    let mut groups_name = settings.groups_claim.as_str();
-    let mut groups_claim = claims.claim(groups_name);
-    if matches!(groups_claim, Claim::Absent) {
-        groups_name = "cognito:groups";
-        groups_claim = claims.claim(groups_name);
+/// Maps claims onto a principal: 401 without a subject, 400 for a claim of the wrong type or a
+/// principal the headers cannot carry.
+fn map_claims(settings: &IdentitySettings, claims: &impl Claims) -> Result<Mapped, IdentityError> {
+    let (subject_name, id) = subject(settings, claims)?;
+    let email = match claims.claim(&settings.email_claim) {
+        Claim::Missing | Claim::Null => None,
+        Claim::Str(s) => Some(s).filter(|s| !s.is_empty()).map(str::to_owned),
+        Claim::List(_) | Claim::Wrong => return Err(wrong_type(&settings.email_claim, "a string")),
+    };
+    let (groups, dropped_groups) = map_groups(settings, claims)?;
+    let scopes = map_scopes(settings, claims)?;
+    let Some(id) = id else {
+        return Err(unauthenticated(NO_SUBJECT));
+    };
+    if !is_carriable_id(id) {
+        return Err(invalid(format!(
+            "Invalid principal ID format: the token's '{subject_name}' claim cannot be sent in \
+             x-nmp-principal-id (at most {MAX_ID_CHARS} of: letters, digits, @ . _ - : + /); \
+             auth.oidc.subject_claim can name a claim that can"
+        )));
     }
-    let groups = match groups_claim {
-        Claim::Absent => Vec::new(),
-        Claim::Str(s) => split_groups(s),
-        Claim::List(items) => items
-            .into_iter()
-            .map(str::trim)
-            .filter(|g| !g.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        Claim::Wrong => {
-            return Err(wrong_type(groups_name, "a list of strings or a string"));
-        }
-    };
-
-    // `scope` is the OAuth 2 claim (a string); `scp` is Azure AD's and others' (string or list).
-    let scopes = match claims.claim("scope") {
-        Claim::Str(s) => split_scopes(settings, [s]),
-        Claim::List(_) | Claim::Wrong => return Err(wrong_type("scope", "a string")),
-        Claim::Absent => match claims.claim("scp") {
-            Claim::Absent => Vec::new(),
-            Claim::Str(s) => split_scopes(settings, [s]),
-            Claim::List(items) => split_scopes(settings, items),
-            Claim::Wrong => return Err(wrong_type("scp", "a list of strings or a string")),
-        },
-    };
-
-    Ok(Principal {
-        id,
+    let principal = Principal {
+        id: Some(id.to_owned()),
         email,
         groups,
         scopes,
+    };
+    validate_principal(&principal)?;
+    Ok(Mapped {
+        principal,
+        dropped_groups,
     })
 }
 
-fn split_groups(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect()
+/// NMP's groups: the first of `groups_claim` and `cognito:groups` that is present (a present
+/// `null` is no groups); a string is split on commas and each part stripped. Empty groups are
+/// left out (they name nobody, and NMP's header parser drops them too); a group the
+/// `x-nmp-principal-groups` header cannot carry is dropped and counted (README "Identity").
+fn map_groups(
+    settings: &IdentitySettings,
+    claims: &impl Claims,
+) -> Result<(Vec<String>, usize), IdentityError> {
+    let mut kept = Vec::new();
+    let mut dropped = 0;
+    let mut take = |group: &str| {
+        // A control character is kept for validation to refuse (400): a forged header, not a
+        // group name to drop quietly.
+        if is_carriable_group(group) || group.chars().any(char::is_control) {
+            kept.push(group.to_owned());
+        } else if !group.is_empty() {
+            dropped += 1;
+        }
+    };
+    match claims.claim_or(&settings.groups_claim, COGNITO_GROUPS) {
+        (_, Claim::Missing | Claim::Null) => {}
+        (_, Claim::Str(s)) => s.split(',').map(py_strip).for_each(&mut take),
+        (_, Claim::List(items)) => items.into_iter().for_each(&mut take),
+        (name, Claim::Wrong) => return Err(wrong_type(name, "a list of strings or a string")),
+    }
+    Ok((kept, dropped))
 }
 
-/// Splits on whitespace, strips the configured prefix, drops what ends up empty.
-fn split_scopes<'a>(
+/// NMP's scopes: `scope or scp` (Python truthiness: an empty `scope` defers to `scp`); a string
+/// is split on white space, a list taken as it is; `scope_prefix` is stripped from each. Empty
+/// scopes are left out (they decide nothing).
+fn map_scopes(
     settings: &IdentitySettings,
-    parts: impl IntoIterator<Item = &'a str>,
+    claims: &impl Claims,
+) -> Result<Vec<String>, IdentityError> {
+    let (name, claim) = match claims.claim("scope") {
+        claim if claim.is_falsy() => ("scp", claims.claim("scp")),
+        claim => ("scope", claim),
+    };
+    match claim {
+        Claim::Missing | Claim::Null => Ok(Vec::new()),
+        Claim::Str(s) => Ok(kept_scopes(settings, py_split(s))),
+        Claim::List(items) => Ok(kept_scopes(settings, items.into_iter())),
+        Claim::Wrong => Err(wrong_type(name, "a string or a list of strings")),
+    }
+}
+
+/// `scope_prefix` stripped from each scope; the empty ones left out.
+fn kept_scopes<'a>(
+    settings: &IdentitySettings,
+    scopes: impl Iterator<Item = &'a str>,
 ) -> Vec<String> {
     let prefix = settings.scope_prefix.as_deref().unwrap_or("");
-    parts
-        .into_iter()
-        .flat_map(str::split_whitespace)
+    scopes
         .map(|s| s.strip_prefix(prefix).unwrap_or(s))
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -393,7 +480,7 @@ fn split_scopes<'a>(
 fn metadata_principal(
     settings: &IdentitySettings,
     metadata: Option<&Struct>,
-) -> Result<Option<Principal>, IdentityError> {
+) -> Result<Option<Mapped>, IdentityError> {
     // No entry under the key: jwt_authn verified nothing (e.g. `allow_missing`), so fall through.
     let Some(kind) = metadata
         .and_then(|m| m.fields.get(&settings.jwt_authn_metadata_key))
@@ -405,11 +492,7 @@ fn metadata_principal(
         // Not what jwt_authn writes: something is misconfigured, so fail closed.
         return Err(unauthenticated(INVALID_TOKEN));
     };
-    let principal = map_claims(settings, claims)?;
-    if principal.id.is_none() {
-        return Err(unauthenticated(NO_SUBJECT));
-    }
-    Ok(Some(principal))
+    map_claims(settings, claims).map(Some)
 }
 
 // ---- (b) bearer token ----
@@ -584,10 +667,9 @@ fn bearer_subject_unverified(
         return Ok(None);
     };
     match parse_jwt(token) {
-        Ok(jwt) => Ok(match jwt.claims.claim(&settings.subject_claim) {
-            Claim::Str(s) if !s.is_empty() => Some(s.to_owned()),
-            _ => None,
-        }),
+        Ok(jwt) => Ok(subject(settings, &jwt.claims)
+            .ok()
+            .and_then(|(_, id)| id.map(str::to_owned))),
         Err(JwtError::DuplicateKey) => Err(unauthenticated(DUPLICATE_KEYS)),
         Err(JwtError::Malformed) => Ok(None),
     }
@@ -599,6 +681,7 @@ fn bearer_subject_unverified(
 #[derive(Debug)]
 pub struct AcceptedToken {
     principal: Arc<Principal>,
+    dropped_groups: usize,
     times: TokenTimes,
     /// Accepted as `alg: none` (quickstart): never good where unsigned tokens are not allowed,
     /// even if the same verifier's memory is consulted under other settings.
@@ -617,7 +700,7 @@ fn bearer_principal(
     verifier: &TokenVerifier,
     headers: &Credentials<'_>,
     now_unix: u64,
-) -> Result<Option<Arc<Principal>>, IdentityError> {
+) -> Result<Option<Arc<AcceptedToken>>, IdentityError> {
     if !settings.verify_bearer {
         return Ok(None);
     }
@@ -630,7 +713,7 @@ fn bearer_principal(
             return Err(unauthenticated(INVALID_TOKEN));
         }
         known.times.check(settings.leeway_seconds, now_unix)?;
-        return Ok(Some(known.principal.clone()));
+        return Ok(Some(known));
     }
     let jwt = parse_jwt(token).map_err(|e| match e {
         JwtError::DuplicateKey => unauthenticated(DUPLICATE_KEYS),
@@ -660,26 +743,22 @@ fn bearer_principal(
     let times = TokenTimes::read(&claims)?;
     times.check(settings.leeway_seconds, now_unix)?;
 
+    // Required as NMP's PyJWT requires it: present and not null (an empty `sub` is fine when
+    // the subject comes from another claim).
     match claims.claim("sub") {
-        Claim::Str(s) if !s.is_empty() => {}
-        Claim::Absent | Claim::Str(_) => return Err(unauthenticated(NO_SUBJECT)),
+        Claim::Str(_) => {}
+        Claim::Missing | Claim::Null => return Err(unauthenticated(NO_SUBJECT)),
         Claim::List(_) | Claim::Wrong => return Err(wrong_type("sub", "a string")),
     }
-    let principal = map_claims(settings, &claims)?;
-    if principal.id.is_none() {
-        return Err(unauthenticated(NO_SUBJECT));
-    }
-    validate_principal(&principal)?;
-    let principal = Arc::new(principal);
-    verifier.remember(
-        digest,
-        Arc::new(AcceptedToken {
-            principal: principal.clone(),
-            times,
-            unsigned,
-        }),
-    );
-    Ok(Some(principal))
+    let mapped = map_claims(settings, &claims)?;
+    let accepted = Arc::new(AcceptedToken {
+        principal: Arc::new(mapped.principal),
+        dropped_groups: mapped.dropped_groups,
+        times,
+        unsigned,
+    });
+    verifier.remember(digest, accepted.clone());
+    Ok(Some(accepted))
 }
 
 /// Wall-clock unix seconds: what callers pass to [`identify`] as "now".
@@ -728,34 +807,59 @@ impl TokenTimes {
 
 // ---- (c) trusted headers ----
 
-fn non_empty_header<'a>(headers: &Credentials<'a>, name: &str) -> Option<&'a str> {
-    headers.get(name).filter(|v| !v.is_empty())
+/// A header's value as NMP's `from_headers` reads it: stripped, `None` when empty.
+fn header_value<'a>(headers: &Credentials<'a>, name: &str) -> Option<&'a str> {
+    headers.get(name).map(py_strip).filter(|v| !v.is_empty())
 }
 
+/// The principal gateway-set headers describe, parsed as NMP's `Principal.from_headers` and
+/// its middleware's scope parsing read them, and refused (400) where NMP's would refuse.
 fn header_principal(
     settings: &IdentitySettings,
     headers: &Credentials<'_>,
 ) -> Result<Option<Principal>, IdentityError> {
-    let id = non_empty_header(headers, HEADER_ID);
-    let email = non_empty_header(headers, HEADER_EMAIL);
-    let groups = non_empty_header(headers, HEADER_GROUPS);
-    let scopes = non_empty_header(headers, HEADER_SCOPES);
-    let Some(id) = id else {
+    // NMP's services decode header bytes as Latin-1, so a non-ASCII value means something
+    // else to them than to us (and their white space is not ours); a control character is
+    // a forged or cut header. Refused, not guessed at.
+    let printable = |v: &str| v.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+    if [HEADER_ID, HEADER_EMAIL, HEADER_GROUPS, HEADER_SCOPES]
+        .iter()
+        .any(|name| headers.get(name).is_some_and(|v| !printable(v)))
+    {
+        return Err(invalid(
+            "Invalid principal header: x-nmp-* values must be printable ASCII".into(),
+        ));
+    }
+    let scopes = header_value(headers, HEADER_SCOPES)
+        .map_or_else(Vec::new, |v| kept_scopes(settings, py_split(v)));
+    let Some(id) = header_value(headers, HEADER_ID) else {
+        // NMP's middleware refuses bad scopes even without an id.
+        validate_principal(&Principal {
+            scopes,
+            ..Principal::default()
+        })?;
         // Attributes without an id do not make an identity, and must not pass silently.
-        return match (email, groups, scopes) {
-            (None, None, None) => Ok(None),
+        return match [HEADER_EMAIL, HEADER_GROUPS, HEADER_SCOPES].map(|h| header_value(headers, h))
+        {
+            [None, None, None] => Ok(None),
             _ => Err(unauthenticated("Not authenticated")),
         };
     };
-    // Envoy's `claim_to_headers` joins list claims with commas, so accept those for scopes
-    // too (no real scope contains a comma).
-    let scopes = scopes.map_or_else(Vec::new, |s| split_scopes(settings, s.split(',')));
-    Ok(Some(Principal {
+    let groups = header_value(headers, HEADER_GROUPS).map_or_else(Vec::new, |v| {
+        v.split(',')
+            .map(py_strip)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect()
+    });
+    let principal = Principal {
         id: Some(id.to_owned()),
-        email: email.map(str::to_owned),
-        groups: groups.map_or_else(Vec::new, split_groups),
+        email: header_value(headers, HEADER_EMAIL).map(str::to_owned),
+        groups,
         scopes,
-    }))
+    };
+    validate_principal(&principal)?;
+    Ok(Some(principal))
 }
 
 // ---- validation ----
@@ -784,21 +888,46 @@ const MAX_EMAIL_CHARS: usize = 320;
 const MAX_GROUPS: usize = 100;
 const MAX_GROUP_CHARS: usize = 256;
 
-/// NMP's principal format rules (all 400). A scope written like a permission (`models.read`)
-/// is rejected because it is a permission passed by mistake and would never match a scope.
-/// Beyond NMP's rules, no email, group or scope may hold a control character: each is sent
-/// upstream in an `x-nmp-*` header, where a CR, LF or NUL could forge or cut a header.
+/// An id `x-nmp-principal-id` carries: NMP's id pattern, at most 256 characters.
+fn is_carriable_id(id: &str) -> bool {
+    id.len() <= MAX_ID_CHARS && is_principal_id(id)
+}
+
+/// A group the comma-separated `x-nmp-principal-groups` carries as itself: NMP holds each to
+/// the id pattern (so no comma, space or non-ASCII letter), at most 256 characters.
+fn is_carriable_group(group: &str) -> bool {
+    group.len() <= MAX_GROUP_CHARS && is_principal_id(group)
+}
+
+/// A scope the space-separated `x-nmp-scopes` carries as itself: printable ASCII, no space
+/// (NMP's services split the header on any white space, Latin-1 `\xa0` and `\x85` included).
+fn is_carriable_scope(scope: &str) -> bool {
+    scope.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// NMP's principal format rules as its header parser applies them (all 400), so that every
+/// principal decided on is one the `x-nmp-*` headers carry exactly: ids and groups in NMP's id
+/// pattern, emails in its email pattern and ASCII (NMP reads header bytes as Latin-1), scopes
+/// printable ASCII. A scope written like a permission (`models.read`) is refused as NMP refuses
+/// it: a permission passed by mistake, which would never match a scope. Beyond NMP's rules,
+/// no email, group or scope may hold a control character: a CR, LF or NUL in a header could
+/// forge or cut one.
 pub fn validate_principal(p: &Principal) -> Result<(), IdentityError> {
     let control = |s: &String| s.chars().any(char::is_control);
     if let Some(id) = &p.id
-        && (id.len() > MAX_ID_CHARS || !is_principal_id(id))
+        && !is_carriable_id(id)
     {
         return Err(invalid("Invalid principal ID format".into()));
     }
-    if let Some(email) = &p.email
-        && (email.chars().count() > MAX_EMAIL_CHARS || !is_email(email) || control(email))
-    {
-        return Err(invalid("Invalid email format".into()));
+    if let Some(email) = &p.email {
+        if !email.is_ascii() {
+            return Err(invalid(
+                "Invalid email format: x-nmp-principal-email carries only ASCII".into(),
+            ));
+        }
+        if email.len() > MAX_EMAIL_CHARS || !is_email(email) || control(email) {
+            return Err(invalid("Invalid email format".into()));
+        }
     }
     if p.groups.iter().any(control) {
         return Err(invalid("Invalid group name (control character)".into()));
@@ -813,6 +942,17 @@ pub fn validate_principal(p: &Principal) -> Result<(), IdentityError> {
         return Err(invalid(format!(
             "Group name too long (at most {MAX_GROUP_CHARS} characters)"
         )));
+    }
+    if !p.groups.iter().all(|g| g.is_empty() || is_principal_id(g)) {
+        return Err(invalid(
+            "Invalid group name: x-nmp-principal-groups carries only letters, digits and @ . _ - : + /"
+                .into(),
+        ));
+    }
+    if !p.scopes.iter().all(|s| is_carriable_scope(s)) {
+        return Err(invalid(
+            "Invalid scope format: x-nmp-scopes carries only printable ASCII without spaces".into(),
+        ));
     }
     if let Some(scope) = p
         .scopes
@@ -935,12 +1075,15 @@ mod tests {
         }));
         let id = ok(run(&IdentitySettings::default(), &HashMap::new(), Some(&m)));
         assert_eq!(id.source, Source::JwtAuthnMetadata);
+        // A list's groups are taken as they are (NMP strips only a string's): " ops " cannot
+        // be carried, so it is dropped; "" names nobody.
+        assert_eq!(id.dropped_groups, 1);
         assert_eq!(
             *id.principal,
             Principal {
                 id: Some("alice".into()),
                 email: Some("alice@example.com".into()),
-                groups: vec!["eng".into(), "ops".into()],
+                groups: vec!["eng".into()],
                 scopes: vec!["openid".into(), "models:read".into()],
             }
         );
@@ -980,6 +1123,92 @@ mod tests {
         );
         let m = meta(json!({"sub": "a", "cognito:groups": 5}));
         err_400(run(&s, &HashMap::new(), Some(&m)), "cognito:groups");
+        // A present `null` is no groups, and no reason to look further (as in NMP).
+        let m = meta(json!({"sub": "a", "groups": null, "cognito:groups": ["admins"]}));
+        assert!(
+            ok(run(&s, &HashMap::new(), Some(&m)))
+                .principal
+                .groups
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn groups_that_cannot_be_carried_are_dropped_and_counted() {
+        let s = IdentitySettings::default();
+        let mapped = |groups: Json| {
+            ok(run(
+                &s,
+                &HashMap::new(),
+                Some(&meta(json!({"sub": "a", "groups": groups}))),
+            ))
+        };
+        let id = mapped(json!([
+            "Data Science",
+            "cn=ml-team,ou=groups",
+            "ml-team,admins",
+            "émigrés",
+            "g".repeat(257),
+            "/ml-team",
+            "sales+eu@x.io",
+            "",
+        ]));
+        assert_eq!(id.principal.groups, ["/ml-team", "sales+eu@x.io"]);
+        assert_eq!(id.dropped_groups, 5);
+        // A string is split on commas and each part stripped as Python strips (U+001C too).
+        let id = mapped(json!(" ml-team ,\u{1c}admins\u{a0}, Data Science,,"));
+        assert_eq!(id.principal.groups, ["ml-team", "admins"]);
+        assert_eq!(id.dropped_groups, 1);
+        // Control characters are refused, not dropped: they are a forged header, not a name.
+        err_400(
+            run(
+                &s,
+                &HashMap::new(),
+                Some(&meta(json!({"sub": "a", "groups": ["ok", "a\u{0}b"]}))),
+            ),
+            "control character",
+        );
+        // The limit counts the groups that are carried.
+        let many = |n: usize, prefix: &str| {
+            (0..n)
+                .map(|i| json!(format!("{prefix}{i}")))
+                .collect::<Vec<_>>()
+        };
+        let mut groups = many(100, "g-");
+        groups.extend(many(50, "team "));
+        let id = mapped(Json::Array(groups));
+        assert_eq!((id.principal.groups.len(), id.dropped_groups), (100, 50));
+        err_400(
+            run(
+                &s,
+                &HashMap::new(),
+                Some(&meta(json!({"sub": "a", "groups": many(101, "g-")}))),
+            ),
+            "Too many groups",
+        );
+    }
+
+    #[test]
+    fn principals_the_headers_cannot_carry_are_400() {
+        let s = IdentitySettings::default();
+        let cases = [
+            (json!({"sub": "auth0|abc123"}), "auth.oidc.subject_claim"),
+            (
+                json!({"sub": "a", "email": "jürgen@example.com"}),
+                "only ASCII",
+            ),
+            (
+                json!({"sub": "a", "scp": ["models:read openid"]}),
+                "printable ASCII",
+            ),
+            (
+                json!({"sub": "a", "scope": "modèles:lire"}),
+                "printable ASCII",
+            ),
+        ];
+        for (claims, needle) in cases {
+            err_400(run(&s, &HashMap::new(), Some(&meta(claims))), needle);
+        }
     }
 
     #[test]
@@ -1003,7 +1232,26 @@ mod tests {
             scopes(json!({"sub": "a", "scope": "s:r", "scp": ["x:read"]})),
             ["s:r"]
         );
-        assert!(scopes(json!({"sub": "a", "scope": "", "scp": ["x:read"]})).is_empty());
+        // `scope or scp`, with Python's truthiness: an empty `scope` defers to `scp` (issue 14:
+        // taking no scopes there skipped the scope check), any other does not.
+        for empty in [json!(""), json!([]), json!(null)] {
+            assert_eq!(
+                scopes(json!({"sub": "a", "scope": empty, "scp": ["x:read"]})),
+                ["x:read"]
+            );
+        }
+        for not_empty in [json!(" "), json!([""])] {
+            assert!(scopes(json!({"sub": "a", "scope": not_empty, "scp": ["x:read"]})).is_empty());
+        }
+        assert_eq!(
+            scopes(json!({"sub": "a", "scope": ["x:read", "y:write"]})),
+            ["x:read", "y:write"]
+        );
+        // Split on Python's white space, which includes U+001C..U+001F.
+        assert_eq!(
+            scopes(json!({"sub": "a", "scope": "x:read\u{1f}y:write\u{2003}z:read"})),
+            ["x:read", "y:write", "z:read"]
+        );
         assert!(scopes(json!({"sub": "a"})).is_empty());
     }
 
@@ -1034,7 +1282,11 @@ mod tests {
             (json!({"sub": "a", "email": ["a@b"]}), "'email'"),
             (json!({"sub": "a", "groups": {"x": 1}}), "'groups'"),
             (json!({"sub": "a", "groups": ["ok", 3]}), "'groups'"),
-            (json!({"sub": "a", "scope": ["x:read"]}), "'scope'"),
+            (json!({"sub": "a", "scope": [1]}), "'scope'"),
+            (
+                json!({"sub": "a", "scope": false, "scp": "x:read"}),
+                "'scope'",
+            ),
             (json!({"sub": "a", "scp": 7}), "'scp'"),
             (json!({"sub": "a", "scp": [true]}), "'scp'"),
         ];
@@ -1162,18 +1414,61 @@ mod tests {
             (HEADER_ID, "service:jobs"),
             (HEADER_EMAIL, "jobs@x.io"),
             (HEADER_GROUPS, "a, b,,"),
-            (HEADER_SCOPES, "api://c/x:read  openid,y:write"),
+            (
+                HEADER_SCOPES,
+                "api://c/x:read  openid y:write a:read,b:read",
+            ),
         ]);
         let id = ok(run(&s, &h, None));
         assert_eq!(id.source, Source::TrustedHeaders);
+        // As NMP's middleware reads x-nmp-scopes: split on white space only.
         assert_eq!(
             *id.principal,
             Principal {
                 id: Some("service:jobs".into()),
                 email: Some("jobs@x.io".into()),
                 groups: vec!["a".into(), "b".into()],
-                scopes: vec!["x:read".into(), "openid".into(), "y:write".into()],
+                scopes: vec![
+                    "x:read".into(),
+                    "openid".into(),
+                    "y:write".into(),
+                    "a:read,b:read".into()
+                ],
             }
+        );
+    }
+
+    #[test]
+    fn trusted_headers_are_read_as_nmp_reads_them_or_refused() {
+        let s = trusting();
+        // Stripped as `from_headers` strips them.
+        let h = headers(&[(HEADER_ID, " alice  "), (HEADER_EMAIL, " a@x.io ")]);
+        let p = ok(run(&s, &h, None)).principal;
+        assert_eq!(
+            (p.id.as_deref(), p.email.as_deref()),
+            (Some("alice"), Some("a@x.io"))
+        );
+        // NMP refuses a header it cannot parse, and so do we: no group is dropped here.
+        for (name, value) in [
+            (HEADER_GROUPS, "Data Science"),
+            (HEADER_GROUPS, "ok,émigrés"),
+            (HEADER_EMAIL, "jürgen@example.com"),
+            (HEADER_SCOPES, "x:read\u{a0}y:read"),
+            (HEADER_ID, "alice\u{a0}"),
+        ] {
+            err_400(
+                run(&s, &headers(&[(HEADER_ID, "alice"), (name, value)]), None),
+                "",
+            );
+        }
+        // An id of white space only is no id.
+        err_401(
+            run(
+                &s,
+                &headers(&[(HEADER_ID, " "), (HEADER_GROUPS, "g")]),
+                None,
+            ),
+            "Not authenticated",
         );
     }
 
@@ -1316,7 +1611,21 @@ mod tests {
             ok(run(&s, &bearer(&t), None)).principal.id.as_deref(),
             Some("o-1")
         );
+        // Without the configured claim, the subject is `sub` (as NMP maps it); with it, `sub`
+        // only has to be there.
         let t = unsigned(json!({"sub": "a", "iat": NOW, "exp": NOW + 10}));
+        assert_eq!(
+            ok(run(&s, &bearer(&t), None)).principal.id.as_deref(),
+            Some("a")
+        );
+        let t = unsigned(json!({"sub": "", "oid": "o-1", "iat": NOW, "exp": NOW + 10}));
+        assert_eq!(
+            ok(run(&s, &bearer(&t), None)).principal.id.as_deref(),
+            Some("o-1")
+        );
+        let t = unsigned(json!({"sub": "a", "oid": null, "iat": NOW, "exp": NOW + 10}));
+        err_401(run(&s, &bearer(&t), None), NO_SUBJECT);
+        let t = unsigned(json!({"oid": "o-1", "iat": NOW, "exp": NOW + 10}));
         err_401(run(&s, &bearer(&t), None), NO_SUBJECT);
     }
 

@@ -53,6 +53,8 @@ struct Explained {
     detail: Option<String>,
     /// What identity was made of the request, when something is worth saying.
     note: Option<&'static str>,
+    /// The token's groups left out because `x-nmp-principal-groups` cannot carry them.
+    dropped_groups: usize,
     explanation: Option<Explanation>,
 }
 
@@ -72,6 +74,7 @@ pub fn run(args: &Args, config: &Config) -> Result<(), String> {
                 "reason": explained.reason,
                 "detail": explained.detail,
                 "note": explained.note,
+                "dropped_groups": explained.dropped_groups,
                 "explanation": explained.explanation,
             });
             println!("{record}");
@@ -90,6 +93,12 @@ fn print_text(e: &Explained) {
     }
     if let Some(note) = e.note {
         println!("note:        {note}");
+    }
+    if e.dropped_groups > 0 {
+        println!(
+            "note:        {} of the token's groups left out: x-nmp-principal-groups cannot carry them",
+            e.dropped_groups
+        );
     }
     match &e.explanation {
         Some(explanation) => println!("{explanation}"),
@@ -192,23 +201,24 @@ async fn explain(state: &State, request: CheckRequest, note: Option<&'static str
             .and_then(|body| body["detail"].as_str().map(str::to_string)),
         _ => None,
     };
-    let explanation = if decided {
-        explanation(state, &request).await
+    let (explanation, dropped_groups) = if decided {
+        explanation(state, &request).await.unzip()
     } else {
-        None
+        (None, None)
     };
     Explained {
         status: outcome.status,
         reason: outcome.reason,
         detail,
         note,
+        dropped_groups: dropped_groups.unwrap_or(0),
         explanation,
     }
 }
 
 /// The policy's explanation, for the principal the server identifies in `request` and the
-/// path as Check decides on it (README "Request paths").
-async fn explanation(state: &State, request: &CheckRequest) -> Option<Explanation> {
+/// path as Check decides on it (README "Request paths"); and how many groups were dropped.
+async fn explanation(state: &State, request: &CheckRequest) -> Option<(Explanation, usize)> {
     let attributes = request.attributes.as_ref()?;
     let http = attributes.request.as_ref()?.http.as_ref()?;
     let credentials =
@@ -217,7 +227,11 @@ async fn explanation(state: &State, request: &CheckRequest) -> Option<Explanatio
     let metadata = identity::jwt_authn_metadata(attributes);
     let found = state.identify(&credentials, metadata).await.ok()?;
     let policy = state.policy.load_full()?;
+    let dropped = found.as_ref().map_or(0, |i| i.dropped_groups);
     let principal = found.map(|i| i.principal);
     let path = request_path::canonical(&http.path).ok()?;
-    Some(policy.explain(principal.as_deref(), &http.method, &path))
+    Some((
+        policy.explain(principal.as_deref(), &http.method, &path),
+        dropped,
+    ))
 }

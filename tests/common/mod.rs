@@ -37,6 +37,30 @@ pub fn policy(yaml: &str) -> CompiledPolicy {
     CompiledPolicy::build(doc, &defaults, "test-rev").expect("test policy compiles")
 }
 
+// ---- generated cases ----
+
+/// SplitMix64: a fixed seed gives the same generated cases on every run and machine.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
 // ---- principals ----
 
 /// A principal with an id and nothing else.

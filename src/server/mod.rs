@@ -279,22 +279,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown_rx.clone(),
     ));
-    let pdp_tcp = pdp_tcp.map(|listener| {
-        tokio::spawn(http::serve(
-            listener,
-            state.clone(),
-            shutdown_rx.clone(),
-            http::Face::Pdp,
-        ))
-    });
-    let pdp_socket = pdp_socket.map(|listener| {
-        tokio::spawn(http::serve(
-            listener,
-            state.clone(),
-            shutdown_rx.clone(),
-            http::Face::Pdp,
-        ))
-    });
+    let pdp_tcp = pdp_tcp.map(|listener| spawn_pdp(listener, &state, &shutdown_rx));
+    let pdp_socket = pdp_socket.map(|listener| spawn_pdp(listener, &state, &shutdown_rx));
     let http = tokio::spawn(http::serve(
         http_listener,
         state.clone(),
@@ -317,6 +303,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     reload.abort();
     keys.abort();
     Ok(())
+}
+
+/// Serves the PDP listener's face on `listener` until shutdown.
+fn spawn_pdp<L: http::Listener>(
+    listener: L,
+    state: &Arc<State>,
+    shutdown: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(http::serve(
+        listener,
+        state.clone(),
+        shutdown.clone(),
+        http::Face::Pdp,
+    ))
 }
 
 /// Binds the PDP's Unix socket at `path` with `mode`. The socket is made under a temporary

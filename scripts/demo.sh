@@ -215,124 +215,24 @@ wait_for "the demo upstream" "http://127.0.0.1:$UPSTREAM_PORT/" 200
 wait_for "Envoy" "http://127.0.0.1:$ADMIN_PORT/ready" 200
 wait_for "the gateway" "http://127.0.0.1:$GATEWAY_PORT/health/ready" 200
 
-# ---- quickstart tokens (unsigned: alg "none", accepted only in quickstart mode) ----
-
-b64url() { printf '%s' "$1" | base64 | tr -d '\n=' | tr '+/' '-_'; }
-unsigned_token() { # sub [email]
-    local now claims
-    now="$(date +%s)"
-    claims="\"sub\":\"$1\",${2:+\"email\":\"$2\",}\"iat\":$now,\"exp\":$((now + 86400))"
-    printf '%s.%s.' "$(b64url '{"alg":"none","typ":"JWT"}')" "$(b64url "{$claims}")"
-}
-ALICE="$(unsigned_token alice@example.com alice@example.com)"
-SERVICE="$(unsigned_token service:demo)" # a service principal: the PDP API answers only those
-GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
-MODELS="/apis/models/v2/workspaces/default/models"
-
-if ((CHECK)); then
-    failures=0
-    pass() { echo "ok    $1"; }
-    flunk() {
-        echo "FAIL  $1" >&2
-        failures=$((failures + 1))
-    }
-    expect() { # description, expected status, path, curl args...
-        local what="$1" want="$2" path="$3" got
-        shift 3
-        got="$(curl -s -o "$WORK/body" -w '%{http_code}' --max-time 5 "$@" "$GATEWAY$path" || true)"
-        if [ "$got" = "$want" ]; then
-            pass "$what: $got"
-        else
-            flunk "$what: expected $want, got ${got:-no answer}: $(head -c 300 "$WORK/body" 2>/dev/null)"
-        fi
-    }
-    upstream_requests() { grep -c '"[A-Z]* /' "$WORK/upstream.log" || true; }
-
+# The walkthrough (tokens and checks) is shared with scripts/compose-check.sh.
+check_listeners() {
+    local listeners
     listeners="$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/listeners" || true)"
     if grep -qx "nmp_gateway::127.0.0.1:$GATEWAY_PORT" <<<"$listeners"; then
         pass "Envoy listens on 127.0.0.1:$GATEWAY_PORT only"
     else
         flunk "Envoy's listeners: $listeners"
     fi
+}
+upstream_log() { cat "$WORK/upstream.log"; }
+# shellcheck source=scripts/demo-walkthrough.sh
+source "$ROOT/scripts/demo-walkthrough.sh"
 
-    seen="$(upstream_requests)"
-    expect "no token: GET $MODELS" 401 "$MODELS"
-    expect "unsigned token, no access: GET /apis/models/v2/workspaces/team-a/models" 403 \
-        /apis/models/v2/workspaces/team-a/models -H "Authorization: Bearer $ALICE"
-    expect "GET /internal/x" 404 /internal/x -H "Authorization: Bearer $ALICE"
-    if [ "$(upstream_requests)" = "$seen" ]; then
-        pass "the upstream saw none of the refused requests"
-    else
-        flunk "the upstream saw a refused request: $(tail -n 3 "$WORK/upstream.log")"
-    fi
-
-    expect "unsigned token (alice): GET $MODELS" 200 "$MODELS" \
-        -H "Authorization: Bearer $ALICE" -H "X-NMP-Principal-Id: mallory" -H "x-nmp-authorized: forged"
-    if "$PYTHON" - "$WORK/body" <<'EOF'; then
-import json, sys
-headers = json.load(open(sys.argv[1]))["headers"]
-assert headers.get("x-nmp-authorized") == "true", headers
-assert headers.get("x-nmp-principal-id") == "alice@example.com", headers
-EOF
-        pass "the upstream saw x-nmp-authorized: true and x-nmp-principal-id: alice@example.com (not the client's)"
-    else
-        flunk "the upstream's view of the allowed request: $(cat "$WORK/body")"
-    fi
-
-    # What NMP serves without authorization goes to the API with no decision: no x-nmp-*.
-    expect "no token: GET /studio/ (the Studio UI)" 200 /studio/ -H "X-NMP-Authorized: true"
-    if "$PYTHON" - "$WORK/body" <<'EOF'; then
-import json, sys
-answer = json.load(open(sys.argv[1]))
-assert answer["path"] == "/studio/", answer
-assert not [h for h in answer["headers"] if h.startswith("x-nmp-")], answer["headers"]
-EOF
-        pass "the upstream got /studio/ with no x-nmp-* header (the client's x-nmp-authorized dropped)"
-    else
-        flunk "the upstream's view of /studio/: $(cat "$WORK/body")"
-    fi
-    expect "no token: GET /studio-admin" 401 /studio-admin
-
-    if curl -s --max-time 5 "http://127.0.0.1:$HTTP_PORT/apis/auth/discovery" | grep -q '"auth_enabled": *true'; then
-        pass "nmp-authz's discovery (its HTTP port) says auth is enabled"
-    else
-        flunk "nmp-authz's discovery does not say auth_enabled: true"
-    fi
-
-    if [ -n "$GRPCURL" ]; then
-        # The PDP's schema from the repository's proto file: works with every grpcurl.
-        if out="$("$GRPCURL" -plaintext -max-time 5 -import-path "$ROOT/proto" -proto nmp_authz/v1/pdp.proto \
-            -H "authorization: Bearer $SERVICE" \
-            -d '{"principal": {"principal_id": "alice@example.com"}, "method": "GET", "path": "'"$MODELS"'"}' \
-            "127.0.0.1:$GRPC_PORT" nmp_authz.v1.PolicyDecision/Allow 2>&1)" &&
-            grep -q '"allowed": true' <<<"$out"; then
-            pass "grpcurl PolicyDecision/Allow (service:demo asks about alice): allowed"
-        else
-            flunk "grpcurl PolicyDecision/Allow: $out"
-        fi
-        # Through server reflection (grpc.reflection.v1): reported, not required, since
-        # grpcurl 1.8.6 (.venv) asks only for the older v1alpha reflection service.
-        if out="$("$GRPCURL" -plaintext -max-time 5 "127.0.0.1:$GRPC_PORT" list 2>&1)"; then
-            if grep -q '^nmp_authz.v1.PolicyDecision$' <<<"$out"; then
-                pass "grpcurl list (reflection) names nmp_authz.v1.PolicyDecision"
-            else
-                flunk "grpcurl list (reflection): $out"
-            fi
-        else
-            echo "note  grpcurl list (reflection) failed with this grpcurl: $out"
-        fi
-    else
-        echo "skip  grpcurl not found (PATH or .venv/bin): PDP example not checked"
-    fi
-
-    check_alive || failures=$((failures + 1))
-    if ((failures)); then
-        echo "$PROG --check: $failures check(s) failed" >&2
-        show_logs
-        exit 1
-    fi
-    echo "$PROG --check: all checks passed"
-    exit 0
+if ((CHECK)); then
+    walkthrough
+    walkthrough_verdict
+    exit
 fi
 
 GRPCURL_CMD="${GRPCURL:-grpcurl}"

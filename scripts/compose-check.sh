@@ -64,7 +64,13 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     ((OFFICIAL)) || command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
     if ((${#missing[@]})); then
         step "apt-get install ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        apt_log="$(mktemp)"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+            >"$apt_log" 2>&1; then
+            cat "$apt_log" >&2
+            fail "apt-get install ${missing[*]} failed"
+        fi
+        rm -f "$apt_log"
         step_done "apt-get install"
     fi
 fi

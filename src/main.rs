@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use clap::{Parser, Subcommand};
 
 use nmp_authz::config::{self, Config, SourceConfig};
-use nmp_authz::policy::builtin::NMP_RELEASE;
 use nmp_authz::{loadtest, operator, server, sources, telemetry};
+use nmp_authz_core::policy::builtin::NMP_RELEASE;
 
 /// A Check allocates a few dozen small, short-lived objects (decoded request, principal,
 /// response); mimalloc serves them from per-thread free lists. BENCHMARKS.md has the figure.

@@ -544,7 +544,7 @@ const LOG_BUFFER_BYTES: usize = 64 * 1024;
 /// system call, no thread is woken per record (a Check logs its decision on the worker thread
 /// that answered it), and nobody appending waits on a write in progress. On a terminal every
 /// record is written at once.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct LogOutput {
     buffer: Arc<Mutex<Vec<u8>>>,
     immediate: bool,
@@ -597,6 +597,7 @@ fn write_out(mut buffer: std::sync::MutexGuard<'_, Vec<u8>>) {
 }
 
 /// One record being written: the formatter hands over each record whole in one `write_all`.
+#[derive(Debug)]
 pub struct LogRecord<'a> {
     buffer: Option<std::sync::MutexGuard<'a, Vec<u8>>>,
     immediate: bool,
@@ -637,6 +638,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutput {
 }
 
 /// Writes out buffered log records when dropped (at the end of `serve`).
+#[derive(Debug)]
 pub struct LogFlush(LogOutput);
 
 impl Drop for LogFlush {

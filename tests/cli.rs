@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use nmp_authz::policy::builtin::NMP_RELEASE;
+use nmp_authz_core::policy::builtin::NMP_RELEASE;
 
 mod common;
 use common::process::{PROCESS_DEADLINE, Server, describe, http_get, nmp_authz, text};
@@ -523,9 +523,9 @@ fn the_catalog_of_the_installed_nmp_is_one_line_away() {
     ));
     let out = run(&["validate", "--config", &config], &[]);
     assert!(out.status.success(), "{}", describe(&out));
-    let patterns = nmp_authz::policy::PolicyDocument::parse(
+    let patterns = nmp_authz_core::policy::PolicyDocument::parse(
         &std::fs::read_to_string(&released).unwrap(),
-        nmp_authz::policy::Format::Yaml,
+        nmp_authz_core::policy::Format::Yaml,
     )
     .expect("the released catalog parses")
     .authz

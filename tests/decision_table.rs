@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use nmp_authz::policy::{CompiledPolicy, Principal, Reason as R};
+use nmp_authz_core::policy::{CompiledPolicy, Principal, Reason as R};
 
 const ALLOW: bool = true;
 const DENY: bool = false;

@@ -14,9 +14,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nmp_authz::policy::builtin::{NMP_RELEASE, builtin_document};
-use nmp_authz::policy::document::{AuthzData, RoleDef};
-use nmp_authz::policy::{
+use nmp_authz_core::policy::builtin::{NMP_RELEASE, builtin_document};
+use nmp_authz_core::policy::document::{AuthzData, RoleDef};
+use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Decision, Format, PolicyDocument, Principal, Reason,
 };
 

@@ -20,8 +20,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::Rng;
-use nmp_authz::policy::pdp::{self, Entrypoint};
-use nmp_authz::policy::{BindingDefaults, CompiledPolicy, PolicyDocument};
+use nmp_authz_core::policy::pdp::{self, Entrypoint};
+use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, PolicyDocument};
 use serde_json::{Map, Value as Json, json};
 
 const CASES: usize = 6000;

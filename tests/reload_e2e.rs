@@ -331,7 +331,7 @@ fn decision_logs_are_json_and_redacted() {
 /// matches the policy revision it reports (a half-applied policy would show as a mismatch).
 #[test]
 fn checks_never_fail_or_mix_revisions_during_reloads() {
-    use nmp_authz::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument};
+    use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -18,11 +18,11 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use nmp_authz::config::Config;
 use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
 use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
-use nmp_authz::policy::decide::HEALTH_PATHS;
-use nmp_authz::policy::{
+use nmp_authz::server::State;
+use nmp_authz_core::policy::decide::HEALTH_PATHS;
+use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, builtin,
 };
-use nmp_authz::server::State;
 use prost::Message as _;
 use serde_json::{Value, json};
 

@@ -12,7 +12,8 @@ use crate::config::Config;
 use crate::identity::{self, Credentials};
 use crate::loadtest;
 use crate::policy::Explanation;
-use crate::server::{State, check, request_path};
+use crate::request_path;
+use crate::server::{State, check};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -15,7 +15,8 @@ use envoy_types::pb::google::rpc::Status;
 use crate::identity::{self, IdentityError};
 use crate::policy::{CompiledPolicy, Principal, Reason};
 
-use super::{State, request_path};
+use super::State;
+use crate::request_path;
 
 pub const AUTHORIZED: &str = "x-nmp-authorized";
 pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";

@@ -750,8 +750,10 @@ fn nmp_middleware_with_nmp_authz_as_its_pdp() {
                     expect_status.unwrap_or(*status)
                 };
                 assert_eq!(
-                    response.status, want,
-                    "{name}: {method} {path} {headers:?}: {response:?}"
+                    response.status,
+                    want,
+                    "{name}: {method} {path} {headers:?}: {response:?}\n{}",
+                    app.log()
                 );
                 if response.status == 200 && !path.starts_with("/health") {
                     let id = response.json()["principal"]["id"].clone();

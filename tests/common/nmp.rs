@@ -145,6 +145,13 @@ impl ServiceApp {
     }
 }
 
+impl ServiceApp {
+    /// What the app logged (NMP's middleware logs why it refused).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("app.log")).unwrap_or_default()
+    }
+}
+
 impl Drop for ServiceApp {
     fn drop(&mut self) {
         let _ = self.child.kill();

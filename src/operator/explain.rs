@@ -9,7 +9,7 @@ use serde_json::{Map, json};
 
 use crate::config::Config;
 use crate::identity;
-use crate::loadtest;
+use crate::requests;
 use crate::policy::Explanation;
 use crate::server::{State, check};
 
@@ -114,7 +114,7 @@ fn requests(
     config: &Config,
 ) -> Result<Vec<(CheckRequest, Option<&'static str>)>, String> {
     if let Some(file) = &args.requests_file {
-        return loadtest::read_mix(file, 86_400).map(|mix| {
+        return requests::read_mix(file, 86_400).map(|mix| {
             mix.into_iter()
                 .map(|request| offline_identity(request, config))
                 .collect()
@@ -147,9 +147,9 @@ fn requests(
     } else if !args.groups.is_empty() || !args.scope.is_empty() {
         return Err("--groups and --scope need --principal-id or --email".into());
     }
-    let mut request = loadtest::check_request(&method.to_ascii_uppercase(), path, headers);
+    let mut request = requests::check_request(&method.to_ascii_uppercase(), path, headers);
     if let (Some(claims), Some(attributes)) = (claims, request.attributes.as_mut()) {
-        attributes.metadata_context = Some(loadtest::jwt_authn_metadata(
+        attributes.metadata_context = Some(requests::jwt_authn_metadata(
             &config.identity.jwt_authn_metadata_key,
             &claims,
         ));
@@ -179,7 +179,7 @@ fn offline_identity(
         .and_then(identity::decode_unverified);
     match token {
         Some((alg, claims)) if alg.as_deref() != Some("none") => {
-            attributes.metadata_context = Some(loadtest::jwt_authn_metadata(
+            attributes.metadata_context = Some(requests::jwt_authn_metadata(
                 &config.identity.jwt_authn_metadata_key,
                 &claims,
             ));

@@ -26,7 +26,6 @@ struct RequestSpec {
     jwt_authn: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-
 /// An unsigned (alg none) token for the quickstart server.
 pub fn unsigned_token(subject: &str, lifetime_secs: u64) -> String {
     let now = crate::identity::unix_now();

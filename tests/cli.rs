@@ -14,10 +14,6 @@ mod common;
 use common::process::{PROCESS_DEADLINE, Server, describe, http_get, nmp_authz, text};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cli");
-const NMP_STATIC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/nmp/static-authz.yaml"
-);
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = nmp_authz();
@@ -469,18 +465,13 @@ fn relative_policy_paths_resolve_next_to_the_config_file() {
 
 #[test]
 fn validate_loads_nmp_static_document() {
-    if !Path::new(NMP_STATIC).exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "{NMP_STATIC} is required when CI=true"
-        );
-        eprintln!("SKIPPED: {NMP_STATIC} not found");
+    let Some(shared) = common::nmp::shared_catalog() else {
         return;
-    }
+    };
+    let shared = shared.display();
     let w = Workdir::new();
     let config = w.config(&format!(
-        "auth:\n  admin_email: admin@example.com\npolicy:\n  sources:\n    - file: {NMP_STATIC}\n"
+        "auth:\n  admin_email: admin@example.com\npolicy:\n  sources:\n    - file: {shared}\n"
     ));
     let out = run(&["validate", "--config", &config], &[]);
     assert!(out.status.success(), "{}", describe(&out));

@@ -9,8 +9,8 @@ use serde_json::{Map, json};
 
 use crate::config::Config;
 use crate::identity;
-use crate::requests;
 use crate::policy::Explanation;
+use crate::requests;
 use crate::server::{State, check};
 
 #[derive(clap::Args, Debug)]

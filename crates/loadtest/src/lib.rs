@@ -100,8 +100,6 @@ pub struct Args {
     pub json: bool,
 }
 
-
-
 /// A validated run plan.
 #[derive(Debug)]
 pub struct Plan {

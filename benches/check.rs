@@ -36,11 +36,11 @@ fn quickstart_state() -> State {
 fn mixes() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let encode =
         |requests: Vec<CheckRequest>| requests.iter().map(Message::encode_to_vec).collect();
-    let production = nmp_authz::loadtest::read_mix(MIX_JWT_AUTHN.as_ref(), 3600).expect("mix");
+    let production = nmp_authz::requests::read_mix(MIX_JWT_AUTHN.as_ref(), 3600).expect("mix");
     vec![
         (
             "built-in mix",
-            encode(nmp_authz::loadtest::default_mix(3600)),
+            encode(nmp_authz::requests::default_mix(3600)),
         ),
         ("jwt_authn metadata mix", encode(production)),
     ]

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nmp_authz::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal};
+use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal};
 
 const NMP_STATIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

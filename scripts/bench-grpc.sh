@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md (2): Check throughput and latency of nmp-authz against a do-nothing tonic
 # ext_authz server (examples/noop_authz.rs), measured in the same run with the same load
-# (nmp-authz loadtest, full speed, bounded). Loopback only.
+# (nmp-authz-loadtest, full speed, bounded). Loopback only.
 #   ./scripts/bench-grpc.sh [REQUESTS] [CONNECTIONS] [CONCURRENCY] [ROUNDS] [REQUESTS_FILE]
 # Each round loads both servers, in alternating order; the figures are the rounds' medians
 # (this machine's neighbours make single runs swing by ±15%). Without REQUESTS_FILE the
@@ -14,8 +14,9 @@ concurrency=${3:-64}
 rounds=${4:-5}
 mix=()
 if [ -n "${5:-}" ]; then mix=(--requests-file "$5"); fi
-cargo build --release --locked --bin nmp-authz --example noop_authz
+cargo build --release --locked --bin nmp-authz --bin nmp-authz-loadtest --example noop_authz
 bin=target/release/nmp-authz
+loadtest=target/release/nmp-authz-loadtest
 noop=target/release/examples/noop_authz
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
@@ -30,7 +31,7 @@ done
 # CPU seconds (user + system) a process has used so far, from /proc.
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 run() {
-    "$bin" loadtest --target "$1" --requests "$2" --connections "$connections" \
+    "$loadtest" --target "$1" --requests "$2" --connections "$connections" \
         --concurrency "$concurrency" "${mix[@]}" --json
 }
 # Warm both up, then measure.

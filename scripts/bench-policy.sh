@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 bindings=${1:-100000}
 rate=${2:-2000}
 seconds=${3:-30}
-cargo build --release --locked --bin nmp-authz
+cargo build --release --locked --bin nmp-authz --bin nmp-authz-loadtest
 exec python3 - "$bindings" "$rate" "$seconds" <<'PY'
 import json, os, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
@@ -101,7 +101,7 @@ with open(mix, "w") as f:
 
 
 def load():
-    out = subprocess.run([bin, "loadtest", "--target", "127.0.0.1:19611", "--rate", str(rate),
+    out = subprocess.run(["target/release/nmp-authz-loadtest", "--target", "127.0.0.1:19611", "--rate", str(rate),
                           "--duration", str(seconds), "--requests", str(rate * seconds),
                           "--concurrency", "64", "--requests-file", mix, "--json"],
                          capture_output=True, text=True, check=True).stdout

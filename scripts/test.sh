@@ -13,6 +13,17 @@ need() {
 need cargo "install Rust with rustup"
 need curl "the gateway demo's self-check uses it"
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+# The decision core must build for wasm32-wasip1 as well as the host (an in-process proxy
+# filter embeds it): its target's standard library, from rustup.
+rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip1$' || rustup target add wasm32-wasip1
+# cargo-deny (licences, duplicate versions, sources), built once into target/tools from
+# crates.io and reused while it is the pinned version.
+deny_version=0.20.2
+deny=target/tools/bin/cargo-deny
+if ! "$deny" --version 2>/dev/null | grep -qx "cargo-deny $deny_version"; then
+    echo "== cargo install cargo-deny $deny_version (target/tools)"
+    cargo install --quiet --locked --root target/tools cargo-deny --version "$deny_version"
+fi
 
 # The HTTP authorization mode is tested behind a real nginx (tests/http_authz.rs): Debian's
 # package, installed here when missing and we may (root with apt-get); otherwise it is a failure.
@@ -84,9 +95,13 @@ fi
 echo "== format"
 cargo fmt --all -- --check
 echo "== lint"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== dependencies (cargo deny: licences, duplicate versions, sources; deny.toml)"
+"$deny" --workspace check licenses bans sources
+echo "== the decision core for wasm32-wasip1"
+cargo build --locked -p nmp-authz-core --target wasm32-wasip1
 echo "== tests"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 
 # The container stack run for real: the image built from the Dockerfile, docker-compose.yml up
 # (stand-ins for the official images, which cannot be pulled everywhere), the demo walkthrough

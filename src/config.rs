@@ -585,11 +585,6 @@ fn check_path_prefix(prefix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An id NMP's `Principal.from_headers` accepts (what a bundle request may claim to be).
-fn is_nmp_principal_id(id: &str) -> bool {
-    id.len() <= 256 && crate::identity::is_principal_id(id)
-}
-
 impl Config {
     /// Checks that serde cannot express. Run by [`load`]; public for configs built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -705,7 +700,7 @@ impl Config {
                     check_url(&format!("{key}.bundle_url"), bundle_url)?;
                     if let Some(id) = principal_id
                         .as_deref()
-                        .filter(|id| !is_nmp_principal_id(id))
+                        .filter(|id| !crate::identity::is_carriable_id(id))
                     {
                         return Err(ConfigError::key(
                             key + ".principal_id",

@@ -1,19 +1,21 @@
 //! nmp-authz: an Envoy ext_authz server for the NeMo Platform API.
 //!
-//! Modules name the domain: [`identity`] (who is calling), [`policy`] (what is allowed: the pure
-//! decision core), [`sources`] (where policy data comes from), [`server`] (the gRPC and HTTP
-//! faces), [`telemetry`] (logs and metrics), and [`config`].
+//! The decision itself is the `nmp-authz-core` crate (what is allowed, the request-path rule);
+//! this crate hosts it. Modules name the domain: [`identity`] (who is calling), [`sources`]
+//! (where policy data comes from), [`server`] (the gRPC and HTTP faces), [`telemetry`] (logs
+//! and metrics), and [`config`].
+
+// The core's modules under their own names, so that `crate::policy` reads as it always has.
+use nmp_authz_core::{policy, request_path, yaml};
 
 pub mod config;
 pub mod fetch;
 pub mod identity;
-pub mod loadtest;
 pub mod operator;
-pub mod policy;
+pub mod requests;
 pub mod server;
 pub mod sources;
 pub mod telemetry;
-pub mod yaml;
 
 /// The project's own PDP service, generated from `proto/nmp_authz/v1/pdp.proto`.
 pub mod pdp_proto {

@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use clap::{Parser, Subcommand};
 
 use nmp_authz::config::{self, Config, SourceConfig};
-use nmp_authz::policy::builtin::NMP_RELEASE;
-use nmp_authz::{loadtest, operator, server, sources, telemetry};
+use nmp_authz::{operator, server, sources, telemetry};
+use nmp_authz_core::policy::builtin::NMP_RELEASE;
 
 /// A Check allocates a few dozen small, short-lived objects (decoded request, principal,
 /// response); mimalloc serves them from per-thread free lists. BENCHMARKS.md has the figure.
@@ -49,9 +49,6 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Load-test a running server's ext_authz Check: allowed, denied by HTTP status and gRPC
-    /// errors counted apart, latency percentiles (HDR histogram), as text or JSON.
-    Loadtest(loadtest::Args),
     /// Explain a decision offline: the status Envoy would return, the endpoint and workspace,
     /// the scope check, the roles that granted or the permission that was missing, and the
     /// deny rule that fired.
@@ -179,7 +176,6 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Command::Loadtest(args) => loadtest::run(&args),
         Command::Explain { config, args } => operator::explain::run(&args, &config.load()?),
         Command::Doctor { config, args } => {
             operator::doctor::run(&args, config.config.as_deref(), config.load())

@@ -76,7 +76,6 @@ pub struct SourceStatus {
     pub remote: bool,
     pub loaded: bool,
     pub failing_for: Option<Duration>,
-    pub since_success: Option<Duration>,
     pub last_error: Option<String>,
     /// A `policy.bootstrap` source.
     pub bootstrap: bool,
@@ -337,7 +336,6 @@ impl Sources {
                 remote: matches!(s.config, SourceConfig::BundleUrl { .. }),
                 loaded: s.current.is_some(),
                 failing_for: s.failing_since.map(|t| t.elapsed()),
-                since_success: s.last_success.map(|t| t.elapsed()),
                 last_error: s.last_error.clone(),
                 bootstrap: s.bootstrap,
                 builtin: matches!(s.config, SourceConfig::Builtin { .. }),

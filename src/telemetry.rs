@@ -1,38 +1,26 @@
 //! Logs and metrics. Counters are plain atomics in a map fixed at start-up, so recording a
 //! decision takes no lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::policy::Reason;
 use crate::policy::builtin::NMP_RELEASE;
+use nmp_authz_core::verdict::{Outcome, Status};
 
 /// The HTTP statuses a Check can end in.
-const STATUSES: [u16; 5] = [200, 400, 401, 403, 503];
-
 /// Upper bounds (seconds) of the Check latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.01, 0.1, 1.0, 2.5,
 ];
 
-/// Outcomes decided before the policy is consulted.
-const PRE_DECISION: [&str; 7] = [
-    "malformed_request",
-    "ambiguous_request",
-    "policy_unavailable",
-    "policy_stale",
-    "invalid_identity",
-    "invalid_principal",
-    "auth_disabled",
-];
-
 #[derive(Debug)]
 pub struct Metrics {
-    decisions: HashMap<&'static str, [AtomicU64; STATUSES.len()]>,
+    /// Answers by outcome ([`Outcome::index`]) and status (in [`Status::ALL`] order).
+    decisions: Box<[[AtomicU64; Status::ALL.len()]; Outcome::COUNT]>,
     policy_loads: AtomicU64,
     /// How long the last successful load took (read, parse, compile), in nanoseconds.
     policy_load_nanos: AtomicU64,
@@ -49,9 +37,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let reasons = Reason::ALL.iter().map(|r| r.as_str()).chain(PRE_DECISION);
         Self {
-            decisions: reasons.map(|r| (r, Default::default())).collect(),
+            decisions: Box::new(std::array::from_fn(|_| Default::default())),
             policy_loads: AtomicU64::new(0),
             policy_load_nanos: AtomicU64::new(0),
             policy_load_failures: AtomicU64::new(0),
@@ -65,7 +52,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_check(&self, status: u16, reason: &str, took: Duration) {
+    pub fn record_check(&self, outcome: Outcome, status: Status, took: Duration) {
         let seconds = took.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -75,10 +62,7 @@ impl Metrics {
         self.latency_nanos
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
-        let slot = STATUSES.iter().position(|s| *s == status);
-        if let (Some(counters), Some(slot)) = (self.decisions.get(reason), slot) {
-            counters[slot].fetch_add(1, Relaxed);
-        }
+        self.decisions[outcome.index()][status as usize].fetch_add(1, Relaxed);
     }
 
     pub fn jwks_fetched(&self, issuer: &str, ok: bool) {
@@ -127,13 +111,19 @@ impl Metrics {
             "counter",
             "Check decisions by HTTP status and reason.",
         );
-        let mut reasons: Vec<_> = self.decisions.iter().collect();
-        reasons.sort_by_key(|(r, _)| **r);
-        for (reason, counters) in reasons {
-            for (status, counter) in STATUSES.iter().zip(counters) {
+        let mut outcomes: Vec<Outcome> = Outcome::all().collect();
+        outcomes.sort_by_key(|o| o.as_str());
+        for outcome in outcomes {
+            let reason = outcome.as_str();
+            for (status, counter) in Status::ALL.iter().zip(&self.decisions[outcome.index()]) {
                 let n = counter.load(Relaxed);
                 if n > 0 {
-                    let result = if *status == 200 { "allow" } else { "deny" };
+                    let result = if *status == Status::Ok {
+                        "allow"
+                    } else {
+                        "deny"
+                    };
+                    let status = status.http();
                     let _ = writeln!(
                         out,
                         "nmp_authz_decisions_total{{result=\"{result}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
@@ -320,56 +310,39 @@ impl DecisionLog {
 /// rather than through the generic formatter, which cost several microseconds per record: on
 /// a Check path of about twenty, that was most of what separated nmp-authz from a do-nothing
 /// server (BENCHMARKS.md). `RUST_LOG` still decides whether records are written.
-pub fn log_decision(
-    request: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
-    response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse,
-    status: u16,
-    reason: &str,
-    took: Duration,
-) {
-    use envoy_types::pb::google::protobuf::value::Kind;
+/// What a decision record says, as the face that answered knows it.
+#[derive(Debug)]
+pub struct DecisionFacts<'a> {
+    pub allowed: bool,
+    pub status: u16,
+    pub reason: &'a str,
+    pub method: &'a str,
+    /// Without its query.
+    pub path: &'a str,
+    pub principal_id: &'a str,
+    pub workspace: &'a str,
+    pub endpoint: &'a str,
+    pub policy_revision: &'a str,
+}
+
+pub fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
     let Some(output) = DECISION_OUTPUT.get() else {
         return;
     };
     if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
         return;
     }
-    let http = request
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
-    // One pass over the decision metadata (a handful of entries) instead of a SipHash lookup
-    // per fact.
-    let [
-        mut principal_id,
-        mut workspace,
-        mut endpoint,
-        mut policy_revision,
-    ] = [""; 4];
-    for (key, value) in response.dynamic_metadata.iter().flat_map(|m| &m.fields) {
-        let slot = match key.as_str() {
-            "principal_id" => &mut principal_id,
-            "workspace" => &mut workspace,
-            "endpoint" => &mut endpoint,
-            "policy_revision" => &mut policy_revision,
-            _ => continue,
-        };
-        if let Some(Kind::StringValue(text)) = &value.kind {
-            *slot = text;
-        }
-    }
     let record = DecisionRecord {
         message: "decision",
-        allowed: status == 200,
-        status,
-        reason,
-        method: http.map_or("", |h| h.method.as_str()),
-        path: http.map_or("", |h| h.path.split('?').next().unwrap_or_default()),
-        principal_id,
-        workspace,
-        endpoint,
-        policy_revision,
+        allowed: facts.allowed,
+        status: facts.status,
+        reason: facts.reason,
+        method: facts.method,
+        path: facts.path,
+        principal_id: facts.principal_id,
+        workspace: facts.workspace,
+        endpoint: facts.endpoint,
+        policy_revision: facts.policy_revision,
         micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     };
     thread_local! {
@@ -544,7 +517,7 @@ const LOG_BUFFER_BYTES: usize = 64 * 1024;
 /// system call, no thread is woken per record (a Check logs its decision on the worker thread
 /// that answered it), and nobody appending waits on a write in progress. On a terminal every
 /// record is written at once.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct LogOutput {
     buffer: Arc<Mutex<Vec<u8>>>,
     immediate: bool,
@@ -597,6 +570,7 @@ fn write_out(mut buffer: std::sync::MutexGuard<'_, Vec<u8>>) {
 }
 
 /// One record being written: the formatter hands over each record whole in one `write_all`.
+#[derive(Debug)]
 pub struct LogRecord<'a> {
     buffer: Option<std::sync::MutexGuard<'a, Vec<u8>>>,
     immediate: bool,
@@ -637,6 +611,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutput {
 }
 
 /// Writes out buffered log records when dropped (at the end of `serve`).
+#[derive(Debug)]
 pub struct LogFlush(LogOutput);
 
 impl Drop for LogFlush {
@@ -648,6 +623,7 @@ impl Drop for LogFlush {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Reason;
 
     #[test]
     fn decision_records_are_one_line_each_in_both_formats() {
@@ -745,10 +721,12 @@ mod tests {
     fn decisions_are_counted_by_result_status_and_reason() {
         let metrics = Metrics::default();
         let fast = Duration::from_micros(20);
-        metrics.record_check(403, "not_permitted", fast);
-        metrics.record_check(403, "not_permitted", fast);
-        metrics.record_check(200, "workspace_permission", fast);
-        metrics.record_check(401, "invalid_identity", Duration::from_secs(5));
+        let decided = |r| Outcome::Decided(r);
+        metrics.record_check(decided(Reason::NotPermitted), Status::Forbidden, fast);
+        metrics.record_check(decided(Reason::NotPermitted), Status::Forbidden, fast);
+        metrics.record_check(decided(Reason::WorkspacePermission), Status::Ok, fast);
+        let refused = Outcome::Early(nmp_authz_core::verdict::Early::InvalidIdentity);
+        metrics.record_check(refused, Status::Unauthorized, Duration::from_secs(5));
         metrics.jwks_fetched("https://idp.example.com", true);
         metrics.jwks_fetched("https://idp.example.com", false);
         metrics.jwks_fetched("https://idp.example.com", false);

@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use nmp_authz::policy::builtin::NMP_RELEASE;
+use nmp_authz_core::policy::builtin::NMP_RELEASE;
 
 mod common;
 use common::process::{PROCESS_DEADLINE, Server, describe, http_get, nmp_authz, text};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cli");
-const NMP_STATIC: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/nmp/static-authz.yaml"
-);
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = nmp_authz();
@@ -469,18 +465,13 @@ fn relative_policy_paths_resolve_next_to_the_config_file() {
 
 #[test]
 fn validate_loads_nmp_static_document() {
-    if !Path::new(NMP_STATIC).exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "{NMP_STATIC} is required when CI=true"
-        );
-        eprintln!("SKIPPED: {NMP_STATIC} not found");
+    let Some(shared) = common::nmp::shared_catalog() else {
         return;
-    }
+    };
+    let shared = shared.display();
     let w = Workdir::new();
     let config = w.config(&format!(
-        "auth:\n  admin_email: admin@example.com\npolicy:\n  sources:\n    - file: {NMP_STATIC}\n"
+        "auth:\n  admin_email: admin@example.com\npolicy:\n  sources:\n    - file: {shared}\n"
     ));
     let out = run(&["validate", "--config", &config], &[]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -523,9 +514,9 @@ fn the_catalog_of_the_installed_nmp_is_one_line_away() {
     ));
     let out = run(&["validate", "--config", &config], &[]);
     assert!(out.status.success(), "{}", describe(&out));
-    let patterns = nmp_authz::policy::PolicyDocument::parse(
+    let patterns = nmp_authz_core::policy::PolicyDocument::parse(
         &std::fs::read_to_string(&released).unwrap(),
-        nmp_authz::policy::Format::Yaml,
+        nmp_authz_core::policy::Format::Yaml,
     )
     .expect("the released catalog parses")
     .authz

@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use nmp_authz::policy::{CompiledPolicy, Principal, Reason as R};
+use nmp_authz_core::policy::{CompiledPolicy, Principal, Reason as R};
 
 const ALLOW: bool = true;
 const DENY: bool = false;
@@ -371,7 +371,7 @@ fn table_names_are_unique_and_every_rule_is_covered() {
     let before = names.len();
     names.dedup();
     assert_eq!(before, names.len(), "duplicate case names");
-    for reason in R::ALL {
+    for &reason in R::ALL {
         assert!(
             cases.iter().any(|c| c.reason == reason),
             "no case expects {reason:?}"

@@ -90,7 +90,8 @@ fn yaml_alias_bomb_is_refused() {
         text.push_str(&format!("    a{level}: &a{level} [{refs}]\n"));
     }
     assert!(text.len() < 600, "{}", text.len());
-    let err = nmp_authz::policy::PolicyDocument::parse(&text, nmp_authz::policy::Format::Yaml)
-        .expect_err("an alias bomb is refused");
+    let err =
+        nmp_authz_core::policy::PolicyDocument::parse(&text, nmp_authz_core::policy::Format::Yaml)
+            .expect_err("an alias bomb is refused");
     assert!(err.message.contains("budget"), "{err}");
 }

@@ -21,7 +21,7 @@ use common::gateway::{
     Envoy, HTTP_MODE, Loopback, NmpAuthz, Recorded, Response, Upstream, get, render_http, request,
     template, unsigned_token, validate,
 };
-use common::nginx::{NGINX, Nginx, free_port, nginx_test, render_nginx};
+use common::nginx::{NGINX, Nginx, nginx_test, render_nginx};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -742,7 +742,7 @@ fn nginx_auth_request() {
         "auth:\n  allow_unsigned_jwt: true\nhttp_authz:\n  trusted_forwarded_headers: [nginx]\n",
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::process::free_port();
     let config = render_nginx(
         &template(NGINX),
         authz.http,

@@ -14,16 +14,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nmp_authz::policy::builtin::{NMP_RELEASE, builtin_document};
-use nmp_authz::policy::document::{AuthzData, RoleDef};
-use nmp_authz::policy::{
+use nmp_authz_core::policy::builtin::{NMP_RELEASE, builtin_document};
+use nmp_authz_core::policy::document::{AuthzData, RoleDef};
+use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Decision, Format, PolicyDocument, Principal, Reason,
 };
-
-const NMP_DEVELOPMENT: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/nmp/static-authz.yaml"
-);
 
 /// The released catalog of the installed NMP.
 fn released_document() -> PolicyDocument {
@@ -358,13 +353,10 @@ fn catalogs_load_with_every_endpoint() {
 
     // NMP's development catalog (a later commit's format: `x-not-in-openapi` keys, more routes)
     // loads and compiles too.
-    let text = match std::fs::read_to_string(NMP_DEVELOPMENT) {
-        Ok(text) => text,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{NMP_DEVELOPMENT}: {e} (required when CI=true)")
-        }
-        Err(e) => return eprintln!("SKIPPED: {NMP_DEVELOPMENT}: {e}"),
+    let Some(path) = common::nmp::shared_catalog() else {
+        return;
     };
+    let text = std::fs::read_to_string(&path).expect("read the development catalog");
     let development = PolicyDocument::parse(&text, Format::Yaml).expect("development catalog");
     let patterns = development.authz.endpoints.len();
     let policy = CompiledPolicy::build(development, &defaults(), "dev").expect("compiles");

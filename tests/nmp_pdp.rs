@@ -20,8 +20,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::Rng;
-use nmp_authz::policy::pdp::{self, Entrypoint};
-use nmp_authz::policy::{BindingDefaults, CompiledPolicy, PolicyDocument};
+use nmp_authz_core::policy::pdp::{self, Entrypoint};
+use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, PolicyDocument};
 use serde_json::{Map, Value as Json, json};
 
 const CASES: usize = 6000;
@@ -750,8 +750,10 @@ fn nmp_middleware_with_nmp_authz_as_its_pdp() {
                     expect_status.unwrap_or(*status)
                 };
                 assert_eq!(
-                    response.status, want,
-                    "{name}: {method} {path} {headers:?}: {response:?}"
+                    response.status,
+                    want,
+                    "{name}: {method} {path} {headers:?}: {response:?}\n{}",
+                    app.log()
                 );
                 if response.status == 200 && !path.starts_with("/health") {
                     let id = response.json()["principal"]["id"].clone();

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::gateway::{
     Envoy, Loopback, NmpAuthz, QUICKSTART, get, poll_until, render, request, template,
 };
-use common::nmp::{Cli, Platform, free_port};
+use common::nmp::{Cli, Platform};
+use common::process::free_port;
 
 const TEAM: &str = "team-e2e";
 

@@ -828,17 +828,6 @@ fn kubernetes_envoy_config_is_envoy_yaml_rendered_and_valid() {
 
 // ---- scripts/demo.sh ----
 
-/// `n` distinct free loopback ports (bound, then released just before the demo binds them).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind loopback"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 #[test]
 fn demo_check_passes() {
     // Fail here, clearly, rather than inside the script.
@@ -854,7 +843,7 @@ fn demo_check_passes() {
     )
     .unwrap();
 
-    let ports = free_ports(5);
+    let ports = common::process::free_ports(5);
     let logs = tempfile::tempdir().expect("tempdir");
     let stdout_path = logs.path().join("stdout");
     let stderr_path = logs.path().join("stderr");
@@ -942,7 +931,7 @@ fn demo_refuses_bad_arguments_and_busy_ports() {
     // A port already taken is named, with the variable that moves it, before anything starts.
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = busy.local_addr().unwrap().port();
-    let free = free_ports(4);
+    let free = common::process::free_ports(4);
     let out = Command::new(root().join("scripts/demo.sh"))
         .arg("--check")
         .env("NMP_AUTHZ_BIN", BIN)

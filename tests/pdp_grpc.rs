@@ -267,7 +267,7 @@ async fn with_auth_disabled_anyone_may_call() {
 async fn grpc_health_follows_readiness() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let status_of = |policy: Option<nmp_authz::policy::CompiledPolicy>| async move {
+    let status_of = |policy: Option<nmp_authz_core::policy::CompiledPolicy>| async move {
         let state = State::new(&Config::default(), policy);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::bundle::{BundleServer, Serve, bundle, document};
 
 use nmp_authz::config::{Config, SourceConfig};
-use nmp_authz::policy::{CompiledPolicy, Principal};
 use nmp_authz::sources::{Refresh, Sources};
+use nmp_authz_core::policy::{CompiledPolicy, Principal};
 
 use common::bundle::THINGS;
 
@@ -250,7 +250,7 @@ fn nmps_bundle_roots_and_converter_placeholders_load() {
     let nmp_layout = serde_json::json!({"authz": authz, "envoy": authz, "common": authz});
     let parsed = nmp_authz::sources::parse_bundle(&bundle(&nmp_layout.to_string(), "r1"))
         .expect("NMP's layout loads");
-    let defaults = nmp_authz::policy::BindingDefaults {
+    let defaults = nmp_authz_core::policy::BindingDefaults {
         bootstrap_bindings: false,
         ..Default::default()
     };

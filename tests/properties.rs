@@ -20,9 +20,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nmp_authz::policy::decide::{BUNDLE_PATH, HEALTH_PATHS};
-use nmp_authz::policy::document::{AuthzData, MethodDef, PolicyConfig, PrincipalDef, RoleDef};
-use nmp_authz::policy::{BindingDefaults, CompiledPolicy, PolicyDocument, Principal, Reason};
+use nmp_authz_core::policy::decide::{BUNDLE_PATH, HEALTH_PATHS};
+use nmp_authz_core::policy::document::{AuthzData, MethodDef, PolicyConfig, PrincipalDef, RoleDef};
+use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, PolicyDocument, Principal, Reason};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 

@@ -108,11 +108,8 @@ fn bundle_changes_and_staleness_through_the_server() {
         body: bundle(&document(""), "r2"),
         etag: "\"r2\"".into(),
     });
-    let took = running.until(403, "binding removed");
-    assert!(
-        took < Duration::from_secs(5),
-        "took {took:?} with a 1 s interval"
-    );
+    // Within `until`'s deadline: the poll (1 s interval) saw the new bundle.
+    running.until(403, "binding removed");
 
     // The source breaks: the last good policy serves until max_staleness, then 503.
     bundles.set(Serve::Raw(b"not a bundle".to_vec()));
@@ -193,14 +190,13 @@ fn a_hanging_bundle_source_neither_stalls_checks_nor_postpones_staleness() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(answered > 10, "{answered} Checks before staleness");
+    // A Check that waited on the hanging fetch would take seconds (the fetch's 20 s limit).
+    assert!(slowest < Duration::from_secs(2), "a Check took {slowest:?}");
+    // Not before the staleness bound (4 s, less a refresh interval), and well before the
+    // bundle fetch's own 20 s time limit would have ended the hanging request (a loaded
+    // machine may add seconds: the upper bound only has to tell the two apart).
     assert!(
-        slowest < Duration::from_millis(500),
-        "a Check took {slowest:?}"
-    );
-    // Stale within the bound plus a refresh interval and a little slack, well before the
-    // bundle fetch's own 20 s time limit would have ended the hanging request.
-    assert!(
-        stale_after >= Duration::from_secs(3) && stale_after < Duration::from_secs(8),
+        stale_after >= Duration::from_secs(3) && stale_after < CHANGE_DEADLINE,
         "stale after {stale_after:?}"
     );
     assert_eq!(http_get(running.http, "/health/ready").0, 503);
@@ -244,8 +240,8 @@ fn a_configmap_symlink_swap_is_picked_up() {
     version("..2026_11_23_v2", "");
     symlink("..2026_11_23_v2", mount.join("..data_tmp")).unwrap();
     std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
-    let took = running.until(403, "ConfigMap updated");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The interval is an hour: only the watch can explain a change within `until`'s deadline.
+    running.until(403, "ConfigMap updated");
 }
 
 #[test]
@@ -265,8 +261,7 @@ fn a_policy_file_change_is_picked_up_without_waiting_for_the_interval() {
     let next = dir.path().join("policy.json.next");
     std::fs::write(&next, document("")).unwrap();
     std::fs::rename(&next, &policy).unwrap();
-    let took = running.until(403, "file changed");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    running.until(403, "file changed");
 }
 
 /// Decision logs are structured JSON with the decision's facts, and never carry a token, a
@@ -331,7 +326,7 @@ fn decision_logs_are_json_and_redacted() {
 /// matches the policy revision it reports (a half-applied policy would show as a mismatch).
 #[test]
 fn checks_never_fail_or_mix_revisions_during_reloads() {
-    use nmp_authz::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument};
+    use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 

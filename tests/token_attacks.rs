@@ -18,12 +18,13 @@ use common::*;
 use envoy_types::pb::google::protobuf::Struct;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use nmp_authz::config::Config;
-use nmp_authz::identity::signed::{IssuerKeys, Rejection, TokenVerifier, usable_keys};
+use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
 use nmp_authz::identity::{
     Credentials, Identity, IdentityError, IdentitySettings, identify, struct_from_json,
 };
 use nmp_authz::server::State;
 use nmp_authz::server::check::check;
+use nmp_authz_core::identity::Rejection;
 use serde_json::{Map, Value, json};
 
 const ISSUER: &str = "https://idp.example.com/realms/nmp";

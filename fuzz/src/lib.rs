@@ -18,11 +18,11 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use nmp_authz::config::Config;
 use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
 use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
-use nmp_authz::policy::decide::HEALTH_PATHS;
-use nmp_authz::policy::{
+use nmp_authz::server::State;
+use nmp_authz_core::policy::decide::HEALTH_PATHS;
+use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, builtin,
 };
-use nmp_authz::server::State;
 use prost::Message as _;
 use serde_json::{Value, json};
 
@@ -469,9 +469,10 @@ pub fn check_request(data: &[u8]) {
     } else {
         built_request(&mut input)
     };
-    let (response, outcome) = checks
+    let (response, answered) = checks
         .runtime
         .block_on(nmp_authz::server::check::check(state, &request));
+    let status = answered.status.http();
     let http = request
         .attributes
         .as_ref()
@@ -479,21 +480,18 @@ pub fn check_request(data: &[u8]) {
         .and_then(|r| r.http.as_ref());
     let malformed = http.is_none_or(|h| h.method.is_empty() || !h.path.starts_with('/'));
     let path = http.map_or("", |h| h.path.as_str());
-    verify_response(&response, outcome.status, &request);
+    verify_response(&response, status, &request);
     if malformed {
-        assert_eq!(
-            outcome.status, 400,
-            "malformed request answered {outcome:?}"
-        );
+        assert_eq!(status, 400, "malformed request answered {answered:?}");
     }
-    if outcome.status == 200 && state.auth_enabled {
+    if status == 200 && state.auth_enabled {
         assert!(
             state.policy.load().is_some(),
             "allowed without policy data: {request:?}"
         );
         assert!(
             is_health(path) || principal_header(&response).is_some(),
-            "allowed {path:?} without naming a principal: {outcome:?}"
+            "allowed {path:?} without naming a principal: {answered:?}"
         );
     }
 }

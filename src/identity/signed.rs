@@ -14,25 +14,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value as Json};
 use sha2::{Digest, Sha256};
 
-use super::AcceptedToken;
+use nmp_authz_core::identity::{AcceptedToken, Rejection, TokenVerification, refused_header};
 
 /// How many verified tokens are remembered; each entry lives until its token expires.
 const CACHE_CAPACITY: u64 = 50_000;
-/// Header parameters that offer a key, demand extensions or announce a nested token: never
-/// honoured, always refused.
-const REFUSED_HEADERS: [&str; 6] = ["jku", "x5u", "jwk", "x5c", "crit", "cty"];
-
-/// Why a token's header is refused whatever its signature: it offers its own key, demands
-/// extensions (`crit`), or says its payload is another token (`cty`, RFC 7519 §5.2 nested
-/// JWTs: the outer signature would vouch for an inner token nobody verified).
-pub(crate) fn refused_header(header: &Map<String, Json>) -> Option<&'static str> {
-    let refused = REFUSED_HEADERS.iter().find(|h| header.contains_key(**h))?;
-    Some(match *refused {
-        "crit" => "Token requires unsupported extensions (crit)",
-        "cty" => "Nested tokens are not accepted (cty)",
-        _ => "Token offers its own key; keys come only from the issuer",
-    })
-}
 
 /// One public key an issuer signs with.
 #[derive(Clone)]
@@ -115,15 +100,6 @@ impl IssuerKeys {
     }
 }
 
-/// Why a signed token was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rejection {
-    /// 401 with this detail.
-    Invalid(&'static str),
-    /// The issuer is trusted but does not (yet) publish the token's key: worth one refetch.
-    UnknownKey { issuer: String },
-}
-
 /// Verifies signed tokens for the configured issuers and audience.
 pub struct TokenVerifier {
     issuers: HashMap<String, Arc<IssuerKeys>>,
@@ -162,7 +138,7 @@ impl moka::Expiry<[u8; 32], Arc<AcceptedToken>> for UntilExpiry {
 }
 
 /// The key a token is remembered under: its SHA-256, so the cache holds no credentials.
-pub fn token_digest(token: &str) -> [u8; 32] {
+fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -195,15 +171,6 @@ impl TokenVerifier {
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
         self.issuers.values()
-    }
-
-    /// A token accepted before and not expired since (see [`AcceptedToken`]).
-    pub fn remembered(&self, digest: &[u8; 32]) -> Option<Arc<AcceptedToken>> {
-        self.accepted.get(digest)
-    }
-
-    pub fn remember(&self, digest: [u8; 32], token: Arc<AcceptedToken>) {
-        self.accepted.insert(digest, token);
     }
 
     /// Forgets every accepted token, e.g. after an issuer stopped publishing a key.
@@ -275,6 +242,25 @@ impl TokenVerifier {
                 _ => Rejection::Invalid("Invalid or expired token"),
             })?;
         Ok(data.claims)
+    }
+}
+
+impl TokenVerification for TokenVerifier {
+    fn remembered(&self, token: &str) -> Option<Arc<AcceptedToken>> {
+        self.accepted.get(&token_digest(token))
+    }
+
+    fn remember(&self, token: &str, accepted: Arc<AcceptedToken>) {
+        self.accepted.insert(token_digest(token), accepted);
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        header: &Map<String, Json>,
+        claims: &Map<String, Json>,
+    ) -> Result<Map<String, Json>, Rejection> {
+        TokenVerifier::verify(self, token, header, claims)
     }
 }
 

@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Map, json};
 
 use crate::config::Config;
-use crate::identity::{self, Credentials};
-use crate::loadtest;
+use crate::identity;
 use crate::policy::Explanation;
-use crate::server::{State, check, request_path};
+use crate::requests;
+use crate::server::{State, check};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -115,7 +114,7 @@ fn requests(
     config: &Config,
 ) -> Result<Vec<(CheckRequest, Option<&'static str>)>, String> {
     if let Some(file) = &args.requests_file {
-        return loadtest::read_mix(file, 86_400).map(|mix| {
+        return requests::read_mix(file, 86_400).map(|mix| {
             mix.into_iter()
                 .map(|request| offline_identity(request, config))
                 .collect()
@@ -148,9 +147,9 @@ fn requests(
     } else if !args.groups.is_empty() || !args.scope.is_empty() {
         return Err("--groups and --scope need --principal-id or --email".into());
     }
-    let mut request = loadtest::check_request(&method.to_ascii_uppercase(), path, headers);
+    let mut request = requests::check_request(&method.to_ascii_uppercase(), path, headers);
     if let (Some(claims), Some(attributes)) = (claims, request.attributes.as_mut()) {
-        attributes.metadata_context = Some(loadtest::jwt_authn_metadata(
+        attributes.metadata_context = Some(requests::jwt_authn_metadata(
             &config.identity.jwt_authn_metadata_key,
             &claims,
         ));
@@ -180,7 +179,7 @@ fn offline_identity(
         .and_then(identity::decode_unverified);
     match token {
         Some((alg, claims)) if alg.as_deref() != Some("none") => {
-            attributes.metadata_context = Some(loadtest::jwt_authn_metadata(
+            attributes.metadata_context = Some(requests::jwt_authn_metadata(
                 &config.identity.jwt_authn_metadata_key,
                 &claims,
             ));
@@ -191,47 +190,23 @@ fn offline_identity(
 }
 
 async fn explain(state: &State, request: CheckRequest, note: Option<&'static str>) -> Explained {
-    let (response, outcome) = check::check(state, &request).await;
-    // Only a decided Check carries decision metadata; one refused before the policy (bad
-    // path, identity or policy state; auth disabled) has nothing to explain.
-    let decided = response.dynamic_metadata.is_some();
-    let detail = match response.http_response {
-        Some(HttpResponse::DeniedResponse(denied)) => serde_json::from_str::<Json>(&denied.body)
-            .ok()
-            .and_then(|body| body["detail"].as_str().map(str::to_string)),
-        _ => None,
-    };
-    let (explanation, dropped_groups) = if decided {
-        explanation(state, &request).await.unzip()
-    } else {
-        (None, None)
-    };
-    Explained {
-        status: outcome.status,
-        reason: outcome.reason,
-        detail,
+    // Decided by the server's own path (identity, the request-path rule, the decision);
+    // explained by the same policy, for the same principal and path, only when the policy
+    // decided (one refused before it — bad path, identity or policy state; auth disabled —
+    // has nothing to explain).
+    let decided = check::request(&request);
+    check::decide(state, &decided, |verdict| Explained {
+        status: verdict.status.http(),
+        reason: verdict.outcome.as_str(),
+        detail: (!verdict.allowed()).then(|| verdict.detail.to_string()),
         note,
-        dropped_groups: dropped_groups.unwrap_or(0),
-        explanation,
-    }
-}
-
-/// The policy's explanation, for the principal the server identifies in `request` and the
-/// path as Check decides on it (README "Request paths"); and how many groups were dropped.
-async fn explanation(state: &State, request: &CheckRequest) -> Option<(Explanation, usize)> {
-    let attributes = request.attributes.as_ref()?;
-    let http = attributes.request.as_ref()?.http.as_ref()?;
-    let credentials =
-        Credentials::from_headers(http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .ok()?;
-    let metadata = identity::jwt_authn_metadata(attributes);
-    let found = state.identify(&credentials, metadata).await.ok()?;
-    let policy = state.policy.load_full()?;
-    let dropped = found.as_ref().map_or(0, |i| i.dropped_groups);
-    let principal = found.map(|i| i.principal);
-    let path = request_path::canonical(&http.path).ok()?;
-    Some((
-        policy.explain(principal.as_deref(), &http.method, &path),
-        dropped,
-    ))
+        dropped_groups: verdict.dropped_groups,
+        explanation: verdict
+            .policy
+            .zip(verdict.path.as_deref())
+            .map(|(policy, path)| {
+                policy.explain(verdict.principal.as_deref(), decided.method, path)
+            }),
+    })
+    .await
 }

@@ -1,6 +1,10 @@
-//! One ext_authz Check: identity, decision, and the CheckResponse Envoy acts on.
+//! One authorization request, whatever face asked (gRPC `Authorization/Check`, the HTTP
+//! authorization endpoint, `explain`): the request-path rule, identity and the decision give a
+//! [`Verdict`]; each face renders it. Here too: the gRPC face's rendering (a `CheckResponse`),
+//! and what every face's answer shares (the headers an allow sets, a denial's body).
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
@@ -10,12 +14,14 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc::Status;
+use envoy_types::pb::google::rpc;
+use nmp_authz_core::verdict::{Early, Outcome, Status, Verdict};
 
-use crate::identity::{self, IdentityError};
-use crate::policy::{CompiledPolicy, Principal, Reason};
+use crate::identity::{self, Credentials, IdentityError};
+use crate::policy::Principal;
+use crate::request_path;
 
-use super::{State, request_path};
+use super::State;
 
 pub const AUTHORIZED: &str = "x-nmp-authorized";
 pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
@@ -23,172 +29,235 @@ pub const PRINCIPAL_EMAIL: &str = "x-nmp-principal-email";
 pub const PRINCIPAL_GROUPS: &str = "x-nmp-principal-groups";
 pub const SCOPES: &str = "x-nmp-scopes";
 
-/// The outcome of a Check in the terms the server reports (metrics, logs).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// 200 on allow, else the HTTP status Envoy returns to the client.
-    pub status: u16,
-    /// Decision reason, or the failure that came before a decision.
-    pub reason: &'static str,
+/// A request to authorize, as every face describes it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Path and query, as the client sent them.
+    pub path: &'a str,
+    /// The credential headers, or why they are refused (a credential header given twice).
+    pub credentials: Result<Credentials<'a>, IdentityError>,
+    /// The `jwt_authn` namespace of Envoy's dynamic metadata (gRPC only).
+    pub metadata: Option<&'a Struct>,
 }
 
-/// [`check`], counted in the metrics and logged as a decision record: what every face that
-/// answers a Check (gRPC `Authorization/Check`, the HTTP authorization endpoint) calls.
-pub async fn check_recorded(state: &State, request: &CheckRequest) -> (CheckResponse, Outcome) {
-    let started = std::time::Instant::now();
-    let (response, outcome) = check(state, request).await;
-    record(state, request, &response, &outcome, started.elapsed());
-    (response, outcome)
+/// What a face reports of an answer (metrics, logs, callers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub outcome: Outcome,
+    pub status: Status,
 }
 
-/// Counts and (sampled) logs one answered Check.
-pub fn record(
+/// Decides `request` and hands the verdict to `render` (the policy it was decided with is
+/// borrowed, not cloned, for as long as `render` runs).
+pub async fn decide<R>(
     state: &State,
-    request: &CheckRequest,
-    response: &CheckResponse,
-    outcome: &Outcome,
-    took: std::time::Duration,
-) {
-    state
-        .metrics
-        .record_check(outcome.status, outcome.reason, took);
-    if state.decision_log.should_log(outcome.status) {
-        crate::telemetry::log_decision(request, response, outcome.status, outcome.reason, took);
+    request: &Request<'_>,
+    render: impl FnOnce(&Verdict<'_>) -> R,
+) -> R {
+    if request.method.is_empty() || !request.path.starts_with('/') {
+        let detail = "Malformed request: no HTTP method or path";
+        return render(&Verdict::early(Early::MalformedRequest, detail));
     }
-}
-
-/// Decides one Check request.
-pub async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Outcome) {
-    let attributes = request.attributes.as_ref();
-    let Some(http) = attributes
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-        .filter(|h| !h.method.is_empty() && h.path.starts_with('/'))
-    else {
-        return deny(
-            400,
-            "malformed_request",
-            "Malformed request: no HTTP method or path",
-            None,
-        );
-    };
-    let credentials = identity::Credentials::from_headers(
-        http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    );
-    let metadata = attributes.and_then(identity::jwt_authn_metadata);
-
     if !state.auth_enabled {
         // Authorization is off: everything is allowed; a caller we can name is still named
         // (without waiting on any key refetch for it).
-        let principal = credentials.ok().and_then(|credentials| {
+        let principal = request.credentials.as_ref().ok().and_then(|credentials| {
             let verifier = state.keys.verifier();
             let now = identity::unix_now();
-            identity::identify(&state.identity, verifier, &credentials, metadata, now)
-                .ok()
-                .flatten()
-                .map(|i| i.principal)
+            identity::identify(
+                &state.identity,
+                verifier,
+                credentials,
+                request.metadata,
+                now,
+            )
+            .ok()
+            .flatten()
+            .map(|i| i.principal)
         });
-        return allow(&http.headers, principal.as_deref(), "auth_disabled");
+        let mut verdict = Verdict::early(Early::AuthDisabled, "");
+        verdict.principal = principal;
+        return render(&verdict);
     }
     // Decide on the path as the upstream will read it, or refuse one it could read two ways
     // (README "Request paths"). HTTP methods are case-sensitive: `get` is not `GET`, and an
     // upstream that upper-cases it would serve what was decided as something else.
-    let path = match request_path::canonical(&http.path) {
-        Ok(path) if is_method_token(&http.method) => path,
+    let path = match request_path::canonical(request.path) {
+        Ok(path) if request_path::is_method_token(request.method) => path,
         Ok(_) => {
-            return deny(
-                400,
-                "ambiguous_request",
-                "Ambiguous request: the method must be upper case",
-                None,
-            );
+            let detail = "Ambiguous request: the method must be upper case";
+            return render(&Verdict::early(Early::AmbiguousRequest, detail));
         }
-        Err(refusal) => return deny(400, "ambiguous_request", refusal, None),
+        Err(refusal) => return render(&Verdict::early(Early::AmbiguousRequest, refusal)),
     };
     if state.stale.load(std::sync::atomic::Ordering::Relaxed) {
-        return deny(
-            503,
-            "policy_stale",
-            "Authorization policy data is stale",
-            None,
-        );
+        let detail = "Authorization policy data is stale";
+        return render(&Verdict::early(Early::PolicyStale, detail));
     }
-    let identity = match credentials {
-        Ok(credentials) => state.identify(&credentials, metadata).await,
-        Err(refused) => Err(refused),
+    let identity = match &request.credentials {
+        Ok(credentials) => state.identify(credentials, request.metadata).await,
+        Err(refused) => Err(refused.clone()),
     };
     // A guard, not a clone of the Arc: two worker threads bumping one reference count on
     // every Check would pass its cache line back and forth.
     let policy = state.policy.load();
     let Some(policy) = policy.as_deref() else {
-        return deny(
-            503,
-            "policy_unavailable",
-            "Authorization policy data is not available",
-            None,
-        );
+        let detail = "Authorization policy data is not available";
+        return render(&Verdict::early(Early::PolicyUnavailable, detail));
     };
-    let principal = match identity {
-        Ok(found) => found.map(|i| i.principal),
-        Err(IdentityError::InvalidPrincipal { detail }) => {
-            return deny(400, "invalid_principal", &detail, None);
-        }
-        Err(rejected) => {
-            let detail = rejected.detail();
-            return deny(401, "invalid_identity", detail, Some(detail));
-        }
+    let (principal, dropped_groups) = match identity {
+        Ok(found) => found.map_or((None, 0), |i| (Some(i.principal), i.dropped_groups)),
+        Err(refused) => return render(&Verdict::refused(&refused)),
     };
-    let decision = policy.allow(principal.as_deref(), &http.method, &path);
+    let decision = policy.allow(principal.as_deref(), request.method, &path);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // What `nmp-authz explain` prints, evaluated again with a recorder: only when read.
-        let explanation = policy.explain(principal.as_deref(), &http.method, &path);
+        let explanation = policy.explain(principal.as_deref(), request.method, &path);
         tracing::debug!(
             explanation = %serde_json::to_string(&explanation).unwrap_or_default(),
             "decision explained"
         );
     }
-    let metadata = decision_metadata(policy, principal.as_deref(), &decision);
-    let (mut response, outcome) = if decision.allowed {
-        allow(
-            &http.headers,
-            principal.as_deref(),
-            decision.reason.as_str(),
-        )
+    let mut verdict = Verdict::decided(decision, policy, principal, path);
+    verdict.dropped_groups = dropped_groups;
+    render(&verdict)
+}
+
+/// [`decide`], counted in the metrics and logged as a decision record: what every face that
+/// answers an authorization request calls.
+pub async fn decide_recorded<R>(
+    state: &State,
+    request: &Request<'_>,
+    render: impl FnOnce(&Verdict<'_>) -> R,
+) -> R {
+    let started = Instant::now();
+    decide(state, request, |verdict| {
+        let rendered = render(verdict);
+        record(state, request, verdict, started.elapsed());
+        rendered
+    })
+    .await
+}
+
+/// Counts and (sampled) logs one answer.
+pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took: Duration) {
+    state
+        .metrics
+        .record_check(verdict.outcome, verdict.status, took);
+    if state.decision_log.should_log(verdict.status.http()) {
+        let decision = verdict.decision.as_ref();
+        crate::telemetry::log_decision(
+            &crate::telemetry::DecisionFacts {
+                allowed: verdict.allowed(),
+                status: verdict.status.http(),
+                reason: verdict.outcome.as_str(),
+                method: request.method,
+                path: request.path.split('?').next().unwrap_or_default(),
+                principal_id: verdict
+                    .principal
+                    .as_ref()
+                    .and_then(|p| p.id.as_deref())
+                    .unwrap_or_default(),
+                workspace: decision
+                    .and_then(|d| d.workspace.as_deref())
+                    .unwrap_or_default(),
+                endpoint: decision.and_then(|d| d.endpoint).unwrap_or_default(),
+                policy_revision: verdict.policy.map_or("", |p| p.revision()),
+            },
+            took,
+        );
+    }
+}
+
+// ---- the gRPC face: Envoy's CheckRequest and CheckResponse ----
+
+/// The request a `CheckRequest` describes.
+pub fn request(check: &CheckRequest) -> Request<'_> {
+    let attributes = check.attributes.as_ref();
+    let http = attributes
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    Request {
+        method: http.map_or("", |h| h.method.as_str()),
+        path: http.map_or("", |h| h.path.as_str()),
+        credentials: Credentials::from_headers(
+            http.into_iter()
+                .flat_map(|h| h.headers.iter())
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        ),
+        metadata: attributes.and_then(identity::jwt_authn_metadata),
+    }
+}
+
+/// Decides one Check request (counted and logged).
+pub async fn check(state: &State, check: &CheckRequest) -> (CheckResponse, Answered) {
+    let inbound = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map(|h| &h.headers);
+    decide_recorded(state, &request(check), |verdict| {
+        let answered = Answered {
+            outcome: verdict.outcome,
+            status: verdict.status,
+        };
+        (check_response(verdict, inbound), answered)
+    })
+    .await
+}
+
+/// A verdict as Envoy acts on it.
+pub fn check_response(
+    verdict: &Verdict<'_>,
+    inbound: Option<&HashMap<String, String>>,
+) -> CheckResponse {
+    let status = Some(rpc::Status {
+        code: verdict.status.grpc_code(),
+        message: if verdict.allowed() {
+            String::new()
+        } else {
+            verdict.detail.to_string()
+        },
+        ..Default::default()
+    });
+    let http_response = if verdict.allowed() {
+        let set = allow_headers(verdict.principal.as_deref());
+        let headers_to_remove = headers_to_remove(
+            inbound
+                .into_iter()
+                .flat_map(|h| h.keys().map(String::as_str)),
+            &set,
+        );
+        HttpResponse::OkResponse(OkHttpResponse {
+            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
+            headers_to_remove,
+            ..Default::default()
+        })
     } else {
-        match decision.reason {
-            Reason::NoEndpointsLoaded => deny(
-                503,
-                decision.reason.as_str(),
-                "Authorization policy data has no endpoints",
-                None,
-            ),
-            _ if principal.is_none() => {
-                deny(401, decision.reason.as_str(), "Not authenticated", None)
-            }
-            reason => deny(
-                403,
-                reason.as_str(),
-                &format!("Permission denied: {}", reason.describe()),
-                None,
-            ),
-        }
+        HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(verdict.status.http()),
+            }),
+            headers: denial_headers(verdict)
+                .into_iter()
+                .map(|(k, v)| overwrite(k, v))
+                .collect(),
+            body: super::detail_body(&verdict.detail),
+        })
     };
-    response.dynamic_metadata = Some(metadata);
-    (response, outcome)
+    CheckResponse {
+        status,
+        http_response: Some(http_response),
+        dynamic_metadata: decision_metadata(verdict),
+    }
 }
 
-/// An HTTP method as Envoy passes it on: an upper-case token (`GET`, `M-SEARCH`).
-fn is_method_token(method: &str) -> bool {
-    method
-        .bytes()
-        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
-}
+// ---- what every face's answer shares ----
 
-fn allow(
-    inbound: &HashMap<String, String>,
-    principal: Option<&Principal>,
-    reason: &'static str,
-) -> (CheckResponse, Outcome) {
+/// The headers an allow sets: `x-nmp-authorized` and the principal's (README "Check response").
+pub fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, String)> {
     let mut set: Vec<(&str, String)> = vec![(AUTHORIZED, "true".into())];
     if let Some(p) = principal {
         if let Some(id) = p.id.as_deref().filter(|id| !id.is_empty()) {
@@ -204,35 +273,40 @@ fn allow(
             set.push((SCOPES, p.scopes.join(" ")));
         }
     }
-    // Every other inbound x-nmp-* header is the client's, not ours: remove it. Envoy sends
-    // lower-case names; a hand-built request's `X-NMP-...` is caught too.
-    let mut headers_to_remove: Vec<String> = inbound
-        .keys()
+    set
+}
+
+/// Every inbound `x-nmp-*` header the allow does not set: the client's, not ours, so removed.
+/// Envoy sends lower-case names; a hand-built request's `X-NMP-...` is caught too.
+pub fn headers_to_remove<'h>(
+    inbound: impl Iterator<Item = &'h str>,
+    set: &[(&str, String)],
+) -> Vec<String> {
+    let mut remove: Vec<String> = inbound
         .filter(|k| k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-nmp-")))
-        .map(|k| k.to_ascii_lowercase())
+        .map(str::to_ascii_lowercase)
         .filter(|k| !set.iter().any(|(name, _)| name == k))
         .collect();
-    headers_to_remove.sort();
-    headers_to_remove.dedup();
-    let response = CheckResponse {
-        status: Some(Status {
-            code: tonic::Code::Ok as i32,
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
-            headers_to_remove,
-            ..Default::default()
-        })),
-        dynamic_metadata: None,
-    };
-    (
-        response,
-        Outcome {
-            status: 200,
-            reason,
-        },
-    )
+    remove.sort();
+    remove.dedup();
+    remove
+}
+
+/// A denial's headers: its JSON body's type, and on a 401 the `www-authenticate` challenge.
+pub fn denial_headers(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("content-type", "application/json".to_string())];
+    if verdict.status == Status::Unauthorized {
+        let challenge = if verdict.token_refused {
+            format!(
+                "Bearer realm=\"nmp\", error=\"invalid_token\", error_description=\"{}\"",
+                verdict.detail.replace(['"', '\\'], "'")
+            )
+        } else {
+            "Bearer realm=\"nmp\"".into()
+        };
+        headers.push(("www-authenticate", challenge));
+    }
+    headers
 }
 
 /// A header Envoy must set, replacing any value: `append: false` for Envoy versions that read
@@ -251,54 +325,10 @@ fn overwrite(key: &str, value: String) -> HeaderValueOption {
     }
 }
 
-/// A denial Envoy sends to the client as is: NMP-style JSON `{"detail": ...}`.
-pub(crate) fn deny(
-    status: u16,
-    reason: &'static str,
-    detail: &str,
-    token_error: Option<&str>,
-) -> (CheckResponse, Outcome) {
-    let mut headers = vec![overwrite("content-type", "application/json".into())];
-    if status == 401 {
-        let challenge = match token_error {
-            Some(description) => format!(
-                "Bearer realm=\"nmp\", error=\"invalid_token\", error_description=\"{}\"",
-                description.replace(['"', '\\'], "'")
-            ),
-            None => "Bearer realm=\"nmp\"".into(),
-        };
-        headers.push(overwrite("www-authenticate", challenge));
-    }
-    let code = match status {
-        400 => tonic::Code::InvalidArgument,
-        401 => tonic::Code::Unauthenticated,
-        503 => tonic::Code::Unavailable,
-        _ => tonic::Code::PermissionDenied,
-    };
-    let response = CheckResponse {
-        status: Some(Status {
-            code: code as i32,
-            message: detail.into(),
-            ..Default::default()
-        }),
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(status),
-            }),
-            headers,
-            body: super::detail_body(detail),
-        })),
-        dynamic_metadata: None,
-    };
-    (response, Outcome { status, reason })
-}
-
-/// Decision facts for Envoy's dynamic metadata (access logs, later filters).
-fn decision_metadata(
-    policy: &CompiledPolicy,
-    principal: Option<&Principal>,
-    decision: &crate::policy::Decision<'_>,
-) -> Struct {
+/// Decision facts for Envoy's dynamic metadata (access logs, later filters), when the policy
+/// decided.
+fn decision_metadata(verdict: &Verdict<'_>) -> Option<Struct> {
+    let (decision, policy) = (verdict.decision.as_ref()?, verdict.policy?);
     let text = |s: &str| Value {
         kind: Some(Kind::StringValue(s.into())),
     };
@@ -312,7 +342,7 @@ fn decision_metadata(
     );
     fields.insert("reason".to_string(), text(decision.reason.as_str()));
     fields.insert("policy_revision".to_string(), text(policy.revision()));
-    if let Some(id) = principal.and_then(|p| p.id.as_deref()) {
+    if let Some(id) = verdict.principal.as_ref().and_then(|p| p.id.as_deref()) {
         fields.insert("principal_id".into(), text(id));
     }
     if let Some(ws) = &decision.workspace {
@@ -321,5 +351,5 @@ fn decision_metadata(
     if let Some(endpoint) = decision.endpoint {
         fields.insert("endpoint".into(), text(endpoint));
     }
-    Struct { fields }
+    Some(Struct { fields })
 }

@@ -153,7 +153,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let (response, _) = check::check_recorded(&self.0, request.get_ref()).await;
+        let (response, _) = check::check(&self.0, request.get_ref()).await;
         Ok(Response::new(response))
     }
 }
@@ -174,12 +174,9 @@ impl PdpService {
 
 /// A PDP refusal as a gRPC status.
 fn status(refused: pdp::Refused) -> Status {
-    let code = match refused.status {
-        400 => tonic::Code::InvalidArgument,
-        401 => tonic::Code::Unauthenticated,
-        403 => tonic::Code::PermissionDenied,
-        _ => tonic::Code::Unavailable,
-    };
+    // The answers' one status table; anything else (no policy, ...) is unavailable.
+    let code = nmp_authz_core::verdict::Status::from_http(refused.status)
+        .map_or(tonic::Code::Unavailable, |s| s.grpc_code().into());
     Status::new(code, refused.detail)
 }
 

@@ -216,16 +216,20 @@ async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Respon
         if req.method() != Method::POST {
             return Err(pdp::Refused::new(405, "Method not allowed"));
         }
-        let policy = match face {
-            Face::Main => pdp::authorize_caller(state, req.headers()).await?,
-            Face::Pdp => pdp::authorize_service_header(state, req.headers())?,
-        };
-        let entrypoint = pdp::entrypoint(pdp::entrypoint_of(req.uri().path()).unwrap_or(""))?;
-        let body = Limited::new(req.into_body(), MAX_PDP_BODY)
+        // The body is read first, refusal or not: answered with its body unread, a connection
+        // may be closed after the answer, and a pooling client (NMP's services) that sends its
+        // next call on it then gets none (httpx's RemoteProtocolError; NMP's middleware: 500).
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, MAX_PDP_BODY)
             .collect()
             .await
             .map_err(|e| pdp::Refused::new(400, format!("Invalid request body: {e}")))?
             .to_bytes();
+        let policy = match face {
+            Face::Main => pdp::authorize_caller(state, &parts.headers).await?,
+            Face::Pdp => pdp::authorize_service_header(state, &parts.headers)?,
+        };
+        let entrypoint = pdp::entrypoint(pdp::entrypoint_of(parts.uri.path()).unwrap_or(""))?;
         pdp::answer(&policy, entrypoint, &body)
     };
     match answered.await {

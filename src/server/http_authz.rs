@@ -1,21 +1,18 @@
 //! The HTTP authorization endpoint (README "HTTP authorization mode"): Envoy's HTTP ext_authz
 //! service, nginx `auth_request` and Traefik `forwardAuth` ask about a request over plain HTTP.
-//! The request they describe becomes a [`CheckRequest`] decided by [`check::check_recorded`],
-//! the very path gRPC Checks take; its [`CheckResponse`] becomes the HTTP answer: 200 with the
-//! `x-nmp-*` headers to inject, or the denial's status, headers and body.
-
-use std::collections::HashMap;
+//! The request they describe is decided by [`check::decide_recorded`], the very path gRPC
+//! Checks take, and its verdict rendered as the HTTP answer: 200 with the `x-nmp-*` headers to
+//! inject, or the denial's status, headers and body.
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
+use nmp_authz_core::verdict::{Early, Verdict};
 
 use super::{State, check};
 use crate::config::ForwardedForm;
+use crate::identity::Credentials;
 
 /// Headers that describe the original request instead of belonging to it. Never passed on as
 /// the described request's headers (so never read as credentials), whichever form is trusted.
@@ -55,7 +52,6 @@ struct Described {
     method: String,
     /// Path and query, as the client sent them.
     path: String,
-    host: String,
 }
 
 /// Answers one authorization request. `rest` is the request line's path after the prefix
@@ -70,15 +66,31 @@ pub async fn answer(
     let started = std::time::Instant::now();
     match describe(state, method, rest, query, headers) {
         Ok(described) => {
-            let request = check_request(&described, headers);
-            let (response, _) = check::check_recorded(state, &request).await;
-            translate(&response, described.form)
+            let forwarded = forwarded_headers(headers);
+            let request = check::Request {
+                method: &described.method,
+                path: &described.path,
+                credentials: Credentials::from_headers(
+                    forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+                metadata: None,
+            };
+            let inbound = forwarded.iter().map(|(k, _)| k.as_str());
+            check::decide_recorded(state, &request, |verdict| {
+                http_answer(verdict, inbound, described.form)
+            })
+            .await
         }
         Err(detail) => {
-            let request = CheckRequest::default();
-            let (response, outcome) = check::deny(400, "malformed_request", &detail, None);
-            check::record(state, &request, &response, &outcome, started.elapsed());
-            translate(&response, ForwardedForm::Envoy)
+            let verdict = Verdict::early(Early::MalformedRequest, detail);
+            let request = check::Request {
+                method,
+                path: rest,
+                credentials: Ok(Credentials::default()),
+                metadata: None,
+            };
+            check::record(state, &request, &verdict, started.elapsed());
+            http_answer(&verdict, std::iter::empty(), ForwardedForm::Envoy)
         }
     }
 }
@@ -105,7 +117,6 @@ fn describe(
             .map(|v| Some(v.to_string()))
             .map_err(|_| format!("Malformed request: {} is not visible ASCII", spelled(name)))
     };
-    let host = || single("host").ok().flatten().unwrap_or_default();
     let mut present = Vec::new();
     if !rest.is_empty() {
         present.push(ForwardedForm::Envoy);
@@ -157,23 +168,22 @@ fn describe(
                 Some(query) => format!("{rest}?{query}"),
                 None => rest.to_string(),
             },
-            host: host(),
         },
         ForwardedForm::Nginx => Described {
             form,
             method: required(ORIGINAL_METHOD)?,
             path: required(ORIGINAL_URI)?,
-            host: host(),
         },
-        ForwardedForm::Traefik => Described {
-            form,
-            method: required(FORWARDED_METHOD)?,
-            path: required(FORWARDED_URI)?,
-            host: match single(FORWARDED_HOST)? {
-                Some(host) => host,
-                None => host(),
-            },
-        },
+        ForwardedForm::Traefik => {
+            let described = Described {
+                form,
+                method: required(FORWARDED_METHOD)?,
+                path: required(FORWARDED_URI)?,
+            };
+            // Not needed for the decision, but refused when repeated like the others.
+            single(FORWARDED_HOST)?;
+            described
+        }
     })
 }
 
@@ -198,44 +208,34 @@ fn names(forms: &[ForwardedForm]) -> String {
     forms.iter().map(name).collect::<Vec<_>>().join(", ")
 }
 
-/// The Check request Envoy's gRPC ext_authz would send for the described request: its method,
-/// path and host, and the authorization request's headers (names lower-case, repeated ones
-/// joined with `,` as Envoy joins them) without the describing ones.
-fn check_request(described: &Described, headers: &HeaderMap) -> CheckRequest {
-    let mut forwarded: HashMap<String, String> = HashMap::with_capacity(headers.keys_len());
+/// The authorization request's headers as Envoy's gRPC ext_authz would pass the described
+/// request's on (names lower-case, repeated ones joined with `,` as Envoy joins them), without
+/// the describing ones.
+fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut forwarded: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
     for (name, value) in headers {
         let name = name.as_str();
         if DESCRIBING.contains(&name) {
             continue;
         }
         let value = String::from_utf8_lossy(value.as_bytes());
-        forwarded
-            .entry(name.to_string())
-            .and_modify(|joined| {
+        match forwarded.iter_mut().find(|(known, _)| known == name) {
+            Some((_, joined)) => {
                 joined.push(',');
                 joined.push_str(&value);
-            })
-            .or_insert_with(|| value.into_owned());
+            }
+            None => forwarded.push((name.to_string(), value.into_owned())),
+        }
     }
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: described.method.clone(),
-                    path: described.path.clone(),
-                    host: described.host.clone(),
-                    headers: forwarded,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    forwarded
 }
 
-/// The CheckResponse as an HTTP answer.
-fn translate(response: &CheckResponse, form: ForwardedForm) -> Response<Full<Bytes>> {
+/// A verdict as an HTTP answer; `inbound` the described request's header names.
+fn http_answer<'h>(
+    verdict: &Verdict<'_>,
+    inbound: impl Iterator<Item = &'h str>,
+    form: ForwardedForm,
+) -> Response<Full<Bytes>> {
     let mut answer = Response::new(Full::new(Bytes::new()));
     let set = |answer: &mut Response<Full<Bytes>>, name: &str, value: &str| {
         if let (Ok(name), Ok(value)) = (
@@ -245,39 +245,27 @@ fn translate(response: &CheckResponse, form: ForwardedForm) -> Response<Full<Byt
             answer.headers_mut().insert(name, value);
         }
     };
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(ok)) => {
-            for header in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
-                set(&mut answer, &header.key, &header.value);
-            }
-            if !ok.headers_to_remove.is_empty() {
-                set(
-                    &mut answer,
-                    HEADERS_TO_REMOVE,
-                    &ok.headers_to_remove.join(","),
-                );
-            }
+    if verdict.allowed() {
+        let headers = check::allow_headers(verdict.principal.as_deref());
+        let remove = check::headers_to_remove(inbound, &headers);
+        for (name, value) in &headers {
+            set(&mut answer, name, value);
         }
-        Some(HttpResponse::DeniedResponse(denied)) => {
-            *answer.status_mut() = denied
-                .status
-                .as_ref()
-                .and_then(|s| u16::try_from(s.code).ok())
-                .and_then(|code| StatusCode::from_u16(code).ok())
-                .unwrap_or(StatusCode::FORBIDDEN);
-            for header in denied.headers.iter().filter_map(|h| h.header.as_ref()) {
-                set(&mut answer, &header.key, &header.value);
-            }
-            if form == ForwardedForm::Nginx {
-                set(&mut answer, DENIAL_BODY, &ascii_json(&denied.body));
-            }
-            *answer.body_mut() = Full::new(Bytes::from(denied.body.clone()));
+        if !remove.is_empty() {
+            set(&mut answer, HEADERS_TO_REMOVE, &remove.join(","));
         }
-        // check::check always answers one or the other; anything else is not an allow.
-        Some(HttpResponse::ErrorResponse(_)) | None => {
-            *answer.status_mut() = StatusCode::FORBIDDEN;
-        }
+        return answer;
     }
+    *answer.status_mut() =
+        StatusCode::from_u16(verdict.status.http()).unwrap_or(StatusCode::FORBIDDEN);
+    for (name, value) in check::denial_headers(verdict) {
+        set(&mut answer, name, &value);
+    }
+    let body = super::detail_body(&verdict.detail);
+    if form == ForwardedForm::Nginx {
+        set(&mut answer, DENIAL_BODY, &ascii_json(&body));
+    }
+    *answer.body_mut() = Full::new(Bytes::from(body));
     answer
 }
 
@@ -321,22 +309,13 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        let described = Described {
-            form: ForwardedForm::Nginx,
-            method: "GET".into(),
-            path: "/a".into(),
-            host: "h".into(),
-        };
-        let request = check_request(&described, &headers);
-        let http = request.attributes.unwrap().request.unwrap().http.unwrap();
-        let mut names: Vec<_> = http.headers.keys().cloned().collect();
-        names.sort();
-        assert_eq!(names, ["accept", "authorization", "x-nmp-principal-id"]);
+        let forwarded = forwarded_headers(&headers);
+        let names: Vec<&str> = forwarded.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["authorization", "x-nmp-principal-id", "accept"]);
         assert_eq!(
-            http.headers["accept"], "a,b",
+            forwarded[2].1, "a,b",
             "repeated headers joined as Envoy joins them"
         );
-        assert_eq!((http.method.as_str(), http.path.as_str()), ("GET", "/a"));
     }
 
     #[test]

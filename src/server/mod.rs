@@ -6,7 +6,6 @@ pub mod grpc;
 pub mod http;
 pub mod http_authz;
 pub mod pdp;
-pub mod request_path;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

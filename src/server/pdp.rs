@@ -151,7 +151,7 @@ pub fn authorize_service_header(
     }
     // NMP parses the header (trimmed) before it serves the call; so do we.
     let id = id.trim();
-    if id.len() > 256 || !identity::is_principal_id(id) {
+    if !identity::is_carriable_id(id) {
         return Err(Refused::new(
             400,
             "X-NMP-Principal-Id contains invalid characters; allowed: alphanumeric, @, ., -, _, :, +, /",

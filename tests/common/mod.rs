@@ -16,8 +16,8 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::protobuf::{BoolValue, ListValue, Struct, Value, value::Kind};
 use nmp_authz::config::Config;
-use nmp_authz::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal};
 use nmp_authz::server::{State, grpc};
+use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 

@@ -8,7 +8,7 @@
 //! ```
 
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -42,14 +42,6 @@ pub fn nginx_binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!("`nginx` is not installed: run ./scripts/test.sh (apt-get install -y nginx)")
         })
-}
-
-/// A loopback port nothing listens on right now (nginx cannot report a port 0 it was given).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// `template` for loopback: listening on 127.0.0.1:`port`, nmp-authz's HTTP port at `authz`,

@@ -29,6 +29,24 @@ pub fn package_dir() -> PathBuf {
         .unwrap_or_else(|| panic!("no site-packages/nmp under {}", lib.display()))
 }
 
+/// NMP's development-commit catalog the project leads provide (`../shared/nmp/static-authz.yaml`,
+/// never copied into the repository), or `None` after a notice when it is missing outside CI
+/// (with `CI=true` a missing file fails the test).
+pub fn shared_catalog() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/nmp/static-authz.yaml");
+    if path.is_file() {
+        return Some(path);
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{} is required when CI=true",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} not found", path.display());
+    None
+}
+
 /// NMP 0.3.0's released endpoint catalog (`nmp/core/auth/assets/static-authz.yaml`).
 pub fn released_catalog() -> PathBuf {
     let path = package_dir().join("core/auth/assets/static-authz.yaml");
@@ -92,15 +110,6 @@ pub fn run_json_with_env(
     })
 }
 
-/// A port on 127.0.0.1 free right now, for a process that must be told its port before it
-/// starts (NMP's services run with `--port`; nmp-authz must know it first for its bundle URL).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
 /// `tests/nmp/service_app.py`: a FastAPI app behind NMP's own `AuthorizationMiddleware`, with
 /// the `auth:` config given. Killed on drop.
 pub struct ServiceApp {
@@ -142,6 +151,13 @@ impl ServiceApp {
             _dir: dir,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         }
+    }
+}
+
+impl ServiceApp {
+    /// What the app logged (NMP's middleware logs why it refused).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("app.log")).unwrap_or_default()
     }
 }
 

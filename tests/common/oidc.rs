@@ -14,7 +14,7 @@
 //! Clients, resources and scopes that the provider knows are listed in tests/oidc/README.md.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -206,7 +206,7 @@ impl Provider {
         let mut last = String::new();
         // The port is free when we look but could be taken before node binds it: try again.
         for _ in 0..3 {
-            let port = free_port()?;
+            let port = super::process::free_port();
             let mut provider = Provider {
                 child: None,
                 port,
@@ -531,17 +531,6 @@ fn check_installed() -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// A loopback port that nothing listens on right now.
-fn free_port() -> Result<u16, String> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| format!("local address: {e}"))?
-        .port();
-    Ok(port)
 }
 
 /// Copies `stream` line by line into `log` (and to `lines` while someone listens) until EOF.

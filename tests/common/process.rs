@@ -79,6 +79,25 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `n` distinct loopback ports nothing listens on right now, for a process that must be told
+/// its port before it starts (nginx, `nmp services run`, `demo.sh`). They are bound together,
+/// then released: another process could take one in between, which on a test machine's
+/// loopback does not happen in practice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+/// One port of [`free_ports`].
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
 /// A finished command's status and output, for assertion messages.
 pub fn describe(out: &std::process::Output) -> String {
     format!(

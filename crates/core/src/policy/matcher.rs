@@ -117,7 +117,7 @@ impl Pattern {
 
 #[derive(Debug, Default)]
 struct Node {
-    literals: super::compile::FastMap<Box<str>, Node>,
+    literals: super::FastMap<Box<str>, Node>,
     placeholder: Option<Box<Node>>,
     /// Patterns that end at this node.
     exact: Vec<usize>,

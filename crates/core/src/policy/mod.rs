@@ -12,6 +12,10 @@ pub mod pdp;
 pub mod syntax;
 
 pub use compile::{BindingDefaults, CompiledPolicy};
+
+/// The maps a decision looks up. Their keys come from policy data, never from a request, so a
+/// fast hasher without flooding resistance is safe here; SipHash was a tenth of a decision.
+pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 pub use decide::{Decision, Reason};
 pub use document::{DocumentError, Format, PolicyDocument};
 pub use explain::Explanation;

@@ -1,4 +1,4 @@
-//! `nmp-authz loadtest` against a real in-process server: denials counted as denials by
+//! `nmp-authz-loadtest` against a real in-process server: denials counted as denials by
 //! status, bounds and rate honoured, loopback enforced, a dead target reported without hanging.
 
 use std::io::Read;
@@ -49,16 +49,15 @@ impl Server {
     }
 }
 
-/// Runs `nmp-authz loadtest ARGS`, killed if it outlives [`RUN_DEADLINE`].
+/// Runs `nmp-authz-loadtest ARGS`, killed if it outlives [`RUN_DEADLINE`].
 fn loadtest(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nmp-authz"))
-        .arg("loadtest")
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nmp-authz-loadtest"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn nmp-authz loadtest");
+        .expect("spawn nmp-authz-loadtest");
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out_reader = std::thread::spawn(move || {

@@ -5,7 +5,47 @@ use super::Principal;
 use super::compile::{
     CompiledMethod, CompiledPolicy, Endpoint, PermId, RequiredPermission, RoleId,
 };
-use super::explain::{Grant, Recorder, ScopeCheck};
+
+/// Told by the evaluation what each rule examined. Every method defaults to doing nothing.
+pub(crate) trait Recorder {
+    /// The request facts every rule reads, once, before any rule runs.
+    fn facts(&mut self, _facts: &Facts<'_, '_>) {}
+    /// `principal` holds PlatformAdmin in `system`.
+    fn platform_admin(&mut self, _principal: &str) {}
+    /// The scope check against the endpoint's `required` scopes.
+    fn scope(&mut self, _required: &[Box<str>], _check: ScopeCheck<'_>) {}
+    /// One required permission looked up for `principal` in `workspace`.
+    fn permission(
+        &mut self,
+        _principal: &str,
+        _workspace: &str,
+        _permission: Option<PermId>,
+        _grant: Option<Grant<'_>>,
+    ) {
+    }
+}
+
+/// The decision path: nothing recorded.
+impl Recorder for () {}
+
+/// How the scope check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScopeCheck<'a> {
+    /// The caller has no platform scope (none containing `:`): passes.
+    NoPlatformScopes,
+    /// The endpoint lists no scopes: passes.
+    NoneRequired,
+    /// This token scope is one of the endpoint's: passes.
+    Matched(&'a str),
+    Missing,
+}
+
+/// The binding that granted a permission: `principal` is the applicable principal or `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Grant<'a> {
+    pub principal: &'a str,
+    pub role: RoleId,
+}
 
 /// Paths NMP always allows, matched against the full path as sent (query included).
 pub const HEALTH_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/status", "/metrics"];
@@ -14,129 +54,98 @@ pub const BUNDLE_PATH: &str = "/apis/auth/v2/iam/opa-bundle.tar.gz";
 const SYSTEM: &str = "system";
 const ALL_WORKSPACES: &str = "-";
 
-/// Why a request was allowed or denied; the name is stable (metrics, logs, metadata).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    // Allow rules.
-    HealthPath,
-    PlatformAdmin,
-    ServiceUnknownPath,
-    WorkspacePermission,
-    ServiceAllWorkspacesWrite,
-    SystemPermission,
-    PermissionlessRead,
-    AllWorkspacesRead,
-    PermissionlessEndpoint,
-    // Deny rules (override every allow).
-    NoEndpointsLoaded,
-    EndpointDenied,
-    DeniedPluginPrefix,
-    SecretAccessNotService,
-    BundleAccess,
-    NestedEntitiesInternal,
-    ServiceOnlyRoute,
-    PrincipalOnlyRoute,
-    // No allow rule applied.
-    NoIdentity,
-    ScopeMismatch,
-    NotPermitted,
+crate::table_enum! {
+    /// Why a request was allowed or denied; the name is stable (metrics, logs, metadata).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Reason: Rule {
+        HealthPath = ("health_path", Rule::Allow, "health path"),
+        PlatformAdmin = ("platform_admin", Rule::Allow, "PlatformAdmin in system"),
+        ServiceUnknownPath = (
+            "service_unknown_path",
+            Rule::Allow,
+            "service principal on a path no endpoint matches"
+        ),
+        WorkspacePermission = (
+            "workspace_permission",
+            Rule::Allow,
+            "required permissions held in the workspace"
+        ),
+        ServiceAllWorkspacesWrite = (
+            "service_all_workspaces_write",
+            Rule::Allow,
+            "service principal holds the permissions across all workspaces"
+        ),
+        SystemPermission = ("system_permission", Rule::Allow, "required permissions held in system"),
+        PermissionlessRead = (
+            "permissionless_read",
+            Rule::Allow,
+            "read of an endpoint that requires no permission"
+        ),
+        AllWorkspacesRead = ("all_workspaces_read", Rule::Allow, "read across all workspaces"),
+        PermissionlessEndpoint = (
+            "permissionless_endpoint",
+            Rule::Allow,
+            "endpoint requires no permission"
+        ),
+        NoEndpointsLoaded = ("no_endpoints_loaded", Rule::Deny, "no endpoints are loaded"),
+        EndpointDenied = ("endpoint_denied", Rule::Deny, "endpoint is denied"),
+        DeniedPluginPrefix = (
+            "denied_plugin_prefix",
+            Rule::Deny,
+            "path is under a denied plugin prefix"
+        ),
+        SecretAccessNotService = (
+            "secret_access_not_service",
+            Rule::Deny,
+            "secret values are readable by service principals only"
+        ),
+        BundleAccess = (
+            "bundle_access",
+            Rule::Deny,
+            "policy bundle requires iam.bundle.read in system"
+        ),
+        NestedEntitiesInternal = (
+            "nested_entities_internal",
+            Rule::Deny,
+            "nested entities APIs are for service principals and platform admins"
+        ),
+        ServiceOnlyRoute = ("service_only_route", Rule::Deny, "route is for service principals only"),
+        PrincipalOnlyRoute = (
+            "principal_only_route",
+            Rule::Deny,
+            "route is not for service principals"
+        ),
+        NoIdentity = ("no_identity", Rule::NoAllow, "no identity"),
+        ScopeMismatch = (
+            "scope_mismatch",
+            Rule::NoAllow,
+            "token scopes do not cover this endpoint"
+        ),
+        NotPermitted = ("not_permitted", Rule::NoAllow, "required permissions not held"),
+    }
+}
+
+/// What kind of rule a [`Reason`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// An allow rule applied.
+    Allow,
+    /// A deny rule applied: it overrides every allow rule.
+    Deny,
+    /// No allow rule applied.
+    NoAllow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
-        Reason::HealthPath,
-        Reason::PlatformAdmin,
-        Reason::ServiceUnknownPath,
-        Reason::WorkspacePermission,
-        Reason::ServiceAllWorkspacesWrite,
-        Reason::SystemPermission,
-        Reason::PermissionlessRead,
-        Reason::AllWorkspacesRead,
-        Reason::PermissionlessEndpoint,
-        Reason::NoEndpointsLoaded,
-        Reason::EndpointDenied,
-        Reason::DeniedPluginPrefix,
-        Reason::SecretAccessNotService,
-        Reason::BundleAccess,
-        Reason::NestedEntitiesInternal,
-        Reason::ServiceOnlyRoute,
-        Reason::PrincipalOnlyRoute,
-        Reason::NoIdentity,
-        Reason::ScopeMismatch,
-        Reason::NotPermitted,
-    ];
+    /// True for the reasons that allow.
+    pub fn allows(self) -> bool {
+        self.kind() == Rule::Allow
+    }
 
     /// True for the deny rules that override every allow rule (as opposed to an allow rule,
     /// or no allow rule applying).
     pub fn is_deny_rule(self) -> bool {
-        matches!(
-            self,
-            Reason::NoEndpointsLoaded
-                | Reason::EndpointDenied
-                | Reason::DeniedPluginPrefix
-                | Reason::SecretAccessNotService
-                | Reason::BundleAccess
-                | Reason::NestedEntitiesInternal
-                | Reason::ServiceOnlyRoute
-                | Reason::PrincipalOnlyRoute
-        )
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::HealthPath => "health_path",
-            Reason::PlatformAdmin => "platform_admin",
-            Reason::ServiceUnknownPath => "service_unknown_path",
-            Reason::WorkspacePermission => "workspace_permission",
-            Reason::ServiceAllWorkspacesWrite => "service_all_workspaces_write",
-            Reason::SystemPermission => "system_permission",
-            Reason::PermissionlessRead => "permissionless_read",
-            Reason::AllWorkspacesRead => "all_workspaces_read",
-            Reason::PermissionlessEndpoint => "permissionless_endpoint",
-            Reason::NoEndpointsLoaded => "no_endpoints_loaded",
-            Reason::EndpointDenied => "endpoint_denied",
-            Reason::DeniedPluginPrefix => "denied_plugin_prefix",
-            Reason::SecretAccessNotService => "secret_access_not_service",
-            Reason::BundleAccess => "bundle_access",
-            Reason::NestedEntitiesInternal => "nested_entities_internal",
-            Reason::ServiceOnlyRoute => "service_only_route",
-            Reason::PrincipalOnlyRoute => "principal_only_route",
-            Reason::NoIdentity => "no_identity",
-            Reason::ScopeMismatch => "scope_mismatch",
-            Reason::NotPermitted => "not_permitted",
-        }
-    }
-
-    /// A short human sentence for deny bodies and explanations.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Reason::HealthPath => "health path",
-            Reason::PlatformAdmin => "PlatformAdmin in system",
-            Reason::ServiceUnknownPath => "service principal on a path no endpoint matches",
-            Reason::WorkspacePermission => "required permissions held in the workspace",
-            Reason::ServiceAllWorkspacesWrite => {
-                "service principal holds the permissions across all workspaces"
-            }
-            Reason::SystemPermission => "required permissions held in system",
-            Reason::PermissionlessRead => "read of an endpoint that requires no permission",
-            Reason::AllWorkspacesRead => "read across all workspaces",
-            Reason::PermissionlessEndpoint => "endpoint requires no permission",
-            Reason::NoEndpointsLoaded => "no endpoints are loaded",
-            Reason::EndpointDenied => "endpoint is denied",
-            Reason::DeniedPluginPrefix => "path is under a denied plugin prefix",
-            Reason::SecretAccessNotService => {
-                "secret values are readable by service principals only"
-            }
-            Reason::BundleAccess => "policy bundle requires iam.bundle.read in system",
-            Reason::NestedEntitiesInternal => {
-                "nested entities APIs are for service principals and platform admins"
-            }
-            Reason::ServiceOnlyRoute => "route is for service principals only",
-            Reason::PrincipalOnlyRoute => "route is not for service principals",
-            Reason::NoIdentity => "no identity",
-            Reason::ScopeMismatch => "token scopes do not cover this endpoint",
-            Reason::NotPermitted => "required permissions not held",
-        }
+        self.kind() == Rule::Deny
     }
 }
 

@@ -9,7 +9,7 @@ use foldhash::HashMapExt;
 
 use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, PrincipalDef, RoleDef};
 use super::matcher::{Matcher, Pattern};
-use super::syntax;
+use super::{FastMap, syntax};
 
 /// NMP evaluates `includes` breadth-first to four levels below a role and ignores anything
 /// deeper; a deeper chain is refused at load rather than evaluated differently from NMP.
@@ -22,10 +22,6 @@ pub const METHODS: [&str; 9] = [
 
 pub type RoleId = u32;
 pub type PermId = u32;
-
-/// The maps a decision looks up. Their keys come from policy data, never from a request, so a
-/// fast hasher without flooding resistance is safe here; SipHash was a tenth of a decision.
-pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// principal -> workspace -> roles bound there.
 pub(crate) type Bindings = FastMap<Box<str>, FastMap<Box<str>, Box<[RoleId]>>>;

@@ -101,6 +101,15 @@ fn check_segments(path: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// An HTTP method as Envoy passes it on: an upper-case token (`GET`, `M-SEARCH`). HTTP methods
+/// are case-sensitive: `get` is not `GET`, and an upstream that upper-cases it would serve
+/// what was decided as something else.
+pub fn is_method_token(method: &str) -> bool {
+    method
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

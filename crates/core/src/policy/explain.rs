@@ -9,48 +9,7 @@ use serde::Serialize;
 
 use super::Principal;
 use super::compile::{CompiledPolicy, PermId, RoleId};
-use super::decide::Facts;
-
-/// Told by the evaluation what each rule examined. Every method defaults to doing nothing.
-pub(crate) trait Recorder {
-    /// The request facts every rule reads, once, before any rule runs.
-    fn facts(&mut self, _facts: &Facts<'_, '_>) {}
-    /// `principal` holds PlatformAdmin in `system`.
-    fn platform_admin(&mut self, _principal: &str) {}
-    /// The scope check against the endpoint's `required` scopes.
-    fn scope(&mut self, _required: &[Box<str>], _check: ScopeCheck<'_>) {}
-    /// One required permission looked up for `principal` in `workspace`.
-    fn permission(
-        &mut self,
-        _principal: &str,
-        _workspace: &str,
-        _permission: Option<PermId>,
-        _grant: Option<Grant<'_>>,
-    ) {
-    }
-}
-
-/// The decision path: nothing recorded.
-impl Recorder for () {}
-
-/// How the scope check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ScopeCheck<'a> {
-    /// The caller has no platform scope (none containing `:`): passes.
-    NoPlatformScopes,
-    /// The endpoint lists no scopes: passes.
-    NoneRequired,
-    /// This token scope is one of the endpoint's: passes.
-    Matched(&'a str),
-    Missing,
-}
-
-/// The binding that granted a permission: `principal` is the applicable principal or `*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Grant<'a> {
-    pub principal: &'a str,
-    pub role: RoleId,
-}
+use super::decide::{Facts, Grant, Recorder, ScopeCheck};
 
 /// Why a request is allowed or denied, in the policy's terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

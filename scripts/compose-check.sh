@@ -85,7 +85,7 @@ venv_compose="$("$ROOT/.venv/bin/python" -c \
     'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
 if [ -n "$venv_compose" ] && [ -x "$venv_compose" ]; then
     COMPOSE=("$venv_compose")
-elif docker compose version >/dev/null 2>&1; then
+elif timeout 30 docker compose version >/dev/null 2>&1; then
     COMPOSE=(docker compose)
 else
     unavailable "Docker Compose v2 not found (.venv/bin/docker-compose: run ./scripts/test.sh once)"
@@ -105,15 +105,19 @@ DOCKERD_PID=""
 PROJECT="nmp-authz-check-$$"
 UP=0
 
-compose() { "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" "$@"; }
+# Every Docker command is bounded (a daemon that hangs must not hang the test command).
+compose() { # seconds, arguments...: docker compose on this check's project
+    local seconds="$1"
+    shift
+    timeout "$seconds" "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" "$@"
+}
 
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if ((UP)); then
         step "docker compose down"
-        timeout 120 "${COMPOSE[@]}" -f "$ROOT/docker-compose.yml" -p "$PROJECT" \
-            down --volumes --remove-orphans --timeout 10 >"$WORK/down.log" 2>&1 ||
+        compose 120 down --volumes --remove-orphans --timeout 10 >"$WORK/down.log" 2>&1 ||
             { cat "$WORK/down.log" >&2; status=1; }
         step_done "compose down"
     fi
@@ -142,7 +146,7 @@ trap 'exit 143' TERM
 
 # ---- the daemon ----
 
-if ! docker info >/dev/null 2>&1; then
+if ! timeout 30 docker info >/dev/null 2>&1; then
     command -v dockerd >/dev/null 2>&1 || unavailable "no Docker daemon answers and dockerd is not installed (Debian: apt-get install docker.io)"
     [ "$(id -u)" = "0" ] || unavailable "no Docker daemon answers, and starting dockerd needs root"
     step "starting dockerd (log: $WORK/dockerd.log)"
@@ -150,7 +154,7 @@ if ! docker info >/dev/null 2>&1; then
     setsid dockerd >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     deadline=$((SECONDS + 60))
-    until docker info >/dev/null 2>&1; do
+    until timeout 10 docker info >/dev/null 2>&1; do
         if ! kill -0 "$DOCKERD_PID" 2>/dev/null || ((SECONDS >= deadline)); then
             tail -n 20 "$WORK/dockerd.log" >&2
             fail "dockerd did not come up within 60 s"
@@ -166,7 +170,8 @@ if ((OFFICIAL)); then
     unset BUILDER_IMAGE RUNTIME_IMAGE ENVOY_IMAGE UPSTREAM_IMAGE NMP_AUTHZ_IMAGE
 else
     step "stand-in images (scripts/docker-standins.sh)"
-    settings="$("$ROOT/scripts/docker-standins.sh")" || fail "scripts/docker-standins.sh failed"
+    settings="$(timeout 1800 "$ROOT/scripts/docker-standins.sh")" ||
+        fail "scripts/docker-standins.sh failed or took more than 30 minutes"
     eval "$settings"
     # Not the tag a user's `docker compose up --build` makes: this one is built on stand-ins.
     export NMP_AUTHZ_IMAGE=nmp-authz:standins
@@ -174,9 +179,9 @@ else
 fi
 
 step "docker compose build nmp-authz"
-compose build nmp-authz >"$WORK/build.log" 2>&1 || {
+compose 2700 build nmp-authz >"$WORK/build.log" 2>&1 || {
     tail -n 60 "$WORK/build.log" >&2
-    fail "docker compose build failed (log above)"
+    fail "docker compose build failed or took more than 45 minutes (log above)"
 }
 step_done "image build (compose build)"
 
@@ -186,19 +191,18 @@ step_done "image build (compose build)"
 export DEMO_GATEWAY_PORT="" DEMO_GRPC_PORT="" DEMO_HTTP_PORT=""
 step "docker compose up --wait (project $PROJECT)"
 UP=1
-compose up --detach --wait --wait-timeout "$TIMEOUT" --no-build >"$WORK/up.log" 2>&1 || {
+compose $((TIMEOUT + 60)) up --detach --wait --wait-timeout "$TIMEOUT" --no-build >"$WORK/up.log" 2>&1 || {
     cat "$WORK/up.log" >&2
-    compose ps --all >&2 || true
-    compose logs --tail 30 >&2 || true
+    compose 30 ps --all >&2 || true
+    compose 30 logs --tail 30 >&2 || true
     fail "docker compose up --wait did not bring the stack up healthy within ${TIMEOUT}s"
 }
 step_done "compose up --wait"
 
 step "walkthrough"
-port_of() { # service, container port -> the loopback port Docker published it on
+port_of() { # service, container port -> the host port Docker published it on
     local address
-    address="$(compose port "$1" "$2")" || fail "$1 publishes no port $2"
-    [[ "$address" == 127.0.0.1:* ]] || fail "$1's port $2 is published on $address, not loopback"
+    address="$(compose 30 port "$1" "$2")" || fail "$1 publishes no port $2"
     echo "${address##*:}"
 }
 GATEWAY_PORT="$(port_of envoy 8080)"
@@ -208,7 +212,7 @@ HTTP_PORT="$(port_of nmp-authz 8000)"
 # Every port the project publishes is on loopback: the quickstart accepts unsigned tokens.
 check_listeners() {
     local published
-    published="$(docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Ports}}' |
+    published="$(timeout 30 docker ps --filter "label=com.docker.compose.project=$PROJECT" --format '{{.Ports}}' |
         tr ',' '\n' | grep -- '->' | sed 's/^ *//' | sort)"
     if [ -n "$published" ] && ! grep -qv '^127\.0\.0\.1:' <<<"$published"; then
         pass "the stack publishes on 127.0.0.1 only: $(tr '\n' ' ' <<<"$published")"
@@ -216,30 +220,30 @@ check_listeners() {
         flunk "the stack's published ports: ${published:-none}"
     fi
 }
-upstream_log() { compose logs --no-color --no-log-prefix nmp-api 2>&1; }
+upstream_log() { compose 30 logs --no-color --no-log-prefix nmp-api 2>&1; }
 # Each service running, none restarting (they restart unless-stopped).
 check_alive() {
     local running
-    running="$(compose ps --status running --services | sort | tr '\n' ' ')"
+    running="$(compose 30 ps --status running --services | sort | tr '\n' ' ')"
     [ "$running" = "envoy nmp-api nmp-authz " ] && return 0
     echo "$PROG: running services: ${running:-none} (expected envoy, nmp-api and nmp-authz)" >&2
     return 1
 }
-show_logs() { compose logs --no-color --tail 20 >&2 || true; }
+show_logs() { compose 30 logs --no-color --tail 20 >&2 || true; }
 # shellcheck source=scripts/demo-walkthrough.sh
 source "$ROOT/scripts/demo-walkthrough.sh"
 
 walkthrough
 # What docker-compose.yml asks of the nmp-authz container, as Docker runs it.
-authz="$(compose ps -q nmp-authz)"
-uids="$(docker top "$authz" -eo pid,uid,comm | awk 'NR > 1 && $3 == "nmp-authz" { print $2 }')"
+authz="$(compose 30 ps -q nmp-authz)"
+uids="$(timeout 30 docker top "$authz" -eo pid,uid,comm | awk 'NR > 1 && $3 == "nmp-authz" { print $2 }')"
 if [ "$uids" = "10001" ]; then
     pass "nmp-authz runs as uid 10001 (the image's unprivileged user)"
 else
     flunk "nmp-authz's process runs as uid '${uids:-?}', not 10001"
 fi
-if [ "$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$authz")" = "true" ] &&
-    ! docker exec "$authz" touch /probe 2>/dev/null; then
+if [ "$(timeout 30 docker inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$authz")" = "true" ] &&
+    ! timeout 30 docker exec "$authz" touch /probe 2>/dev/null; then
     pass "nmp-authz's root filesystem is read-only"
 else
     flunk "nmp-authz's root filesystem is writable"

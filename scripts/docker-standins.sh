@@ -40,7 +40,7 @@ case "${1:-}" in
 esac
 
 command -v docker >/dev/null 2>&1 || fail "docker (the CLI) is required"
-docker info >/dev/null 2>&1 || fail "no Docker daemon answers (start dockerd, or run scripts/compose-check.sh)"
+timeout 30 docker info >/dev/null 2>&1 || fail "no Docker daemon answers (start dockerd, or run scripts/compose-check.sh)"
 
 # The Rust version the Dockerfile's default builder image has, so that the stand-in matches it.
 RUST_VERSION="$(sed -n 's/^ARG RUST_VERSION=\([0-9.]*\)$/\1/p' "$ROOT/Dockerfile")"

@@ -33,7 +33,8 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(health, state.clone(), shutdown.clone()));
+    // Beside the server in this task, not spawned apart: if it failed, the task would.
+    let health = report_health(health, state.clone(), shutdown.clone());
     // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -49,7 +50,7 @@ pub async fn serve(
         let stream = WholeFrameWrites(http::accept(&listener, "grpc").await);
         Some((Ok::<_, std::io::Error>(stream), listener))
     });
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(AuthzService(state.clone())))
         .add_service(PolicyDecisionServer::new(PdpService(state)))
         .add_service(health_service)
@@ -57,9 +58,9 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
-    Ok(())
+        });
+    let (served, ()) = tokio::join!(serve, health);
+    Ok(served?)
 }
 
 /// An accepted gRPC connection that does not offer vectored writes. With them, h2 queues a

@@ -991,6 +991,28 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_gives_up_on_a_sink_that_stays_blocked() {
+        let (stuck_tx, stuck) = std::sync::mpsc::channel();
+        // Held to the end of the test: the sink stays blocked until then.
+        let (_release, release_rx) = std::sync::mpsc::channel();
+        let sink = BlockedSink {
+            written: Arc::default(),
+            stuck: stuck_tx,
+            release: Some(release_rx),
+        };
+        let (output, flush) = LogOutput::start(sink, false);
+        output.send(b"record\n".to_vec());
+        stuck.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(flush);
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(LOG_FINAL_FLUSH + Duration::from_secs(10))
+            .expect("dropping the guard returns though the writer is stuck");
+    }
+
+    #[test]
     fn the_dropped_note_is_one_line_in_both_formats() {
         let note = DroppedNote {
             message: "log records dropped",

@@ -33,8 +33,13 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    // Beside the server in this task, not spawned apart: if it failed, the task would.
+    // Beside the server in this task, not spawned apart: if it failed, the task would. It is
+    // done at shutdown, while the server drains on.
     let health = report_health(health, state.clone(), shutdown.clone());
+    let health = async move {
+        health.await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
     // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -59,8 +64,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         });
-    let (served, ()) = tokio::join!(serve, health);
-    Ok(served?)
+    tokio::select! {
+        served = serve => Ok(served?),
+        never = health => match never {},
+    }
 }
 
 /// An accepted gRPC connection that does not offer vectored writes. With them, h2 queues a

@@ -147,8 +147,8 @@ impl Sources {
             .collect()
     }
 
-    /// Re-reads every source and compiles when the documents changed. Parsing and compiling
-    /// run on blocking threads, so request handling never waits on them.
+    /// Re-reads every source and compiles when the documents changed. Reading, fingerprinting,
+    /// parsing and compiling run on blocking threads, so request handling never waits on them.
     pub async fn refresh(&mut self) -> Refresh {
         let started = Instant::now();
         for index in 0..self.sources.len() {
@@ -241,7 +241,7 @@ impl Sources {
 
     async fn read(&mut self, index: usize) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
         let source = &self.sources[index];
-        let unchanged = |print: u64| source.current.as_ref().is_some_and(|(_, p)| *p == print);
+        let current = source.current.as_ref().map(|(_, print)| *print);
         match source.config.clone() {
             SourceConfig::Builtin { .. } => {
                 if source.current.is_some() {
@@ -257,25 +257,21 @@ impl Sources {
                 Ok(Some((Arc::new(builtin::builtin_document()), print)))
             }
             SourceConfig::File { file } => {
-                let bytes = std::fs::read(&file).map_err(|e| format!("cannot read: {e}"))?;
-                let print = Fnv64::of(&bytes);
-                if unchanged(print) {
-                    return Ok(None);
-                }
-                let doc = tokio::task::spawn_blocking(move || parse_file(&file, &bytes))
-                    .await
-                    .map_err(|e| e.to_string())??;
-                Ok(Some((Arc::new(doc), print)))
+                off_runtime(move || {
+                    let bytes = std::fs::read(&file).map_err(|e| format!("cannot read: {e}"))?;
+                    parse_if_changed(&bytes, current, |bytes| parse_file(&file, bytes))
+                })
+                .await
             }
             SourceConfig::BundleUrl {
                 bundle_url,
                 principal_id,
                 bearer_token_file,
             } => {
-                let mut headers = bundle_credential_headers(
-                    principal_id.as_deref(),
-                    bearer_token_file.as_deref(),
-                )?;
+                let mut headers = off_runtime(move || {
+                    bundle_credential_headers(principal_id.as_deref(), bearer_token_file.as_deref())
+                })
+                .await?;
                 if let Some(etag) = source.current.as_ref().and(source.etag.as_deref()) {
                     // An ETag NMP sent is a quoted hex digest; anything else is not sent back.
                     if let Ok(value) = hyper::header::HeaderValue::from_str(etag) {
@@ -291,16 +287,11 @@ impl Sources {
                     // Nothing to parse: the bundle is as we have it.
                     return Ok(None);
                 }
-                let print = Fnv64::of(&fetched.body);
-                if unchanged(print) {
-                    self.sources[index].etag = fetched.etag;
-                    return Ok(None);
-                }
-                let doc = tokio::task::spawn_blocking(move || parse_bundle(&fetched.body))
-                    .await
-                    .map_err(|e| e.to_string())??;
+                let body = fetched.body;
+                let read =
+                    off_runtime(move || parse_if_changed(&body, current, parse_bundle)).await?;
                 self.sources[index].etag = fetched.etag;
-                Ok(Some((Arc::new(doc), print)))
+                Ok(read)
             }
         }
     }
@@ -435,6 +426,31 @@ fn bundle_credential_headers(
         headers.push((AUTHORIZATION, value));
     }
     Ok(headers)
+}
+
+/// Runs `work` on a blocking thread. Reading a file, fingerprinting a bundle of up to 32 MiB
+/// byte by byte and parsing would otherwise hold a runtime worker, and the Checks queued on
+/// it, for as long as they take.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// A source's document from its bytes, with their fingerprint; `None` when the fingerprint is
+/// `current`'s (nothing to parse).
+fn parse_if_changed(
+    bytes: &[u8],
+    current: Option<u64>,
+    parse: impl FnOnce(&[u8]) -> Result<PolicyDocument, String>,
+) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+    let print = Fnv64::of(bytes);
+    if current == Some(print) {
+        return Ok(None);
+    }
+    Ok(Some((Arc::new(parse(bytes)?), print)))
 }
 
 fn parse_file(path: &Path, bytes: &[u8]) -> Result<PolicyDocument, String> {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -232,6 +233,14 @@ impl Metrics {
             "1 when the server has valid policy data.",
         );
         let _ = writeln!(out, "nmp_authz_ready {}", u8::from(ready));
+        header(
+            &mut out,
+            "nmp_authz_log_records_dropped_total",
+            "counter",
+            "Log records dropped because stderr did not take them as fast as they came.",
+        );
+        let dropped = log_records_dropped();
+        let _ = writeln!(out, "nmp_authz_log_records_dropped_total {dropped}");
         out
     }
 }
@@ -260,12 +269,32 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Which decisions are logged: every denial, and one allow in `allow_every` (1: all; 0: none).
-/// Set with `NMP_AUTHZ_DECISION_LOG_SAMPLE`, the fraction of allows to log (default 1).
+/// Which decisions are logged. Allows: one in `allow_every` (1: all; 0: none), set with
+/// `NMP_AUTHZ_DECISION_LOG_SAMPLE`, the fraction of allows to log (default 1). Denials: up to
+/// [`DENIALS_PER_SECOND`] a second for each reason, so a flood of one kind (401s from a
+/// client without a token) neither floods the log nor hides the other kinds; what is left out
+/// is counted and the count logged with the reason's next record after the second, and at
+/// shutdown.
 #[derive(Debug)]
 pub struct DecisionLog {
     allow_every: u64,
     allows: AtomicU64,
+    started: std::time::Instant,
+    /// Each outcome's current second ([`Outcome::index`]). Taken only for denials, briefly,
+    /// and never across a write.
+    denials: Box<[Mutex<DenialWindow>; Outcome::COUNT]>,
+}
+
+/// Denial records written a second, per reason.
+pub const DENIALS_PER_SECOND: u32 = 100;
+
+/// One reason's denials in the current second.
+#[derive(Debug, Default)]
+struct DenialWindow {
+    second: u64,
+    written: u32,
+    /// Left out since the last report.
+    suppressed: u64,
 }
 
 impl DecisionLog {
@@ -278,6 +307,8 @@ impl DecisionLog {
         Self {
             allow_every,
             allows: AtomicU64::new(0),
+            started: std::time::Instant::now(),
+            denials: Box::new(std::array::from_fn(|_| Mutex::default())),
         }
     }
 
@@ -293,14 +324,64 @@ impl DecisionLog {
         Self::new(fraction)
     }
 
-    pub fn should_log(&self, status: u16) -> bool {
-        status != 200
-            || self.allow_every > 0
+    /// Whether to log an answer: `allowed`, or a denial for `outcome`.
+    pub fn should_log(&self, allowed: bool, outcome: Outcome) -> bool {
+        if allowed {
+            return self.allow_every > 0
                 && self
                     .allows
                     .fetch_add(1, Relaxed)
-                    .is_multiple_of(self.allow_every)
+                    .is_multiple_of(self.allow_every);
+        }
+        let (log, suppressed) = self.denial_at(outcome, self.started.elapsed().as_secs());
+        if suppressed > 0 {
+            report_suppressed(outcome, suppressed);
+        }
+        log
     }
+
+    /// Whether a denial for `outcome` in `second` is within its budget, and how many of that
+    /// outcome's records were left out in earlier seconds and not reported yet.
+    fn denial_at(&self, outcome: Outcome, second: u64) -> (bool, u64) {
+        let mut window = lock(&self.denials[outcome.index()]);
+        let mut suppressed = 0;
+        if window.second != second {
+            suppressed = std::mem::take(&mut window.suppressed);
+            window.second = second;
+            window.written = 0;
+        }
+        if window.written < DENIALS_PER_SECOND {
+            window.written += 1;
+            (true, suppressed)
+        } else {
+            window.suppressed += 1;
+            (false, suppressed)
+        }
+    }
+
+    /// Logs the counts of denial records left out and not reported yet (at shutdown).
+    pub fn report_suppressed(&self) {
+        for outcome in Outcome::all() {
+            let suppressed = std::mem::take(&mut lock(&self.denials[outcome.index()]).suppressed);
+            if suppressed > 0 {
+                report_suppressed(outcome, suppressed);
+            }
+        }
+    }
+}
+
+fn report_suppressed(outcome: Outcome, suppressed: u64) {
+    tracing::info!(
+        target: DECISION_TARGET,
+        reason = outcome.as_str(),
+        suppressed,
+        per_second = DENIALS_PER_SECOND,
+        "denial records left out over the per-reason budget"
+    );
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One structured decision record. Redacted by construction: no header value, no token, no
@@ -326,7 +407,7 @@ pub struct DecisionFacts<'a> {
 }
 
 pub fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
-    let Some(output) = DECISION_OUTPUT.get() else {
+    let Some(output) = LOG_OUTPUT.get() else {
         return;
     };
     if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
@@ -345,25 +426,17 @@ pub fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
         policy_revision: facts.policy_revision,
         micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
     };
-    thread_local! {
-        static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        record.write(line, output.json);
-        output.output.append(line);
-    });
+    let mut line = Vec::with_capacity(DECISION_RECORD_BYTES);
+    record.write(&mut line, output.json);
+    output.send(line);
 }
 
 const DECISION_TARGET: &str = "nmp_authz::decision";
+/// Room for a typical decision record, so that writing one allocates once.
+const DECISION_RECORD_BYTES: usize = 384;
 
-/// Where decision records go, once [`init_logging`] has run (never in library tests).
-static DECISION_OUTPUT: std::sync::OnceLock<DecisionOutput> = std::sync::OnceLock::new();
-
-struct DecisionOutput {
-    output: LogOutput,
-    json: bool,
-}
+/// Where log records go, once [`init_logging`] has run (never in library tests).
+static LOG_OUTPUT: std::sync::OnceLock<LogOutput> = std::sync::OnceLock::new();
 
 #[derive(serde::Serialize)]
 struct DecisionRecord<'a> {
@@ -384,33 +457,12 @@ impl DecisionRecord<'_> {
     /// One line as the subscriber's formatter writes events: JSON with the fields under
     /// `fields`, or text with strings quoted and escaped.
     fn write(&self, line: &mut Vec<u8>, json: bool) {
-        let now = timestamp_now();
-        // Only ASCII digits and punctuation.
-        let timestamp = std::str::from_utf8(&now).unwrap_or_default();
         if json {
-            #[derive(serde::Serialize)]
-            struct Line<'a> {
-                timestamp: &'a str,
-                level: &'static str,
-                fields: &'a DecisionRecord<'a>,
-                target: &'static str,
-            }
-            let event = Line {
-                timestamp,
-                level: "INFO",
-                fields: self,
-                target: DECISION_TARGET,
-            };
-            // Serializing borrowed strings and numbers into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *line, &event);
+            write_json_event(line, "INFO", DECISION_TARGET, self);
         } else {
             // The fields one by one rather than through `write!`: its formatting machinery was
             // most of a record's cost.
-            line.extend_from_slice(timestamp.as_bytes());
-            line.extend_from_slice(b"  INFO ");
-            line.extend_from_slice(DECISION_TARGET.as_bytes());
-            line.extend_from_slice(b": ");
-            line.extend_from_slice(self.message.as_bytes());
+            write_text_start(line, "INFO", DECISION_TARGET, self.message);
             let mut number = itoa::Buffer::new();
             line.extend_from_slice(if self.allowed {
                 b" allowed=true"
@@ -436,6 +488,67 @@ impl DecisionRecord<'_> {
         }
         line.push(b'\n');
     }
+}
+
+/// A note the log writer adds when records were dropped: how many since the last note, and
+/// since start.
+#[derive(serde::Serialize)]
+struct DroppedNote {
+    message: &'static str,
+    dropped: u64,
+    total: u64,
+}
+
+impl DroppedNote {
+    /// One line in the shape the subscriber's formatter gives a WARN event.
+    fn write(&self, line: &mut Vec<u8>, json: bool) {
+        const TARGET: &str = "nmp_authz::log";
+        if json {
+            write_json_event(line, "WARN", TARGET, self);
+        } else {
+            write_text_start(line, "WARN", TARGET, self.message);
+            let mut number = itoa::Buffer::new();
+            line.extend_from_slice(b" dropped=");
+            line.extend_from_slice(number.format(self.dropped).as_bytes());
+            line.extend_from_slice(b" total=");
+            line.extend_from_slice(number.format(self.total).as_bytes());
+        }
+        line.push(b'\n');
+    }
+}
+
+/// An event as the subscriber's JSON formatter writes it (without the newline).
+fn write_json_event(line: &mut Vec<u8>, level: &str, target: &str, fields: &impl serde::Serialize) {
+    #[derive(serde::Serialize)]
+    struct Event<'a, F> {
+        timestamp: &'a str,
+        level: &'a str,
+        fields: &'a F,
+        target: &'a str,
+    }
+    let now = timestamp_now();
+    let event = Event {
+        // Only ASCII digits and punctuation.
+        timestamp: std::str::from_utf8(&now).unwrap_or_default(),
+        level,
+        fields,
+        target,
+    };
+    // Serializing borrowed strings and numbers into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *line, &event);
+}
+
+/// The start of an event as the subscriber's text formatter writes it:
+/// `2026-12-01T15:31:15.123456Z  INFO target: message`; the fields follow.
+fn write_text_start(line: &mut Vec<u8>, level: &str, target: &str, message: &str) {
+    line.extend_from_slice(&timestamp_now());
+    // The level right-aligned in five columns, as the formatter pads it.
+    line.extend_from_slice(&b"      "[..6 - level.len().min(5)]);
+    line.extend_from_slice(level.as_bytes());
+    line.push(b' ');
+    line.extend_from_slice(target.as_bytes());
+    line.extend_from_slice(b": ");
+    line.extend_from_slice(message.as_bytes());
 }
 
 /// The time now as RFC 3339 with microseconds (`2026-12-01T15:31:15.123456Z`), as the rest
@@ -483,104 +596,169 @@ fn push_quoted(line: &mut Vec<u8>, value: &str) {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
-/// Keep the returned guard alive: dropping it writes out what is still buffered.
+/// Keep the returned guard alive: dropping it writes out what is still queued.
 pub fn init_logging() -> LogFlush {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let terminal = std::io::stderr().is_terminal();
-    let output = LogOutput::new(terminal);
+    let json = std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let (output, flush) = LogOutput::start(std::io::stderr(), json);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(terminal)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(output.clone());
-    let json = std::env::var("NMP_AUTHZ_LOG_FORMAT").is_ok_and(|f| f == "json");
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    let _ = DECISION_OUTPUT.set(DecisionOutput {
-        output: output.clone(),
-        json,
-    });
-    LogFlush(output)
+    let _ = LOG_OUTPUT.set(output);
+    flush
 }
 
-/// How long a log record may wait in the buffer.
-const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// A buffer this full is written out by the thread that filled it.
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
+/// Log records dropped because the writer could not keep up (stderr blocked or slow), since
+/// start; 0 before [`init_logging`].
+pub fn log_records_dropped() -> u64 {
+    LOG_OUTPUT
+        .get()
+        .map_or(0, |output| output.dropped.load(Relaxed))
+}
 
-/// Where log records go: a buffer in front of stderr, written out when it fills and at least
-/// every [`LOG_FLUSH_EVERY`] by a flusher thread. Under load many records share one write
-/// system call, no thread is woken per record (a Check logs its decision on the worker thread
-/// that answered it), and nobody appending waits on a write in progress. On a terminal every
-/// record is written at once.
+/// Records waiting for the writer thread; a record that finds the queue full is dropped.
+/// At ~300 bytes a record, a few MiB at most; at the rates two cores answer Checks, several
+/// hundred milliseconds of log output.
+const LOG_QUEUE_RECORDS: usize = 16 * 1024;
+/// How long the writer sleeps when there was little to write: how long a record may wait.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Bytes the writer gathers into one write.
+const LOG_WRITE_BYTES: usize = 256 * 1024;
+/// Dropped records are noted in the log at most this often (and once more at shutdown).
+const LOG_DROP_NOTE_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for queued records to be written: a stderr nobody reads must not
+/// hold the exit up for ever.
+const LOG_FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Where log records go: a bounded queue (std's `sync_channel`) in front of a writer thread
+/// that writes them to stderr. Nothing that logs, a Check answering on a runtime worker
+/// least of all, writes to stderr or waits for the writer: a record that finds the queue full
+/// is dropped and counted (`nmp_authz_log_records_dropped_total`, and a note in the log when
+/// the writer catches up). No thread is woken per record: the writer sleeps
+/// [`LOG_FLUSH_EVERY`] when there was little to write (a channel receiver blocked in `recv`
+/// cost a futex wake-up per record, BENCHMARKS.md §2) and goes round again at once when there
+/// was a lot, and many records leave in one write.
 #[derive(Clone, Debug)]
 struct LogOutput {
-    buffer: Arc<Mutex<Vec<u8>>>,
-    immediate: bool,
+    queue: std::sync::mpsc::SyncSender<Vec<u8>>,
+    dropped: Arc<AtomicU64>,
+    json: bool,
 }
 
 impl LogOutput {
-    fn new(immediate: bool) -> Self {
+    /// The queue, and the guard whose drop writes out what is queued. The writer thread
+    /// writes to `sink` (stderr; something else in tests).
+    fn start(sink: impl Write + Send + 'static, json: bool) -> (Self, LogFlush) {
+        let (queue, records) = std::sync::mpsc::sync_channel(LOG_QUEUE_RECORDS);
         let output = Self {
-            buffer: Arc::new(Mutex::new(Vec::with_capacity(LOG_BUFFER_BYTES))),
-            immediate,
+            queue,
+            dropped: Arc::default(),
+            json,
         };
-        if !immediate {
-            let buffer = Arc::downgrade(&output.buffer);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Dropped by the writer thread as it ends: what the guard waits for.
+        let (finished, done) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let (dropped, stop) = (output.dropped.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("nmp-authz-log".into())
                 .spawn(move || {
-                    while let Some(buffer) = buffer.upgrade() {
-                        write_out(lock(&buffer));
-                        drop(buffer);
-                        std::thread::sleep(LOG_FLUSH_EVERY);
-                    }
+                    // The queue is closed by the time the guard hears the writer is done.
+                    write_records(records, sink, &dropped, &stop, json);
+                    drop(finished);
                 })
-                .expect("start the log flusher thread");
+                .expect("start the log writer thread")
+        };
+        let flush = LogFlush {
+            stop,
+            writer: writer.thread().clone(),
+            done,
+        };
+        (output, flush)
+    }
+
+    /// Queues one whole record, or drops it if the queue is full.
+    fn send(&self, record: Vec<u8>) {
+        if self.queue.try_send(record).is_err() {
+            self.dropped.fetch_add(1, Relaxed);
         }
-        output
-    }
-
-    /// Appends one whole record.
-    fn append(&self, record: &[u8]) {
-        use tracing_subscriber::fmt::MakeWriter;
-        let _ = self.make_writer().write_all(record);
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Writes the buffered records to stderr. Stderr's lock is taken before the buffer's is
-/// released, so chunks leave in the order they were buffered while appending goes on.
-fn write_out(mut buffer: std::sync::MutexGuard<'_, Vec<u8>>) {
-    if buffer.is_empty() {
-        return;
+/// The writer thread: takes what is queued, writes it, notes dropped records; until `stop`,
+/// when it writes out what is queued and ends.
+fn write_records(
+    records: std::sync::mpsc::Receiver<Vec<u8>>,
+    mut sink: impl Write,
+    dropped: &AtomicU64,
+    stop: &AtomicBool,
+    json: bool,
+) {
+    let mut batch = Vec::with_capacity(LOG_WRITE_BYTES);
+    let (mut noted, mut last_note) = (0, None::<std::time::Instant>);
+    loop {
+        // Read before taking: what was queued before shutdown began is taken below.
+        let stopping = stop.load(Acquire);
+        let mut taken = 0;
+        // At most a queue's worth, so that notes and `stop` are looked at under any load.
+        while taken < LOG_QUEUE_RECORDS
+            && let Ok(record) = records.try_recv()
+        {
+            batch.extend_from_slice(&record);
+            taken += 1;
+            if batch.len() >= LOG_WRITE_BYTES {
+                write_batch(&mut sink, &mut batch);
+            }
+        }
+        let total = dropped.load(Relaxed);
+        if total > noted
+            && (stopping || last_note.is_none_or(|at| at.elapsed() >= LOG_DROP_NOTE_EVERY))
+        {
+            DroppedNote {
+                message: "log records dropped: stderr did not take them as fast as they came",
+                dropped: total - noted,
+                total,
+            }
+            .write(&mut batch, json);
+            (noted, last_note) = (total, Some(std::time::Instant::now()));
+        }
+        write_batch(&mut sink, &mut batch);
+        if stopping {
+            return;
+        }
+        if taken < LOG_QUEUE_RECORDS / 4 {
+            std::thread::park_timeout(LOG_FLUSH_EVERY);
+        }
     }
-    let records = std::mem::replace(&mut *buffer, Vec::with_capacity(LOG_BUFFER_BYTES));
-    let mut stderr = std::io::stderr().lock();
-    drop(buffer);
-    // Nowhere to report a failed write to stderr.
-    let _ = stderr.write_all(&records);
 }
 
-/// One record being written: the formatter hands over each record whole in one `write_all`.
+fn write_batch(sink: &mut impl Write, batch: &mut Vec<u8>) {
+    if !batch.is_empty() {
+        // Nowhere to report a failed write to stderr.
+        let _ = sink.write_all(batch).and_then(|()| sink.flush());
+        batch.clear();
+    }
+}
+
+/// One record being written: the formatter hands each record over whole, and it is queued
+/// when the formatter is done with it.
 #[derive(Debug)]
 pub struct LogRecord<'a> {
-    buffer: Option<std::sync::MutexGuard<'a, Vec<u8>>>,
-    immediate: bool,
+    output: &'a LogOutput,
+    record: Vec<u8>,
 }
 
 impl Write for LogRecord<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        if let Some(buffer) = &mut self.buffer {
-            buffer.extend_from_slice(bytes);
-        }
+        self.record.extend_from_slice(bytes);
         Ok(bytes.len())
     }
 
@@ -591,10 +769,8 @@ impl Write for LogRecord<'_> {
 
 impl Drop for LogRecord<'_> {
     fn drop(&mut self) {
-        if let Some(buffer) = self.buffer.take()
-            && (self.immediate || buffer.len() >= LOG_BUFFER_BYTES)
-        {
-            write_out(buffer);
+        if !self.record.is_empty() {
+            self.output.send(std::mem::take(&mut self.record));
         }
     }
 }
@@ -604,19 +780,26 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogOutput {
 
     fn make_writer(&'a self) -> LogRecord<'a> {
         LogRecord {
-            buffer: Some(lock(&self.buffer)),
-            immediate: self.immediate,
+            output: self,
+            record: Vec::new(),
         }
     }
 }
 
-/// Writes out buffered log records when dropped (at the end of `serve`).
+/// Writes out the queued log records when dropped (at the end of `serve`), waiting at most
+/// [`LOG_FINAL_FLUSH`].
 #[derive(Debug)]
-pub struct LogFlush(LogOutput);
+pub struct LogFlush {
+    stop: Arc<AtomicBool>,
+    writer: std::thread::Thread,
+    done: std::sync::mpsc::Receiver<()>,
+}
 
 impl Drop for LogFlush {
     fn drop(&mut self) {
-        write_out(lock(&self.0.buffer));
+        self.stop.store(true, Release);
+        self.writer.unpark();
+        let _ = self.done.recv_timeout(LOG_FINAL_FLUSH);
     }
 }
 
@@ -707,14 +890,145 @@ mod tests {
     }
 
     #[test]
-    fn decision_log_sampling() {
-        let count =
-            |log: &DecisionLog, status: u16| (0..100).filter(|_| log.should_log(status)).count();
-        assert_eq!(count(&DecisionLog::new(1.0), 200), 100);
-        assert_eq!(count(&DecisionLog::new(0.1), 200), 10);
-        assert_eq!(count(&DecisionLog::new(0.0), 200), 0);
-        // Denials are always logged.
-        assert_eq!(count(&DecisionLog::new(0.0), 403), 100);
+    fn allows_are_sampled() {
+        let allowed = Outcome::Decided(Reason::WorkspacePermission);
+        let count = |log: &DecisionLog| (0..100).filter(|_| log.should_log(true, allowed)).count();
+        assert_eq!(count(&DecisionLog::new(1.0)), 100);
+        assert_eq!(count(&DecisionLog::new(0.1)), 10);
+        assert_eq!(count(&DecisionLog::new(0.0)), 0);
+    }
+
+    #[test]
+    fn denials_have_a_budget_per_reason_and_second_and_what_is_left_out_is_counted() {
+        let refused = Outcome::Early(nmp_authz_core::verdict::Early::InvalidIdentity);
+        let forbidden = Outcome::Decided(Reason::NotPermitted);
+        // The allow sample does not apply to denials.
+        let log = DecisionLog::new(0.0);
+        let budget = DENIALS_PER_SECOND as usize;
+        let flood = (0..budget + 50).filter(|_| log.denial_at(refused, 0).0);
+        assert_eq!(flood.count(), budget);
+        // Another kind of denial in the same second is still logged.
+        assert_eq!(log.denial_at(forbidden, 0), (true, 0));
+        // The flood's next second: logged again, with the count left out before.
+        assert_eq!(log.denial_at(refused, 1), (true, 50));
+        assert_eq!(log.denial_at(refused, 1), (true, 0));
+        // Second 1 in all: the budget and 7 more.
+        for _ in 2..budget + 7 {
+            log.denial_at(refused, 1);
+        }
+        let left_out = |log: &DecisionLog| lock(&log.denials[refused.index()]).suppressed;
+        assert_eq!(left_out(&log), 7);
+        // Reported once: the report at shutdown takes the count.
+        log.report_suppressed();
+        assert_eq!(left_out(&log), 0);
+        assert_eq!(log.denial_at(refused, 5), (true, 0));
+    }
+
+    /// A sink whose first write blocks until the test releases it, as a stderr nobody reads
+    /// does; it says when the writer is stuck in it.
+    struct BlockedSink {
+        written: Arc<Mutex<Vec<u8>>>,
+        stuck: std::sync::mpsc::Sender<()>,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Write for BlockedSink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Some(release) = self.release.take() {
+                let _ = self.stuck.send(());
+                let _ = release.recv();
+            }
+            lock(&self.written).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_blocked_sink_never_holds_up_a_record_and_what_is_dropped_is_counted_and_noted() {
+        let written = Arc::default();
+        let (stuck_tx, stuck) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let sink = BlockedSink {
+            written: Arc::clone(&written),
+            stuck: stuck_tx,
+            release: Some(release_rx),
+        };
+        let (output, flush) = LogOutput::start(sink, false);
+        let record = |i: usize| format!("record {i}\n").into_bytes();
+        output.send(record(0));
+        stuck
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer takes the first record and is stuck writing it");
+        // The queue fills and the rest are dropped: sending never waits on the sink.
+        let extra = 100;
+        for i in 1..=LOG_QUEUE_RECORDS + extra {
+            output.send(record(i));
+        }
+        assert_eq!(output.dropped.load(Relaxed), extra as u64);
+        release.send(()).unwrap();
+        // Shutdown writes out what was queued, then notes the drops.
+        drop(flush);
+        let written = String::from_utf8(lock(&written).clone()).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        let kept: Vec<String> = (0..=LOG_QUEUE_RECORDS)
+            .map(|i| format!("record {i}"))
+            .collect();
+        assert_eq!(lines[..kept.len()], kept, "every queued record, in order");
+        assert_eq!(lines.len(), kept.len() + 1, "then one note");
+        let note = lines[kept.len()];
+        assert!(
+            note.contains("  WARN nmp_authz::log: log records dropped")
+                && note.ends_with(&format!(" dropped={extra} total={extra}")),
+            "{note}"
+        );
+        // The writer has ended: a record now is dropped, not waited on.
+        output.send(record(0));
+        assert_eq!(output.dropped.load(Relaxed), extra as u64 + 1);
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_a_sink_that_stays_blocked() {
+        let (stuck_tx, stuck) = std::sync::mpsc::channel();
+        // Held to the end of the test: the sink stays blocked until then.
+        let (_release, release_rx) = std::sync::mpsc::channel();
+        let sink = BlockedSink {
+            written: Arc::default(),
+            stuck: stuck_tx,
+            release: Some(release_rx),
+        };
+        let (output, flush) = LogOutput::start(sink, false);
+        output.send(b"record\n".to_vec());
+        stuck.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(flush);
+            let _ = done_tx.send(());
+        });
+        done.recv_timeout(LOG_FINAL_FLUSH + Duration::from_secs(10))
+            .expect("dropping the guard returns though the writer is stuck");
+    }
+
+    #[test]
+    fn the_dropped_note_is_one_line_in_both_formats() {
+        let note = DroppedNote {
+            message: "log records dropped",
+            dropped: 3,
+            total: 10,
+        };
+        let mut line = Vec::new();
+        note.write(&mut line, true);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["level"], "WARN");
+        assert_eq!(json["target"], "nmp_authz::log");
+        assert_eq!(json["fields"]["dropped"], 3);
+        assert_eq!(json["fields"]["total"], 10);
+        humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).unwrap();
     }
 
     #[test]

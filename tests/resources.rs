@@ -14,7 +14,7 @@ use common::check_request;
 use common::gateway::{
     NmpAuthz, Upstream, poll_until, quickstart_envoy, try_request, unsigned_token,
 };
-use common::process::{Server, fd_count, http_get, rss_kib, thread_count};
+use common::process::{Server, cpu_time, fd_count, http_get, rss_kib, thread_count};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -402,5 +402,277 @@ fn running_out_of_file_descriptors_is_survived() {
     assert_eq!(got, Ok(200), "gRPC after EMFILE");
     eprintln!(
         "fd exhaustion at limit {limit}: HTTP and gRPC answer again {recovered:.2?} after the clients closed"
+    );
+}
+
+/// The gRPC port out of file descriptors (idle connections until accept fails with EMFILE):
+/// it pauses between failed accepts as the HTTP port does, rather than retrying at once (what
+/// tonic's own accept loop does, spinning a worker thread for as long as it lasts), logs each
+/// failure, and answers again once connections close.
+#[test]
+fn grpc_accept_backs_off_when_out_of_file_descriptors() {
+    let (mut server, grpc, _) = quickstart();
+    let pid = server.child.id();
+    let limit = fd_count(pid) + 8;
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(limited.success(), "prlimit");
+    let held: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(grpc).unwrap()).collect();
+    poll_until(Duration::from_secs(10), || {
+        let n = fd_count(pid);
+        if n + 1 >= limit {
+            Ok(())
+        } else {
+            Err(format!("{n} of {limit}"))
+        }
+    })
+    .unwrap_or_else(|e| panic!("the server did not reach its fd limit: {e}"));
+    // A measurement window, not a wait for a state: the CPU the server burns while every
+    // accept fails. Backing off, it is idle; spinning, it takes a core (half of one at least
+    // on a busy two-core machine).
+    const WINDOW: Duration = Duration::from_secs(2);
+    let cpu_before = cpu_time(pid);
+    let started = Instant::now();
+    std::thread::sleep(WINDOW);
+    let cpu = cpu_time(pid) - cpu_before;
+    let window = started.elapsed();
+    drop(held);
+    let runtime = runtime();
+    let (got, recovered) = poll_until(Duration::from_secs(15), || {
+        runtime.block_on(async {
+            let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let request = check_request("GET", ALLOWED, None, &[("authorization", &alice())]);
+            status(&mut client, request).await
+        })
+    })
+    .unwrap_or_else(|e| panic!("gRPC did not answer after EMFILE: {e}\n{}", server.output()));
+    assert_eq!(got, 200);
+    assert_eq!(server.terminate().code(), Some(0));
+    let failures = server
+        .output()
+        .lines()
+        .filter(|l| l.contains("accept failed; retrying") && l.contains("face=\"grpc\""))
+        .count();
+    eprintln!(
+        "gRPC port at fd limit {limit}: {cpu:.2?} CPU in {window:.2?}, {failures} failed accepts \
+         logged; a Check answered {recovered:.2?} after the clients closed"
+    );
+    assert!(
+        cpu < window / 5,
+        "{cpu:?} of CPU in {window:?} at the fd limit: accept is spinning"
+    );
+    // One failed accept per pause (100 ms) while the limit lasted, and at least one.
+    let most = (window + recovered).as_millis() / 100 + 10;
+    assert!(
+        (1..=most as usize).contains(&failures),
+        "{failures} failed accepts logged, expected 1..={most}\n{}",
+        server.output()
+    );
+}
+
+/// Checks (three in four allowed, all logged with the default sample of 1; the rest 401 and
+/// 403 denials) over two connections, 16 in flight: each one's latency, in order. Bounded:
+/// a Check that takes 10 s, or a run that takes 5 minutes, fails the test (a server that waits
+/// on its log never answers).
+async fn logged_checks(grpc: SocketAddr, count: usize) -> Vec<Duration> {
+    const IN_FLIGHT: usize = 16;
+    let token = alice();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(
+            AuthorizationClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..IN_FLIGHT {
+        let mut client = clients[worker % clients.len()].clone();
+        let token = token.clone();
+        tasks.spawn(async move {
+            let mut took = Vec::new();
+            for i in (worker..count).step_by(IN_FLIGHT) {
+                let (path, credential, want) = match i % 8 {
+                    6 => (FORBIDDEN, true, 403),
+                    7 => (ALLOWED, false, 401),
+                    _ => (ALLOWED, true, 200),
+                };
+                let headers: &[(&str, &str)] = if credential {
+                    &[("authorization", &token)]
+                } else {
+                    &[]
+                };
+                let request = check_request("GET", path, None, headers);
+                let started = Instant::now();
+                let got =
+                    tokio::time::timeout(Duration::from_secs(10), status(&mut client, request))
+                        .await
+                        .unwrap_or_else(|_| panic!("Check {i} not answered within 10 s"));
+                took.push(started.elapsed());
+                assert_eq!(got, Ok(want), "Check {i}");
+            }
+            took
+        });
+    }
+    let all = tokio::time::timeout(Duration::from_secs(300), tasks.join_all())
+        .await
+        .expect("every Check answered within 5 minutes");
+    all.into_iter().flatten().collect()
+}
+
+/// The p50 and p99 of `took`.
+fn percentiles(mut took: Vec<Duration>) -> (Duration, Duration) {
+    took.sort();
+    let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
+/// `nmp_authz_log_records_dropped_total` from the server's metrics.
+fn log_records_dropped(http: SocketAddr) -> u64 {
+    let (code, body) = http_get(http, "/metrics");
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix("nmp_authz_log_records_dropped_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-records counter in:\n{body}"))
+}
+
+/// A server started without [`Server`] (whose stderr is always read), killed if the test
+/// fails before stopping it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The server's stderr is a pipe nobody reads (as with a stuck log collector): once the pipe
+/// is full, log records are dropped and counted instead of holding up Checks. The same
+/// logged Checks against a server whose stderr is read and one whose stderr is not: every
+/// Check is answered, latency (p50, p99) stays within a generous bound of the read run's
+/// (the machine is shared and runs differ; a server that waits on its log does not answer
+/// at all), readiness answers throughout, the dropped-records counter moves, and when stderr
+/// is read again the log says how many records were dropped.
+#[test]
+fn a_blocked_stderr_leaves_check_latency_unchanged() {
+    // Enough records to fill the pipe (64 KiB) and the server's queue (16k records).
+    const CHECKS: usize = 40_000;
+    let runtime = runtime();
+
+    let (mut read, grpc, http) = quickstart();
+    let (read_p50, read_p99) = percentiles(runtime.block_on(logged_checks(grpc, CHECKS)));
+    let read_dropped = log_records_dropped(http);
+    assert_eq!(read.terminate().code(), Some(0));
+
+    let mut child = KillOnDrop(
+        common::process::nmp_authz()
+            .args([
+                "serve",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn nmp-authz serve"),
+    );
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    // Read up to the `listening` line; from then on nobody reads.
+    let (grpc, http) = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "server exited before listening");
+        if let Some(addresses) = common::process::parse_listening(line.trim_end()) {
+            break addresses;
+        }
+    };
+    // Readiness, probed every 50 ms while the Checks run: each answer's status and time.
+    let probing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let prober = {
+        let probing = probing.clone();
+        std::thread::spawn(move || {
+            let mut probes = Vec::new();
+            while probing.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let (code, _) = http_get(http, "/health/ready");
+                probes.push((code, started.elapsed()));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            probes
+        })
+    };
+    let (blocked_p50, blocked_p99) = percentiles(runtime.block_on(logged_checks(grpc, CHECKS)));
+    probing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let probes = prober.join().unwrap();
+    let blocked_dropped = log_records_dropped(http);
+    let slowest_probe = probes
+        .iter()
+        .map(|(_, took)| *took)
+        .max()
+        .unwrap_or_default();
+
+    // Read again: the writer gets going and notes what was dropped.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let note = loop {
+        let line = lines
+            .recv_timeout(common::process::PROCESS_DEADLINE)
+            .expect("a note of the dropped records once stderr is read again");
+        if line.contains("log records dropped") {
+            break line;
+        }
+    };
+    let noted_total: u64 = note
+        .rsplit_once(" total=")
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no total in {note:?}"));
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+
+    eprintln!(
+        "{CHECKS} logged Checks, 16 in flight: stderr read: p50 {read_p50:.2?}, p99 \
+         {read_p99:.2?}, {read_dropped} records dropped; stderr not read: p50 \
+         {blocked_p50:.2?}, p99 {blocked_p99:.2?}, {blocked_dropped} records dropped (noted: \
+         {noted_total}); {} readiness probes meanwhile, slowest {slowest_probe:.2?}",
+        probes.len()
+    );
+    assert!(
+        blocked_dropped > 0 && noted_total >= blocked_dropped,
+        "dropped {blocked_dropped}, noted {noted_total}"
+    );
+    assert!(!probes.is_empty());
+    assert!(
+        probes.iter().all(|(code, _)| *code == 200),
+        "readiness while stderr was blocked: {probes:?}"
+    );
+    // Generous: three times the read run's figure plus slack for a shared machine.
+    assert!(
+        blocked_p50 <= read_p50 * 3 + Duration::from_millis(2),
+        "p50 {blocked_p50:?} with stderr blocked, {read_p50:?} with it read"
+    );
+    assert!(
+        blocked_p99 <= read_p99 * 3 + Duration::from_millis(20),
+        "p99 {blocked_p99:?} with stderr blocked, {read_p99:?} with it read"
     );
 }

@@ -72,13 +72,15 @@ impl KeyFetcher {
         &self.verifier
     }
 
-    /// Fetches every issuer's keys now, then keeps them fresh until `shutdown`.
+    /// Fetches every issuer's keys now, then keeps them fresh until `shutdown`. An issuer's
+    /// loop that panics makes this panic too, for the server's supervision to see.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let issuers: Vec<String> = self.fetch_log.keys().cloned().collect();
+        let mut refreshers = tokio::task::JoinSet::new();
         for issuer in issuers {
             let fetcher = self.clone();
             let mut shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            refreshers.spawn(async move {
                 loop {
                     let ok = fetcher.fetch_serialized(&issuer, false).await;
                     let wait = if ok {
@@ -93,7 +95,16 @@ impl KeyFetcher {
                 }
             });
         }
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                Some(Err(ended)) = refreshers.join_next() => {
+                    if ended.is_panic() {
+                        std::panic::resume_unwind(ended.into_panic());
+                    }
+                }
+            }
+        }
     }
 
     /// Called when a token names a key `issuer` does not publish: refetches unless a fetch

@@ -145,7 +145,10 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
     state
         .metrics
         .record_check(verdict.outcome, verdict.status, took);
-    if state.decision_log.should_log(verdict.status.http()) {
+    if state
+        .decision_log
+        .should_log(verdict.allowed(), verdict.outcome)
+    {
         let decision = verdict.decision.as_ref();
         crate::telemetry::log_decision(
             &crate::telemetry::DecisionFacts {

@@ -14,8 +14,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_stream::StreamExt as _;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::pdp_proto::policy_decision_server::{PolicyDecision, PolicyDecisionServer};
@@ -26,7 +25,7 @@ use crate::pdp_proto::{
 use crate::policy::pdp::Entrypoint;
 use serde_json::{Map, Value as Json};
 
-use super::{State, check, pdp};
+use super::{State, check, http, pdp};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -34,7 +33,13 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(health, state.clone(), shutdown.clone()));
+    // Beside the server in this task, not spawned apart: if it failed, the task would. It is
+    // done at shutdown, while the server drains on.
+    let health = report_health(health, state.clone(), shutdown.clone());
+    let health = async move {
+        health.await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
     // Both reflection versions: grpcurl before 1.9 speaks only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -43,24 +48,26 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    tonic::transport::Server::builder()
+    // Accepted as the HTTP port accepts (TCP_NODELAY, and a pause after a failed accept):
+    // tonic's own loop retries a failed accept at once, so running out of descriptors would
+    // spin a worker thread for as long as it lasts.
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let stream = WholeFrameWrites(http::accept(&listener, "grpc").await);
+        Some((Ok::<_, std::io::Error>(stream), listener))
+    });
+    let serve = tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(AuthzService(state.clone())))
         .add_service(PolicyDecisionServer::new(PdpService(state)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Small request/response exchanges: without TCP_NODELAY each one can wait on a
-        // delayed ACK.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(|accepted| accepted.map(WholeFrameWrites)),
-            async move {
-                let _ = shutdown.wait_for(|stop| *stop).await;
-            },
-        )
-        .await?;
-    Ok(())
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        });
+    tokio::select! {
+        served = serve => Ok(served?),
+        never = health => match never {},
+    }
 }
 
 /// An accepted gRPC connection that does not offer vectored writes. With them, h2 queues a

@@ -37,6 +37,8 @@ impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
     async fn accept_io(&self) -> std::io::Result<Self::Io> {
         let (stream, _) = self.accept().await?;
+        // Small request/response exchanges: without TCP_NODELAY each one can wait on a
+        // delayed ACK.
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
@@ -58,19 +60,9 @@ pub async fn serve<L: Listener>(
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept_io() => accepted,
+        let stream = tokio::select! {
+            stream = accept(&listener, "http") => stream,
             _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let stream = match accepted {
-            Ok(stream) => stream,
-            // Out of file descriptors (EMFILE, ENFILE), a connection reset before it was
-            // accepted: passing conditions. Returning here would close the port for good.
-            Err(e) => {
-                tracing::warn!(error = %e, "http accept failed; retrying");
-                tokio::time::sleep(ACCEPT_RETRY).await;
-                continue;
-            }
         };
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -95,6 +87,22 @@ pub async fn serve<L: Listener>(
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The next connection on `listener`. A failed accept is logged and retried after
+/// [`ACCEPT_RETRY`]: out of file descriptors (EMFILE, ENFILE) or a connection reset before it
+/// was accepted are passing conditions, so giving up would close the port for good, and
+/// retrying at once would spin (the listener stays readable while connections wait).
+pub(super) async fn accept<L: Listener>(listener: &L, face: &str) -> L::Io {
+    loop {
+        match listener.accept_io().await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                tracing::warn!(face, error = %e, "accept failed; retrying");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+            }
+        }
+    }
 }
 
 /// A connection that has not sent a request's headers within this is closed: idle or

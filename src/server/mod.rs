@@ -209,113 +209,253 @@ impl State {
     }
 }
 
-/// Runs both listeners until SIGINT/SIGTERM. Files and the built-in catalog must load at
-/// start-up (a broken one is a configuration error); a bundle may come later.
+/// Runs the server until SIGINT/SIGTERM, or until one of its tasks ends (see [`Tasks`]): then
+/// the server is not ready, finishes in-flight requests, and returns the reason.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before the listeners exist, so a SIGTERM that arrives as soon as the server
     // says it is listening is a graceful shutdown, not a kill.
     let shutdown_requested = shutdown_signal()?;
-    let state = Arc::new(State::new(&config, None));
-    let mut sources = Sources::new(&config, state.metrics.clone());
-    let first = sources.refresh().await;
-    // A file or the built-in catalog failing at start-up is a configuration error; a bundle
-    // that cannot be fetched yet is not: the server starts unready (503) and keeps polling.
-    if let Some(failed) = sources
-        .status()
-        .into_iter()
-        .find(|s| s.last_error.is_some() && !s.remote)
-    {
-        anyhow::bail!(sources::LoadError {
-            source_name: failed.name,
-            message: failed.last_error.unwrap_or_default(),
-        });
-    }
-    match first {
-        Refresh::Compiled(policy, took) => state.install(*policy, took),
-        Refresh::Failed(e) => return Err(e.into()),
-        Refresh::Unchanged => tracing::warn!("no policy data yet: answering 503 until it loads"),
-    }
-    let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
-    // Before the first Check: a policy compiled without a source that never loaded must not
-    // decide one.
-    state.observe(&sources, max_staleness);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-
-    let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_addr).await?;
-    let http_listener = tokio::net::TcpListener::bind(config.server.http_addr).await?;
-    let pdp_tcp = match config.pdp.addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
-        None => None,
-    };
-    let pdp_socket = match &config.pdp.unix_socket {
-        Some(path) => Some(bind_unix_socket(
-            path,
-            config.pdp.socket_mode().unwrap_or(0o660),
-        )?),
-        None => None,
-    };
-    if let Some(listener) = &pdp_tcp {
-        tracing::info!(pdp = %listener.local_addr()?, "PDP listening");
-    }
-    if let Some(path) = &config.pdp.unix_socket {
-        tracing::info!(pdp_socket = %path.display(), "PDP listening");
-    }
-    tracing::info!(
-        grpc = %grpc_listener.local_addr()?,
-        http = %http_listener.local_addr()?,
-        "listening"
-    );
-
-    let reload = tokio::spawn(reload_loop(
-        config.clone(),
-        sources,
-        state.clone(),
-        shutdown_rx.clone(),
-    ));
-    let keys = tokio::spawn(state.keys.clone().run(shutdown_rx.clone()));
-    let grpc = tokio::spawn(grpc::serve(
-        grpc_listener,
-        state.clone(),
-        shutdown_rx.clone(),
-    ));
-    let pdp_tcp = pdp_tcp.map(|listener| spawn_pdp(listener, &state, &shutdown_rx));
-    let pdp_socket = pdp_socket.map(|listener| spawn_pdp(listener, &state, &shutdown_rx));
-    let http = tokio::spawn(http::serve(
-        http_listener,
-        state.clone(),
-        shutdown_rx,
-        http::Face::Main,
-    ));
-
-    shutdown_requested.await;
-    tracing::info!("shutting down: not ready any more; finishing in-flight requests");
-    state.shutting_down.store(true, Ordering::Relaxed);
-    let _ = shutdown_tx.send(true);
-    grpc.await??;
-    http.await??;
-    for pdp in pdp_tcp.into_iter().chain(pdp_socket) {
-        pdp.await??;
-    }
-    if let Some(path) = &config.pdp.unix_socket {
-        let _ = std::fs::remove_file(path);
-    }
-    reload.abort();
-    keys.abort();
-    Ok(())
+    Running::start(config)
+        .await?
+        .serve(shutdown_requested)
+        .await
 }
 
-/// Serves the PDP listener's face on `listener` until shutdown.
-fn spawn_pdp<L: http::Listener>(
+/// A started server: its policy loaded, its listeners bound, its tasks running.
+#[derive(Debug)]
+struct Running {
+    state: Arc<State>,
+    tasks: Tasks,
+    shutdown: watch::Sender<bool>,
+    grpc_addr: std::net::SocketAddr,
+    http_addr: std::net::SocketAddr,
+    unix_socket: Option<std::path::PathBuf>,
+}
+
+impl Running {
+    /// Loads the policy and starts every listener. Files and the built-in catalog must load
+    /// (a broken one is a configuration error); a bundle may come later.
+    async fn start(config: Config) -> anyhow::Result<Self> {
+        let state = Arc::new(State::new(&config, None));
+        let mut sources = Sources::new(&config, state.metrics.clone());
+        let first = sources.refresh().await;
+        // A file or the built-in catalog failing at start-up is a configuration error; a
+        // bundle that cannot be fetched yet is not: the server starts unready (503) and keeps
+        // polling.
+        if let Some(failed) = sources
+            .status()
+            .into_iter()
+            .find(|s| s.last_error.is_some() && !s.remote)
+        {
+            anyhow::bail!(sources::LoadError {
+                source_name: failed.name,
+                message: failed.last_error.unwrap_or_default(),
+            });
+        }
+        match first {
+            Refresh::Compiled(policy, took) => state.install(*policy, took),
+            Refresh::Failed(e) => return Err(e.into()),
+            Refresh::Unchanged => {
+                tracing::warn!("no policy data yet: answering 503 until it loads")
+            }
+        }
+        let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
+        // Before the first Check: a policy compiled without a source that never loaded must
+        // not decide one.
+        state.observe(&sources, max_staleness);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let grpc_listener = tokio::net::TcpListener::bind(config.server.grpc_addr).await?;
+        let http_listener = tokio::net::TcpListener::bind(config.server.http_addr).await?;
+        let pdp_tcp = match config.pdp.addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let pdp_socket = match &config.pdp.unix_socket {
+            Some(path) => Some(bind_unix_socket(
+                path,
+                config.pdp.socket_mode().unwrap_or(0o660),
+            )?),
+            None => None,
+        };
+        if let Some(listener) = &pdp_tcp {
+            tracing::info!(pdp = %listener.local_addr()?, "PDP listening");
+        }
+        if let Some(path) = &config.pdp.unix_socket {
+            tracing::info!(pdp_socket = %path.display(), "PDP listening");
+        }
+        let (grpc_addr, http_addr) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+
+        let mut tasks = Tasks::default();
+        tasks.spawn(
+            "policy reload",
+            TaskKind::Background,
+            reload_loop(config.clone(), sources, state.clone(), shutdown_rx.clone()),
+        );
+        let keys = state.keys.clone().run(shutdown_rx.clone());
+        tasks.spawn("signing keys refresh", TaskKind::Background, async move {
+            keys.await;
+            Ok(())
+        });
+        tasks.spawn(
+            "gRPC listener",
+            TaskKind::Listener,
+            grpc::serve(grpc_listener, state.clone(), shutdown_rx.clone()),
+        );
+        if let Some(listener) = pdp_tcp {
+            let face = pdp(listener, &state, &shutdown_rx);
+            tasks.spawn("PDP listener", TaskKind::Listener, face);
+        }
+        if let Some(listener) = pdp_socket {
+            let face = pdp(listener, &state, &shutdown_rx);
+            tasks.spawn("PDP socket listener", TaskKind::Listener, face);
+        }
+        tasks.spawn(
+            "HTTP listener",
+            TaskKind::Listener,
+            http::serve(http_listener, state.clone(), shutdown_rx, http::Face::Main),
+        );
+        Ok(Self {
+            state,
+            tasks,
+            shutdown,
+            grpc_addr,
+            http_addr,
+            unix_socket: config.pdp.unix_socket.clone(),
+        })
+    }
+
+    /// Serves until `shutdown_requested` or until a task ends, whichever comes first; then
+    /// turns not ready and shuts down gracefully. A task that ended is the error returned.
+    async fn serve(mut self, shutdown_requested: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, "listening");
+        let failure = tokio::select! {
+            () = shutdown_requested => {
+                tracing::info!("shutting down: not ready any more; finishing in-flight requests");
+                None
+            }
+            failure = self.tasks.first_to_end() => {
+                tracing::error!(
+                    error = %failure,
+                    "a server task ended: not ready any more; finishing in-flight requests and exiting"
+                );
+                Some(failure)
+            }
+        };
+        self.state.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let drained = self.tasks.drain().await;
+        if let Some(path) = &self.unix_socket {
+            let _ = std::fs::remove_file(path);
+        }
+        self.state.decision_log.report_suppressed();
+        match failure {
+            Some(failure) => Err(failure),
+            None => drained,
+        }
+    }
+}
+
+/// What a task is to shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TaskKind {
+    /// Serves a port: shutdown waits for its in-flight requests.
+    Listener,
+    /// A loop that keeps the server's data current: ended once the listeners are done.
+    Background,
+}
+
+/// The tasks a server runs for as long as it runs, supervised. One that ends before shutdown
+/// (an error, a panic, cancelled) leaves the server unable to do part of its job: a port no
+/// longer answered, or a policy that is never reloaded and so never goes stale while
+/// readiness stays green. The server then turns not ready and exits non-zero, for what runs
+/// it (Kubernetes, systemd) to start a fresh process; restarting the task in place was not
+/// chosen, because a panic may have left the state it shares half-updated, and a task that
+/// failed once would likely fail again unseen.
+#[derive(Debug, Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<anyhow::Result<()>>,
+    /// The tasks still running: a handle, a name, and what the task is to shutdown.
+    running: Vec<(tokio::task::AbortHandle, &'static str, TaskKind)>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        kind: TaskKind,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(task);
+        self.running.push((handle, name, kind));
+    }
+
+    /// Waits for a task to end, and says which and how. Before shutdown any ending is a
+    /// failure: every task runs until it is told to stop.
+    async fn first_to_end(&mut self) -> anyhow::Error {
+        let Some(joined) = self.set.join_next_with_id().await else {
+            return anyhow::anyhow!("the server has no tasks");
+        };
+        let (name, how) = self.ended(joined);
+        let how = how.err().unwrap_or_else(|| "stopped".into());
+        anyhow::anyhow!("the {name} task {how}")
+    }
+
+    /// After shutdown was signalled: waits for the listeners to finish their in-flight
+    /// requests, then ends the background tasks. The first task that failed meanwhile, if any.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while self
+            .running
+            .iter()
+            .any(|(_, _, kind)| *kind == TaskKind::Listener)
+            && let Some(joined) = self.set.join_next_with_id().await
+        {
+            if let (name, Err(how)) = self.ended(joined)
+                && result.is_ok()
+            {
+                result = Err(anyhow::anyhow!("the {name} task {how}"));
+            }
+        }
+        self.set.shutdown().await;
+        result
+    }
+
+    /// Which task ended, and how, if not with `Ok`.
+    fn ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, anyhow::Result<()>), tokio::task::JoinError>,
+    ) -> (&'static str, Result<(), String>) {
+        let (id, how) = match joined {
+            Ok((id, result)) => (id, result.map_err(|e| format!("failed: {e:#}"))),
+            Err(e) if e.is_panic() => {
+                let id = e.id();
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                (id, Err(format!("panicked: {message}")))
+            }
+            Err(e) => (e.id(), Err("was cancelled".into())),
+        };
+        let index = self
+            .running
+            .iter()
+            .position(|(handle, ..)| handle.id() == id);
+        let name = index.map_or("(unknown)", |i| self.running.swap_remove(i).1);
+        (name, how)
+    }
+}
+
+/// The PDP listener's face on `listener`, until shutdown.
+fn pdp<L: http::Listener>(
     listener: L,
     state: &Arc<State>,
     shutdown: &watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(http::serve(
-        listener,
-        state.clone(),
-        shutdown.clone(),
-        http::Face::Pdp,
-    ))
+) -> impl Future<Output = anyhow::Result<()>> + use<L> {
+    http::serve(listener, state.clone(), shutdown.clone(), http::Face::Pdp)
 }
 
 /// Binds the PDP's Unix socket at `path` with `mode`. The socket is made under a temporary
@@ -361,7 +501,7 @@ async fn reload_loop(
     mut sources: Sources,
     state: Arc<State>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> anyhow::Result<()> {
     let interval = Duration::from_secs(config.auth.policy_data_refresh_interval.max(1));
     let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -373,7 +513,7 @@ async fn reload_loop(
                 // Let a burst of file events (an editor's save, a symlink swap) settle.
                 tokio::time::sleep(FILE_EVENT_SETTLE).await;
             }
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
         }
         match sources.refresh().await {
             Refresh::Compiled(policy, took) => state.install(*policy, took),
@@ -407,4 +547,106 @@ pub(crate) fn detail_body(detail: &str) -> String {
         detail: &'a str,
     }
     serde_json::to_string(&Body { detail }).expect("a string field always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Tasks {
+        /// Cancels the task called `name`, as an abort or a runtime would end it.
+        fn kill(&self, name: &str) {
+            let (handle, ..) = self.running.iter().find(|(_, n, _)| *n == name).unwrap();
+            handle.abort();
+        }
+    }
+
+    /// The quickstart server on free ports, with the PDP listener too.
+    async fn start() -> Running {
+        let mut config = crate::config::load(None, []).unwrap();
+        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.pdp.addr = Some("127.0.0.1:0".parse().unwrap());
+        Running::start(config).await.unwrap()
+    }
+
+    async fn ready_status(http: std::net::SocketAddr) -> Result<u16, String> {
+        let url = format!("http://{http}/health/ready");
+        crate::fetch::HttpClient::default()
+            .get(&url, &[], 1024, Duration::from_secs(10))
+            .await
+            .map(|fetched| fetched.status.as_u16())
+            .map_err(|e| e.reason)
+    }
+
+    /// Serves until a task ends (never on a signal): the error, bounded.
+    async fn serve_until_a_task_ends(running: Running) -> anyhow::Error {
+        let served = tokio::time::timeout(
+            Duration::from_secs(30),
+            running.serve(std::future::pending()),
+        );
+        served
+            .await
+            .expect("serve returns once a task has ended")
+            .expect_err("a task that ended is an error")
+    }
+
+    /// Whichever task is killed (the policy reload, the key refresh, a listener), the server
+    /// turns not ready, closes its ports and returns an error naming the task, which `main`
+    /// turns into a non-zero exit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_task_turns_the_server_not_ready_and_ends_it() {
+        for task in [
+            "policy reload",
+            "signing keys refresh",
+            "gRPC listener",
+            "HTTP listener",
+            "PDP listener",
+        ] {
+            let running = start().await;
+            let (state, grpc, http) = (running.state.clone(), running.grpc_addr, running.http_addr);
+            assert!(state.ready());
+            assert_eq!(ready_status(http).await, Ok(200));
+            running.tasks.kill(task);
+            let error = serve_until_a_task_ends(running).await;
+            assert_eq!(error.to_string(), format!("the {task} task was cancelled"));
+            assert!(!state.ready(), "{task}");
+            for port in [grpc, http] {
+                assert!(
+                    tokio::net::TcpStream::connect(port).await.is_err(),
+                    "{task}: {port} still open"
+                );
+            }
+        }
+    }
+
+    /// A task that panics or fails is reported with why.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_that_panics_or_fails_ends_the_server_with_the_reason() {
+        let mut running = start().await;
+        let state = running.state.clone();
+        running
+            .tasks
+            .spawn("doomed", TaskKind::Background, async { panic!("boom") });
+        let error = serve_until_a_task_ends(running).await;
+        assert_eq!(error.to_string(), "the doomed task panicked: boom");
+        assert!(!state.ready());
+
+        let mut running = start().await;
+        running.tasks.spawn("failing", TaskKind::Listener, async {
+            Err(anyhow::anyhow!("port gone"))
+        });
+        let error = serve_until_a_task_ends(running).await;
+        assert_eq!(error.to_string(), "the failing task failed: port gone");
+    }
+
+    /// A shutdown request is not a failure: every task is told to stop and none is reported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_requested_shutdown_ends_every_task_without_error() {
+        let running = start().await;
+        let (state, http) = (running.state.clone(), running.http_addr);
+        running.serve(std::future::ready(())).await.unwrap();
+        assert!(!state.ready());
+        assert!(tokio::net::TcpStream::connect(http).await.is_err());
+    }
 }

@@ -75,6 +75,24 @@ pub fn thread_count(pid: u32) -> u64 {
         .unwrap_or_else(|| panic!("no Threads in /proc/{pid}/status"))
 }
 
+/// CPU time process `pid` has used, user and system (`utime` + `stime` in /proc/PID/stat).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // Fields after the command name (which may hold spaces), from the third on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum::<Option<u64>>()
+        .unwrap_or_else(|| panic!("no utime/stime in /proc/{pid}/stat: {stat}"));
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -225,6 +225,51 @@ fn env_override_errors_name_the_variable() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// A variable named like nmp-authz's own that it does not read is a warning naming it and the
+/// name most likely meant, from every command that reads the configuration, and the run goes
+/// on: never silently ignored.
+#[test]
+fn unknown_nmp_authz_variables_are_named() {
+    let typo = [("NMP_AUTHZ_ENABLED", "false")];
+    let warning = "unknown variable NMP_AUTHZ_ENABLED (did you mean NMP_AUTH_ENABLED?)";
+    for args in [
+        &["validate"][..],
+        &["members", "list", "--workspace", "default"],
+    ] {
+        let out = run(args, &typo);
+        assert!(out.status.success(), "{args:?}\n{}", describe(&out));
+        assert_eq!(
+            text(&out.stderr),
+            format!("nmp-authz: warning: {warning}\n"),
+            "{args:?}"
+        );
+    }
+    // The variables the server does read are not unknown.
+    let read = [
+        ("NMP_AUTHZ_LOG_FORMAT", "json"),
+        ("NMP_AUTHZ_DECISION_LOG_SAMPLE", "1"),
+    ];
+    let out = run(&["validate"], &read);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(text(&out.stderr), "", "{}", describe(&out));
+
+    let out = run(&["doctor", "--json"], &typo);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let environment = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "environment")
+        .unwrap_or_else(|| panic!("no environment check: {checks}"));
+    assert_eq!(environment["status"], "warn", "{environment}");
+    assert_eq!(environment["detail"], warning, "{environment}");
+
+    let mut server = Server::start_with_env(&EPHEMERAL, &typo);
+    server.addresses();
+    assert!(server.output().contains(warning), "{}", server.output());
+    assert!(server.terminate().success(), "{}", server.output());
+}
+
 // --- validate: policy data ------------------------------------------------------------------
 
 /// A valid base policy with one extra block appended under `authz:`.

@@ -281,7 +281,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
         let value = Value::deserialize(deserializer)?;
         let expected = || {
             D::Error::custom(format!(
-                "expected one of `file: PATH`, `bundle_url: URL` (with `principal_id: ID` or                  `bearer_token_file: PATH`) or `builtin: true`, got {value}"
+                "expected one of `file: PATH`, `bundle_url: URL` (with `principal_id: ID` or \
+                `bearer_token_file: PATH`) or `builtin: true`, got {value}"
             ))
         };
         let map = value.as_object().ok_or_else(expected)?;
@@ -296,7 +297,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
                 !["bundle_url", "principal_id", "bearer_token_file"].contains(&k.as_str())
             }) {
                 return Err(D::Error::custom(format!(
-                    "unknown key {unknown:?} in a bundle_url source (known: principal_id,                      bearer_token_file)"
+                    "unknown key {unknown:?} in a bundle_url source (known: principal_id, \
+                    bearer_token_file)"
                 )));
             }
             let principal_id = text("principal_id")?;

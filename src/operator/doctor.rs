@@ -304,7 +304,8 @@ fn pdp_listener_check(config: &Config) -> Check {
         return check(
             NAME,
             Warn,
-            "policy.bootstrap is empty: NMP's services that use this PDP cannot start (NMP's              bundle, which nmp-authz waits for, is built through them); add `- builtin: true`",
+            "policy.bootstrap is empty: NMP's services that use this PDP cannot start (NMP's \
+            bundle, which nmp-authz waits for, is built through them); add `- builtin: true`",
         );
     }
     match pdp.addr {
@@ -312,7 +313,8 @@ fn pdp_listener_check(config: &Config) -> Check {
             NAME,
             Warn,
             format!(
-                "pdp.addr {addr} is not loopback: it believes any `X-NMP-Principal-Id: service:*`                  header, so only NMP's services may reach it (a NetworkPolicy)"
+                "pdp.addr {addr} is not loopback: it believes any `X-NMP-Principal-Id: service:*` \
+                header, so only NMP's services may reach it (a NetworkPolicy)"
             ),
         ),
         _ => check(

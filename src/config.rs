@@ -1180,6 +1180,74 @@ policy:
         }
     }
 
+    /// README's configuration reference has a row for every key, with its default.
+    #[test]
+    fn the_readme_documents_every_key_and_its_default() {
+        fn flow(v: &Value) -> String {
+            match v {
+                Value::Array(items) => {
+                    format!(
+                        "[{}]",
+                        items.iter().map(flow).collect::<Vec<_>>().join(", ")
+                    )
+                }
+                Value::Object(map) => {
+                    let fields: Vec<_> = map
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", flow(v)))
+                        .collect();
+                    format!("{{{}}}", fields.join(", "))
+                }
+                Value::String(s) if s.is_empty() => "\"\"".into(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        }
+        fn leaves(v: &Value, key: &str, out: &mut Vec<(String, Value)>) {
+            match v {
+                Value::Object(map) => {
+                    for (k, child) in map {
+                        let child_key = if key.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{key}.{k}")
+                        };
+                        leaves(child, &child_key, out);
+                    }
+                }
+                leaf => out.push((key.to_owned(), leaf.clone())),
+            }
+        }
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let mut keys = Vec::new();
+        leaves(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut keys,
+        );
+        for (key, default) in keys {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration reference has no row for {key}"));
+            let cell = row.split(" | ").nth(2).unwrap();
+            let documented = match &default {
+                Value::Null => cell == "unset",
+                Value::String(s) => {
+                    cell == format!("`{}`", flow(&default)) || cell == format!("`\"{s}\"`")
+                }
+                _ => cell == format!("`{}`", flow(&default)),
+            };
+            assert!(
+                documented,
+                "{key}: README says {cell}, the default is {}",
+                flow(&default)
+            );
+        }
+    }
+
     #[test]
     fn env_bad_value_names_the_variable() {
         let msg = err(yaml_env("", &[("NMP_AUTH_ENABLED", "maybe")]));

@@ -754,3 +754,102 @@ fn grpc_reflection_lists_the_services() {
     }
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+// --- README ---------------------------------------------------------------------------------
+
+/// README's offline examples are real: each `$ target/release/nmp-authz ...` line of a
+/// `console` block (one line, no pipe, variable or redirection) is run from a directory holding
+/// `examples/` (mode 600, as the README's `chmod` makes it), and prints exactly the lines that
+/// follow it, stdout then stderr.
+#[test]
+fn readme_examples_are_real() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("examples")).expect("mkdir");
+    for file in ["config.yaml", "policy.yaml"] {
+        let copy = dir.path().join("examples").join(file);
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(file),
+            &copy,
+        )
+        .expect("copy example");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let examples = readme_examples(&readme);
+    assert!(
+        examples.len() >= 9,
+        "only {} runnable examples found in README.md",
+        examples.len()
+    );
+    for (args, expected) in examples {
+        let out = nmp_authz()
+            .args(shell_words(&args))
+            .current_dir(dir.path())
+            .output()
+            .expect("run nmp-authz");
+        let printed = text(&out.stdout) + &text(&out.stderr);
+        assert_eq!(
+            printed.trim_end(),
+            expected,
+            "README.md: $ target/release/nmp-authz {args}"
+        );
+    }
+}
+
+/// `(arguments, expected output)` of each runnable `$ target/release/nmp-authz` example.
+fn readme_examples(readme: &str) -> Vec<(String, String)> {
+    let mut examples: Vec<(String, Vec<&str>)> = Vec::new();
+    let (mut in_console, mut collecting) = (false, false);
+    for line in readme.lines() {
+        if !in_console {
+            in_console = line == "```console";
+            continue;
+        }
+        if line.starts_with("```") {
+            (in_console, collecting) = (false, false);
+        } else if let Some(command) = line.strip_prefix("$ ") {
+            let args = command.strip_prefix("target/release/nmp-authz ");
+            collecting =
+                args.is_some_and(|a| !a.contains(['|', '$', '>', '<', ';', '&', '`', '\\']));
+            if collecting {
+                examples.push((args.unwrap_or_default().to_owned(), Vec::new()));
+            }
+        } else if collecting {
+            examples.last_mut().expect("a command").1.push(line);
+        }
+    }
+    examples
+        .into_iter()
+        .map(|(args, lines)| (args, lines.join("\n")))
+        .collect()
+}
+
+/// Words as a POSIX shell splits a line without expansions: on blanks, quotes grouping.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => (quote, started) = (Some(c), true),
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            (None, c) => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}

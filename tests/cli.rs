@@ -763,6 +763,7 @@ fn grpc_reflection_lists_the_services() {
 /// follow it, stdout then stderr.
 #[test]
 fn readme_examples_are_real() {
+    use std::os::unix::fs::PermissionsExt;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("read README.md");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -776,7 +777,6 @@ fn readme_examples_are_real() {
             &copy,
         )
         .expect("copy example");
-        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     }
     let examples = readme_examples(&readme);

@@ -108,26 +108,21 @@ EOF
 
     if [ -n "$GRPCURL" ]; then
         local out
-        # The PDP's schema from the repository's proto file: works with every grpcurl.
-        if out="$("$GRPCURL" -plaintext -max-time 5 -import-path "$ROOT/proto" -proto nmp_authz/v1/pdp.proto \
-            -H "authorization: Bearer $SERVICE" \
+        # Through server reflection (v1 and v1alpha are served; grpcurl before 1.9 asks for
+        # v1alpha), as README's walkthrough does.
+        if out="$("$GRPCURL" -plaintext -max-time 5 "127.0.0.1:$GRPC_PORT" list 2>&1)" &&
+            grep -q '^nmp_authz.v1.PolicyDecision$' <<<"$out"; then
+            pass "grpcurl list (reflection) names nmp_authz.v1.PolicyDecision"
+        else
+            flunk "grpcurl list (reflection): $out"
+        fi
+        if out="$("$GRPCURL" -plaintext -max-time 5 -H "authorization: Bearer $SERVICE" \
             -d '{"principal": {"principal_id": "alice@example.com"}, "method": "GET", "path": "'"$MODELS"'"}' \
             "127.0.0.1:$GRPC_PORT" nmp_authz.v1.PolicyDecision/Allow 2>&1)" &&
             grep -q '"allowed": true' <<<"$out"; then
             pass "grpcurl PolicyDecision/Allow (service:demo asks about alice): allowed"
         else
             flunk "grpcurl PolicyDecision/Allow: $out"
-        fi
-        # Through server reflection (grpc.reflection.v1): reported, not required, since
-        # grpcurl 1.8.6 (.venv) asks only for the older v1alpha reflection service.
-        if out="$("$GRPCURL" -plaintext -max-time 5 "127.0.0.1:$GRPC_PORT" list 2>&1)"; then
-            if grep -q '^nmp_authz.v1.PolicyDecision$' <<<"$out"; then
-                pass "grpcurl list (reflection) names nmp_authz.v1.PolicyDecision"
-            else
-                flunk "grpcurl list (reflection): $out"
-            fi
-        else
-            echo "note  grpcurl list (reflection) failed with this grpcurl: $out"
         fi
     else
         echo "skip  grpcurl not found (PATH or .venv/bin): PDP example not checked"

@@ -76,6 +76,22 @@ GRPCURL="$(find_tool grpcurl)"
 ENVOY_CONFIG="$ROOT/envoy/quickstart.yaml"
 [ -f "$ENVOY_CONFIG" ] || fail "$ENVOY_CONFIG is missing"
 
+# The fixed ports must be free: fail before building (minutes) or starting anything rather
+# than talk to a stranger; checked again after a build, which gives others time to take one.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+check_ports() {
+    local spec what port var
+    for spec in "gateway:$GATEWAY_PORT:DEMO_GATEWAY_PORT" "nmp-authz gRPC:$GRPC_PORT:DEMO_GRPC_PORT" \
+        "nmp-authz HTTP:$HTTP_PORT:DEMO_HTTP_PORT" "upstream:$UPSTREAM_PORT:DEMO_UPSTREAM_PORT" \
+        "Envoy admin:$ADMIN_PORT:DEMO_ADMIN_PORT"; do
+        IFS=: read -r what port var <<<"$spec"
+        if port_busy "$port"; then
+            fail "port $port ($what) on 127.0.0.1 is already in use: stop what listens there, or choose another with $var=PORT"
+        fi
+    done
+}
+check_ports
+
 if [ -n "${NMP_AUTHZ_BIN:-}" ]; then
     NMP_AUTHZ="$NMP_AUTHZ_BIN"
     [ -x "$NMP_AUTHZ" ] || fail "NMP_AUTHZ_BIN=$NMP_AUTHZ is not an executable"
@@ -84,18 +100,8 @@ else
     echo "== building nmp-authz (release)"
     (cd "$ROOT" && cargo build --release --locked --bin nmp-authz) || fail "cargo build failed"
     NMP_AUTHZ="$ROOT/target/release/nmp-authz"
+    check_ports
 fi
-
-# The fixed ports must be free: fail before starting anything rather than talk to a stranger.
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for spec in "gateway:$GATEWAY_PORT:DEMO_GATEWAY_PORT" "nmp-authz gRPC:$GRPC_PORT:DEMO_GRPC_PORT" \
-    "nmp-authz HTTP:$HTTP_PORT:DEMO_HTTP_PORT" "upstream:$UPSTREAM_PORT:DEMO_UPSTREAM_PORT" \
-    "Envoy admin:$ADMIN_PORT:DEMO_ADMIN_PORT"; do
-    IFS=: read -r what port var <<<"$spec"
-    if port_busy "$port"; then
-        fail "port $port ($what) on 127.0.0.1 is already in use: stop what listens there, or choose another with $var=PORT"
-    fi
-done
 
 # ---- start, and stop everything on exit ----
 
@@ -263,7 +269,7 @@ Try it (another terminal):
 
   # nmp-authz's PDP API (gRPC), as a service principal
   SERVICE='$SERVICE'
-  $GRPCURL_CMD -plaintext -import-path $ROOT/proto -proto nmp_authz/v1/pdp.proto \\
+  $GRPCURL_CMD -plaintext \\
     -H "authorization: Bearer \$SERVICE" \\
     -d '{"principal": {"principal_id": "alice@example.com"}, "method": "GET", "path": "$MODELS"}' \\
     127.0.0.1:$GRPC_PORT nmp_authz.v1.PolicyDecision/Allow

@@ -21,6 +21,17 @@ pub const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
 /// Prefix of the environment overrides; the rest of the name is a key path under `auth`.
 pub const ENV_PREFIX: &str = "NMP_AUTH_";
 
+/// The server's other variables (logging). With [`ENV_PREFIX`] they are the names it reads.
+pub const SERVER_ENV_VARS: &[&str] = &["NMP_AUTHZ_LOG_FORMAT", "NMP_AUTHZ_DECISION_LOG_SAMPLE"];
+
+/// Read by the project's scripts and tests (`scripts/demo.sh`, the soak), whose environment
+/// reaches the server they start: known, so not warned about, but never suggested.
+const SCRIPT_ENV_VARS: &[&str] = &[
+    "NMP_AUTHZ_BIN",
+    "NMP_AUTHZ_SOAK_SECONDS",
+    "NMP_AUTHZ_SOAK_RATE",
+];
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -270,7 +281,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
         let value = Value::deserialize(deserializer)?;
         let expected = || {
             D::Error::custom(format!(
-                "expected one of `file: PATH`, `bundle_url: URL` (with `principal_id: ID` or                  `bearer_token_file: PATH`) or `builtin: true`, got {value}"
+                "expected one of `file: PATH`, `bundle_url: URL` (with `principal_id: ID` or \
+                `bearer_token_file: PATH`) or `builtin: true`, got {value}"
             ))
         };
         let map = value.as_object().ok_or_else(expected)?;
@@ -285,7 +297,8 @@ impl<'de> Deserialize<'de> for SourceConfig {
                 !["bundle_url", "principal_id", "bearer_token_file"].contains(&k.as_str())
             }) {
                 return Err(D::Error::custom(format!(
-                    "unknown key {unknown:?} in a bundle_url source (known: principal_id,                      bearer_token_file)"
+                    "unknown key {unknown:?} in a bundle_url source (known: principal_id, \
+                    bearer_token_file)"
                 )));
             }
             let principal_id = text("principal_id")?;
@@ -458,7 +471,11 @@ fn apply_env(
         let mut path = vec!["auth".to_owned()];
         path.extend(var[ENV_PREFIX.len()..].split("__").map(str::to_lowercase));
         let dotted = path.join(".");
-        let unknown = || ConfigError::env(&var, format!("unknown configuration key {dotted}"));
+        let unknown = || {
+            let hint = suggestion(&var)
+                .map_or_else(String::new, |known| format!(" (did you mean {known}?)"));
+            ConfigError::env(&var, format!("unknown configuration key {dotted}{hint}"))
+        };
         let shape = path
             .iter()
             .try_fold(defaults, |v, seg| v.as_object()?.get(seg))
@@ -472,6 +489,71 @@ fn apply_env(
         set_path(tree, &path, value);
     }
     Ok(())
+}
+
+/// A warning for each variable whose name starts with `NMP_AUTH` but that nmp-authz does not
+/// read: neither an `NMP_AUTH_*` override (those [`load`] validates: one naming no key is an
+/// error) nor a known variable. `NMP_AUTHZ_*` sits beside `NMP_AUTH_*`, so a typo such as
+/// `NMP_AUTHZ_ENABLED` would otherwise be silently ignored.
+pub fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut unknown: Vec<&str> = names
+        .into_iter()
+        .filter(|name| {
+            name.starts_with("NMP_AUTH")
+                && !name.starts_with(ENV_PREFIX)
+                && !SERVER_ENV_VARS.contains(name)
+                && !SCRIPT_ENV_VARS.contains(name)
+        })
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|name| match suggestion(name) {
+            Some(known) => format!("unknown variable {name} (did you mean {known}?)"),
+            None => format!(
+                "unknown variable {name}: nmp-authz reads {ENV_PREFIX}<KEY> overrides, {}",
+                SERVER_ENV_VARS.join(", ")
+            ),
+        })
+        .collect()
+}
+
+/// [`unknown_env_warnings`] for the process environment.
+pub fn process_env_warnings() -> Vec<String> {
+    let names: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    unknown_env_warnings(names.iter().map(String::as_str))
+}
+
+/// The variable nmp-authz reads whose name is nearest `name`, when it is near enough (at most
+/// three edits) to be what was meant.
+fn suggestion(name: &str) -> Option<String> {
+    let defaults = serde_json::to_value(Config::default()).expect("defaults serialize");
+    let mut known: Vec<String> = SERVER_ENV_VARS.iter().map(|v| v.to_string()).collect();
+    override_names(&defaults["auth"], ENV_PREFIX, &mut known);
+    known
+        .into_iter()
+        .map(|candidate| (strsim::levenshtein(name, &candidate), candidate))
+        .filter(|(distance, _)| (1..=3).contains(distance))
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+/// The `NMP_AUTH_*` name of every key under `shape` (a section of the defaults).
+fn override_names(shape: &Value, prefix: &str, out: &mut Vec<String>) {
+    let Value::Object(map) = shape else {
+        return;
+    };
+    for (key, child) in map {
+        let name = format!("{prefix}{}", key.to_uppercase());
+        if child.is_object() {
+            override_names(child, &format!("{name}__"), out);
+        } else {
+            out.push(name);
+        }
+    }
 }
 
 /// Convert an environment value to the JSON type of `shape` (the default at that key).
@@ -1015,6 +1097,10 @@ policy:
             msg.contains("NMP_AUTH_OIDC__ISUER: unknown configuration key auth.oidc.isuer"),
             "{msg}"
         );
+        assert!(
+            msg.contains("(did you mean NMP_AUTH_OIDC__ISSUER?)"),
+            "{msg}"
+        );
         let msg = err(yaml_env("", &[("NMP_AUTH_OIDC", "x")]));
         assert!(
             msg.contains("NMP_AUTH_OIDC: auth.oidc is a section"),
@@ -1022,6 +1108,144 @@ policy:
         );
         let msg = err(yaml_env("", &[("NMP_AUTH_ENABLED__X", "x")]));
         assert!(msg.contains("NMP_AUTH_ENABLED__X"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_nmp_auth_variables_are_warned_about() {
+        let warnings = unknown_env_warnings([
+            "NMP_AUTHZ_WHATEVER_THIS_IS",
+            "NMP_AUTHZ_ENABLED",
+            "NMP_AUTHZ_OIDC_ISSUER",
+            "NMP_AUTHZ_LOG_FORMT",
+            "NMP_AUTHX",
+            "NMP_AUTHZ_ENABLED",
+            // Read by the server, validated by `load`, used by the scripts, or not ours.
+            "NMP_AUTHZ_LOG_FORMAT",
+            "NMP_AUTHZ_DECISION_LOG_SAMPLE",
+            "NMP_AUTH_ENABLED",
+            "NMP_AUTH_OIDC__ISUER",
+            "NMP_AUTHZ_BIN",
+            "NMP_OTHER",
+            "HOME",
+        ]);
+        let reads = "nmp-authz reads NMP_AUTH_<KEY> overrides, NMP_AUTHZ_LOG_FORMAT, \
+                     NMP_AUTHZ_DECISION_LOG_SAMPLE";
+        assert_eq!(
+            warnings,
+            [
+                format!("unknown variable NMP_AUTHX: {reads}"),
+                "unknown variable NMP_AUTHZ_ENABLED (did you mean NMP_AUTH_ENABLED?)".into(),
+                "unknown variable NMP_AUTHZ_LOG_FORMT (did you mean NMP_AUTHZ_LOG_FORMAT?)".into(),
+                "unknown variable NMP_AUTHZ_OIDC_ISSUER (did you mean NMP_AUTH_OIDC__ISSUER?)"
+                    .into(),
+                format!("unknown variable NMP_AUTHZ_WHATEVER_THIS_IS: {reads}"),
+            ]
+        );
+    }
+
+    /// Every `NMP_AUTHZ_*` name in the server's source is in [`SERVER_ENV_VARS`], or it would be
+    /// warned about as unknown while being read.
+    #[test]
+    fn every_variable_the_server_reads_is_known() {
+        fn scan(dir: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    scan(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("config.rs")
+                {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for (at, _) in text.match_indices("\"NMP_AUTHZ_") {
+                        let name = text[at + 1..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                            .collect();
+                        found.push(name);
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        scan(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(!found.is_empty(), "the scan found no variable at all");
+        for name in found {
+            assert!(
+                SERVER_ENV_VARS.contains(&name.as_str()),
+                "{name} is read but not in SERVER_ENV_VARS"
+            );
+        }
+    }
+
+    /// README's configuration reference has a row for every key, with its default.
+    #[test]
+    fn the_readme_documents_every_key_and_its_default() {
+        fn flow(v: &Value) -> String {
+            match v {
+                Value::Array(items) => {
+                    format!(
+                        "[{}]",
+                        items.iter().map(flow).collect::<Vec<_>>().join(", ")
+                    )
+                }
+                Value::Object(map) => {
+                    let fields: Vec<_> = map
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {}", flow(v)))
+                        .collect();
+                    format!("{{{}}}", fields.join(", "))
+                }
+                Value::String(s) if s.is_empty() => "\"\"".into(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }
+        }
+        fn leaves(v: &Value, key: &str, out: &mut Vec<(String, Value)>) {
+            match v {
+                Value::Object(map) => {
+                    for (k, child) in map {
+                        let child_key = if key.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{key}.{k}")
+                        };
+                        leaves(child, &child_key, out);
+                    }
+                }
+                leaf => out.push((key.to_owned(), leaf.clone())),
+            }
+        }
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        let mut keys = Vec::new();
+        leaves(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut keys,
+        );
+        for (key, default) in keys {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration reference has no row for {key}"));
+            let cell = row.split(" | ").nth(2).unwrap();
+            let documented = match &default {
+                Value::Null => cell == "unset",
+                Value::String(s) => {
+                    cell == format!("`{}`", flow(&default)) || cell == format!("`\"{s}\"`")
+                }
+                _ => cell == format!("`{}`", flow(&default)),
+            };
+            assert!(
+                documented,
+                "{key}: README says {cell}, the default is {}",
+                flow(&default)
+            );
+        }
     }
 
     #[test]

@@ -127,6 +127,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    // Unknown `NMP_AUTH*` variables: `serve` logs them, `doctor` reports them as a check, the
+    // other commands that read the configuration say so on stderr (stdout is their output).
+    if matches!(
+        cli.command,
+        Command::Validate { .. }
+            | Command::Explain { .. }
+            | Command::Token { .. }
+            | Command::Members { .. }
+    ) {
+        for warning in config::process_env_warnings() {
+            eprintln!("nmp-authz: warning: {warning}");
+        }
+    }
     match cli.command {
         Command::Serve {
             config,
@@ -138,6 +151,9 @@ fn run(cli: Cli) -> Result<(), String> {
             config.server.grpc_addr = grpc_addr.unwrap_or(config.server.grpc_addr);
             config.server.http_addr = http_addr.unwrap_or(config.server.http_addr);
             let _log_writer = telemetry::init_logging();
+            for warning in config::process_env_warnings() {
+                tracing::warn!("{warning}");
+            }
             if quickstart {
                 tracing::warn!(
                     "DEVELOPMENT MODE: no --config given, running the embedded quickstart \

@@ -225,6 +225,51 @@ fn env_override_errors_name_the_variable() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// A variable named like nmp-authz's own that it does not read is a warning naming it and the
+/// name most likely meant, from every command that reads the configuration, and the run goes
+/// on: never silently ignored.
+#[test]
+fn unknown_nmp_authz_variables_are_named() {
+    let typo = [("NMP_AUTHZ_ENABLED", "false")];
+    let warning = "unknown variable NMP_AUTHZ_ENABLED (did you mean NMP_AUTH_ENABLED?)";
+    for args in [
+        &["validate"][..],
+        &["members", "list", "--workspace", "default"],
+    ] {
+        let out = run(args, &typo);
+        assert!(out.status.success(), "{args:?}\n{}", describe(&out));
+        assert_eq!(
+            text(&out.stderr),
+            format!("nmp-authz: warning: {warning}\n"),
+            "{args:?}"
+        );
+    }
+    // The variables the server does read are not unknown.
+    let read = [
+        ("NMP_AUTHZ_LOG_FORMAT", "json"),
+        ("NMP_AUTHZ_DECISION_LOG_SAMPLE", "1"),
+    ];
+    let out = run(&["validate"], &read);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(text(&out.stderr), "", "{}", describe(&out));
+
+    let out = run(&["doctor", "--json"], &typo);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let environment = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "environment")
+        .unwrap_or_else(|| panic!("no environment check: {checks}"));
+    assert_eq!(environment["status"], "warn", "{environment}");
+    assert_eq!(environment["detail"], warning, "{environment}");
+
+    let mut server = Server::start_with_env(&EPHEMERAL, &typo);
+    server.addresses();
+    assert!(server.output().contains(warning), "{}", server.output());
+    assert!(server.terminate().success(), "{}", server.output());
+}
+
 // --- validate: policy data ------------------------------------------------------------------
 
 /// A valid base policy with one extra block appended under `authz:`.
@@ -708,4 +753,103 @@ fn grpc_reflection_lists_the_services() {
         assert!(listed.contains(service), "{service} not in {listed}");
     }
     assert_eq!(server.terminate().code(), Some(0));
+}
+
+// --- README ---------------------------------------------------------------------------------
+
+/// README's offline examples are real: each `$ target/release/nmp-authz ...` line of a
+/// `console` block (one line, no pipe, variable or redirection) is run from a directory holding
+/// `examples/` (mode 600, as the README's `chmod` makes it), and prints exactly the lines that
+/// follow it, stdout then stderr.
+#[test]
+fn readme_examples_are_real() {
+    use std::os::unix::fs::PermissionsExt;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("examples")).expect("mkdir");
+    for file in ["config.yaml", "policy.yaml"] {
+        let copy = dir.path().join("examples").join(file);
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(file),
+            &copy,
+        )
+        .expect("copy example");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let examples = readme_examples(&readme);
+    assert!(
+        examples.len() >= 9,
+        "only {} runnable examples found in README.md",
+        examples.len()
+    );
+    for (args, expected) in examples {
+        let out = nmp_authz()
+            .args(shell_words(&args))
+            .current_dir(dir.path())
+            .output()
+            .expect("run nmp-authz");
+        let printed = text(&out.stdout) + &text(&out.stderr);
+        assert_eq!(
+            printed.trim_end(),
+            expected,
+            "README.md: $ target/release/nmp-authz {args}"
+        );
+    }
+}
+
+/// `(arguments, expected output)` of each runnable `$ target/release/nmp-authz` example.
+fn readme_examples(readme: &str) -> Vec<(String, String)> {
+    let mut examples: Vec<(String, Vec<&str>)> = Vec::new();
+    let (mut in_console, mut collecting) = (false, false);
+    for line in readme.lines() {
+        if !in_console {
+            in_console = line == "```console";
+            continue;
+        }
+        if line.starts_with("```") {
+            (in_console, collecting) = (false, false);
+        } else if let Some(command) = line.strip_prefix("$ ") {
+            let args = command.strip_prefix("target/release/nmp-authz ");
+            collecting =
+                args.is_some_and(|a| !a.contains(['|', '$', '>', '<', ';', '&', '`', '\\']));
+            if collecting {
+                examples.push((args.unwrap_or_default().to_owned(), Vec::new()));
+            }
+        } else if collecting {
+            examples.last_mut().expect("a command").1.push(line);
+        }
+    }
+    examples
+        .into_iter()
+        .map(|(args, lines)| (args, lines.join("\n")))
+        .collect()
+}
+
+/// Words as a POSIX shell splits a line without expansions: on blanks, quotes grouping.
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.push(c),
+            (None, '\'' | '"') => (quote, started) = (Some(c), true),
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            (None, c) => {
+                word.push(c);
+                started = true;
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
 }

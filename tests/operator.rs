@@ -13,6 +13,8 @@ use common::process::{Server, describe, nmp_authz, text};
 
 const CLI: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cli");
 const OPERATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/operator");
+/// README's operator examples: a hardened `config.yaml` and its `policy.yaml`.
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 const EPHEMERAL: [&str; 4] = ["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"];
 
 fn run(args: &[&str]) -> Output {
@@ -560,19 +562,14 @@ fn members_bad_input() {
 
 // --- doctor ---------------------------------------------------------------------------------
 
-/// `hardened.yaml` and the CLI policy in a private directory, both mode 600.
+/// The examples' hardened `config.yaml` and `policy.yaml` in a private directory, both mode 600.
 fn hardened_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::copy(Path::new(OPERATOR).join("hardened.yaml"), &config).unwrap();
-    std::fs::copy(
-        Path::new(CLI).join("policy.yaml"),
-        dir.path().join("policy.yaml"),
-    )
-    .unwrap();
     for f in ["config.yaml", "policy.yaml"] {
+        std::fs::copy(Path::new(EXAMPLES).join(f), dir.path().join(f)).unwrap();
         chmod(&dir.path().join(f), 0o600);
     }
+    let config = dir.path().join("config.yaml");
     (dir, config)
 }
 

@@ -928,13 +928,25 @@ fn demo_refuses_bad_arguments_and_busy_ports() {
     let help = run(Command::new(root().join("scripts/demo.sh")).arg("--help"));
     assert!(text(&help.stdout).contains("--check"));
 
-    // A port already taken is named, with the variable that moves it, before anything starts.
+    // A port already taken is named, with the variable that moves it, before anything starts,
+    // and before any build (minutes): without NMP_AUTHZ_BIN, the `cargo` first on PATH is one
+    // that fails, so a build attempted first would say so instead.
     let busy = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = busy.local_addr().unwrap().port();
     let free = common::process::free_ports(4);
+    let fake = tempfile::tempdir().expect("tempdir");
+    let cargo = fake.path().join("cargo");
+    std::fs::write(&cargo, "#!/bin/sh\necho 'cargo was run' >&2\nexit 1\n").expect("write");
+    std::fs::set_permissions(&cargo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let mut path = vec![fake.path().to_owned()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
     let out = Command::new(root().join("scripts/demo.sh"))
         .arg("--check")
-        .env("NMP_AUTHZ_BIN", BIN)
+        .env_remove("NMP_AUTHZ_BIN")
+        .env("PATH", std::env::join_paths(path).expect("PATH"))
         .env("ENVOY_BIN", tool("envoy"))
         .env("DEMO_GATEWAY_PORT", port.to_string())
         .env("DEMO_GRPC_PORT", free[0].to_string())

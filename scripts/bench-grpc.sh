@@ -14,7 +14,8 @@ concurrency=${3:-64}
 rounds=${4:-5}
 mix=()
 if [ -n "${5:-}" ]; then mix=(--requests-file "$5"); fi
-cargo build --release --locked --bin nmp-authz --bin nmp-authz-loadtest --example noop_authz
+cargo build --release --locked -p nmp-authz --bin nmp-authz --example noop_authz
+cargo build --release --locked -p nmp-authz-loadtest
 bin=target/release/nmp-authz
 loadtest=target/release/nmp-authz-loadtest
 noop=target/release/examples/noop_authz

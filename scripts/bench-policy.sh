@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 bindings=${1:-100000}
 rate=${2:-2000}
 seconds=${3:-30}
-cargo build --release --locked --bin nmp-authz --bin nmp-authz-loadtest
+cargo build --release --locked -p nmp-authz --bin nmp-authz
+cargo build --release --locked -p nmp-authz-loadtest
 exec python3 - "$bindings" "$rate" "$seconds" <<'PY'
 import json, os, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 

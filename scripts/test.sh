@@ -40,10 +40,12 @@ need nginx "apt-get install -y nginx: tests/http_authz.rs runs deploy/nginx/ngin
 # package, run with node). Without node and npm they cannot run, so this fails with or without CI.
 need node "install Node.js 20 or later: the OIDC tests run a real OpenID provider with it"
 need npm "it comes with Node.js and installs tests/oidc's packages"
-if [ ! -f tests/oidc/node_modules/.package-lock.json ] ||
-    [ tests/oidc/node_modules/.package-lock.json -ot tests/oidc/package-lock.json ]; then
+# Reinstalled when the lock file's content changes (a copy is kept beside the packages), not
+# when a checkout merely makes it newer.
+if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.installed-package-lock.json; then
     echo "== npm ci (tests/oidc)"
     npm ci --prefix tests/oidc --no-audit --no-fund
+    cp tests/oidc/package-lock.json tests/oidc/node_modules/.installed-package-lock.json
 fi
 
 # Envoy, grpcurl, Compose and a Kubernetes manifest validator come from PyPI, pinned in

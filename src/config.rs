@@ -13,16 +13,17 @@ pub use crate::identity::MAX_LEEWAY_SECONDS;
 
 /// The embedded quickstart configuration: what `serve` runs without `--config`. Development only:
 /// it accepts unsigned tokens.
-pub const QUICKSTART_YAML: &str = include_str!("quickstart.yaml");
+pub(crate) const QUICKSTART_YAML: &str = include_str!("quickstart.yaml");
 
 /// Name used for the quickstart configuration in error messages.
-pub const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
+pub(crate) const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
 
 /// Prefix of the environment overrides; the rest of the name is a key path under `auth`.
-pub const ENV_PREFIX: &str = "NMP_AUTH_";
+pub(crate) const ENV_PREFIX: &str = "NMP_AUTH_";
 
 /// The server's other variables (logging). With [`ENV_PREFIX`] they are the names it reads.
-pub const SERVER_ENV_VARS: &[&str] = &["NMP_AUTHZ_LOG_FORMAT", "NMP_AUTHZ_DECISION_LOG_SAMPLE"];
+pub(crate) const SERVER_ENV_VARS: &[&str] =
+    &["NMP_AUTHZ_LOG_FORMAT", "NMP_AUTHZ_DECISION_LOG_SAMPLE"];
 
 /// Read by the project's scripts and tests (`scripts/demo.sh`, the soak), whose environment
 /// reaches the server they start: known, so not warned about, but never suggested.
@@ -159,7 +160,7 @@ impl Default for PdpConfig {
 
 impl PdpConfig {
     /// The socket file's mode bits (validated by [`Config::validate`]).
-    pub fn socket_mode(&self) -> Option<u32> {
+    pub(crate) fn socket_mode(&self) -> Option<u32> {
         u32::from_str_radix(&self.unix_socket_mode, 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
@@ -495,7 +496,7 @@ fn apply_env(
 /// read: neither an `NMP_AUTH_*` override (those [`load`] validates: one naming no key is an
 /// error) nor a known variable. `NMP_AUTHZ_*` sits beside `NMP_AUTH_*`, so a typo such as
 /// `NMP_AUTHZ_ENABLED` would otherwise be silently ignored.
-pub fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub(crate) fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut unknown: Vec<&str> = names
         .into_iter()
         .filter(|name| {

@@ -15,21 +15,21 @@ use hyper_util::rt::TokioExecutor;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{url}: {reason}")]
-pub struct FetchError {
+pub(crate) struct FetchError {
     pub url: String,
     pub reason: String,
 }
 
 /// A response whose body was read within the bounds.
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub status: StatusCode,
     pub etag: Option<String>,
     pub body: Bytes,
 }
 
 #[derive(Clone)]
-pub struct HttpClient {
+pub(crate) struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 

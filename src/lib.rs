@@ -20,6 +20,6 @@ pub mod telemetry;
 /// The project's own PDP service, generated from `proto/nmp_authz/v1/pdp.proto`.
 pub mod pdp_proto {
     tonic::include_proto!("nmp_authz.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
+    pub(crate) const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/pdp_descriptor.bin"));
 }

@@ -346,7 +346,7 @@ impl Source {
 /// Watches the directories of `files` (a Kubernetes ConfigMap replaces a file by swapping a
 /// symlink in its directory, which a watch on the file itself would miss) and wakes `changed`
 /// on any event there. `None` (logged) when watching is not possible: polling still runs.
-pub fn watch_files(
+pub(crate) fn watch_files(
     files: &[PathBuf],
     changed: Arc<tokio::sync::Notify>,
 ) -> Option<notify::RecommendedWatcher> {

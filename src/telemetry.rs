@@ -53,7 +53,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn record_check(&self, outcome: Outcome, status: Status, took: Duration) {
+    pub(crate) fn record_check(&self, outcome: Outcome, status: Status, took: Duration) {
         let seconds = took.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
@@ -66,21 +66,21 @@ impl Metrics {
         self.decisions[outcome.index()][status as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn jwks_fetched(&self, issuer: &str, ok: bool) {
+    pub(crate) fn jwks_fetched(&self, issuer: &str, ok: bool) {
         count(&self.jwks_fetches, issuer, ok);
     }
 
-    pub fn source_read(&self, source: &str, ok: bool) {
+    pub(crate) fn source_read(&self, source: &str, ok: bool) {
         count(&self.source_reads, source, ok);
     }
 
-    pub fn policy_loaded(&self, took: Duration) {
+    pub(crate) fn policy_loaded(&self, took: Duration) {
         self.policy_loads.fetch_add(1, Relaxed);
         self.policy_load_nanos
             .store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
-    pub fn policy_load_failed(&self) {
+    pub(crate) fn policy_load_failed(&self) {
         self.policy_load_failures.fetch_add(1, Relaxed);
     }
 
@@ -286,7 +286,7 @@ pub struct DecisionLog {
 }
 
 /// Denial records written a second, per reason.
-pub const DENIALS_PER_SECOND: u32 = 100;
+pub(crate) const DENIALS_PER_SECOND: u32 = 100;
 
 /// One reason's denials in the current second.
 #[derive(Debug, Default)]
@@ -313,7 +313,7 @@ impl DecisionLog {
     }
 
     /// From `NMP_AUTHZ_DECISION_LOG_SAMPLE`; an unreadable value logs every allow (and says so).
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let fraction = match std::env::var("NMP_AUTHZ_DECISION_LOG_SAMPLE") {
             Err(_) => 1.0,
             Ok(text) => text.trim().parse::<f64>().unwrap_or_else(|_| {
@@ -325,7 +325,7 @@ impl DecisionLog {
     }
 
     /// Whether to log an answer: `allowed`, or a denial for `outcome`.
-    pub fn should_log(&self, allowed: bool, outcome: Outcome) -> bool {
+    pub(crate) fn should_log(&self, allowed: bool, outcome: Outcome) -> bool {
         if allowed {
             return self.allow_every > 0
                 && self
@@ -360,7 +360,7 @@ impl DecisionLog {
     }
 
     /// Logs the counts of denial records left out and not reported yet (at shutdown).
-    pub fn report_suppressed(&self) {
+    pub(crate) fn report_suppressed(&self) {
         for outcome in Outcome::all() {
             let suppressed = std::mem::take(&mut lock(&self.denials[outcome.index()]).suppressed);
             if suppressed > 0 {
@@ -393,7 +393,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// server (BENCHMARKS.md). `RUST_LOG` still decides whether records are written.
 /// What a decision record says, as the face that answered knows it.
 #[derive(Debug)]
-pub struct DecisionFacts<'a> {
+pub(crate) struct DecisionFacts<'a> {
     pub allowed: bool,
     pub status: u16,
     pub reason: &'a str,
@@ -406,7 +406,7 @@ pub struct DecisionFacts<'a> {
     pub policy_revision: &'a str,
 }
 
-pub fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
+pub(crate) fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
     let Some(output) = LOG_OUTPUT.get() else {
         return;
     };
@@ -751,7 +751,7 @@ fn write_batch(sink: &mut impl Write, batch: &mut Vec<u8>) {
 /// One record being written: the formatter hands each record over whole, and it is queued
 /// when the formatter is done with it.
 #[derive(Debug)]
-pub struct LogRecord<'a> {
+pub(crate) struct LogRecord<'a> {
     output: &'a LogOutput,
     record: Vec<u8>,
 }

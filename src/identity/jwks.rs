@@ -18,7 +18,7 @@ use crate::fetch::{FetchError, HttpClient};
 use crate::telemetry::Metrics;
 
 /// A token signed with an unknown key refetches an issuer's keys at most this often.
-pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Bound on one discovery or JWKS request, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a discovery document or JWKS body.
@@ -110,7 +110,7 @@ impl KeyFetcher {
     /// Called when a token names a key `issuer` does not publish: refetches unless a fetch
     /// ran within [`REFETCH_INTERVAL`], joining one already in flight. True when the issuer's
     /// keys are fresh from a successful fetch, so the token is worth checking again.
-    pub async fn refetch_for_unknown_key(self: &Arc<Self>, issuer: &str) -> bool {
+    pub(crate) async fn refetch_for_unknown_key(self: &Arc<Self>, issuer: &str) -> bool {
         let fetcher = self.clone();
         let issuer = issuer.to_string();
         // The fetch runs in its own task, so a caller that stops waiting cannot cancel it

@@ -23,10 +23,10 @@ use crate::request_path;
 
 use super::State;
 
-pub const AUTHORIZED: &str = "x-nmp-authorized";
-pub const PRINCIPAL_ID: &str = "x-nmp-principal-id";
-pub const PRINCIPAL_EMAIL: &str = "x-nmp-principal-email";
-pub const PRINCIPAL_GROUPS: &str = "x-nmp-principal-groups";
+pub(crate) const AUTHORIZED: &str = "x-nmp-authorized";
+pub(crate) const PRINCIPAL_ID: &str = "x-nmp-principal-id";
+pub(crate) const PRINCIPAL_EMAIL: &str = "x-nmp-principal-email";
+pub(crate) const PRINCIPAL_GROUPS: &str = "x-nmp-principal-groups";
 pub const SCOPES: &str = "x-nmp-scopes";
 
 /// A request to authorize, as every face describes it.
@@ -126,7 +126,7 @@ pub async fn decide<R>(
 
 /// [`decide`], counted in the metrics and logged as a decision record: what every face that
 /// answers an authorization request calls.
-pub async fn decide_recorded<R>(
+pub(crate) async fn decide_recorded<R>(
     state: &State,
     request: &Request<'_>,
     render: impl FnOnce(&Verdict<'_>) -> R,
@@ -260,7 +260,7 @@ pub fn check_response(
 // ---- what every face's answer shares ----
 
 /// The headers an allow sets: `x-nmp-authorized` and the principal's (README "Check response").
-pub fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, String)> {
+pub(crate) fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, String)> {
     let mut set: Vec<(&str, String)> = vec![(AUTHORIZED, "true".into())];
     if let Some(p) = principal {
         if let Some(id) = p.id.as_deref().filter(|id| !id.is_empty()) {
@@ -296,7 +296,7 @@ pub fn headers_to_remove<'h>(
 }
 
 /// A denial's headers: its JSON body's type, and on a 401 the `www-authenticate` challenge.
-pub fn denial_headers(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
+pub(crate) fn denial_headers(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
     let mut headers = vec![("content-type", "application/json".to_string())];
     if verdict.status == Status::Unauthorized {
         let challenge = if verdict.token_refused {

@@ -152,7 +152,7 @@ async fn report_health(
 }
 
 #[derive(Debug, Clone)]
-pub struct AuthzService(pub Arc<State>);
+pub(crate) struct AuthzService(pub Arc<State>);
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
@@ -168,7 +168,7 @@ impl Authorization for AuthzService {
 /// NMP's PDP entrypoints for platform services. Callers identify like any request (bearer
 /// token, or trusted principal metadata) and must be `service:` principals.
 #[derive(Debug, Clone)]
-pub struct PdpService(pub Arc<State>);
+pub(crate) struct PdpService(pub Arc<State>);
 
 impl PdpService {
     async fn authorize<T>(&self, request: &Request<T>) -> Result<pdp::Usable, Status> {

@@ -34,11 +34,11 @@ const FORWARDED_HOST: &str = "x-forwarded-host";
 pub const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// On a denial asked about in the nginx form: the JSON body again, as a header, because nginx
 /// can read an `auth_request` answer's headers (`auth_request_set`) but never its body.
-pub const DENIAL_BODY: &str = "x-nmp-authz-body";
+pub(crate) const DENIAL_BODY: &str = "x-nmp-authz-body";
 
 /// Whether `path` (the request line's, without the query) is under the endpoint's prefix;
 /// returns what follows the prefix (empty, or starting with `/`).
-pub fn under_prefix<'a>(state: &State, path: &'a str) -> Option<&'a str> {
+pub(crate) fn under_prefix<'a>(state: &State, path: &'a str) -> Option<&'a str> {
     if !state.http_authz.enabled {
         return None;
     }

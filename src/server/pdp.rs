@@ -17,10 +17,10 @@ use crate::policy::pdp::{self, Entrypoint};
 use super::State;
 
 /// NMP's PDP paths: the embedded provider's, and OPA's REST API's.
-pub const PATH_PREFIXES: [&str; 2] = ["/apis/auth/v2/authz/", "/v1/data/authz/"];
+pub(crate) const PATH_PREFIXES: [&str; 2] = ["/apis/auth/v2/authz/", "/v1/data/authz/"];
 
 /// The entrypoint named by a PDP path, if `path` is one.
-pub fn entrypoint_of(path: &str) -> Option<&str> {
+pub(crate) fn entrypoint_of(path: &str) -> Option<&str> {
     PATH_PREFIXES.iter().find_map(|p| path.strip_prefix(p))
 }
 
@@ -71,7 +71,7 @@ impl Usable {
 /// While a source has never loaded (NMP's bundle, while NMP starts), what has loaded answers
 /// questions about `service:` principals only: NMP's services must be able to authorize the
 /// calls that build that very bundle (NMP's own PDP answers from its static catalog then).
-pub fn current_policy(state: &State) -> Result<Usable, Refused> {
+pub(crate) fn current_policy(state: &State) -> Result<Usable, Refused> {
     let policy = state
         .policy
         .load_full()
@@ -89,7 +89,7 @@ pub fn current_policy(state: &State) -> Result<Usable, Refused> {
 /// On the HTTP and gRPC ports: the caller identifies like any request (a bearer token, or
 /// trusted principal headers) and must be a `service:` principal (anyone when authorization
 /// is off).
-pub async fn authorize_caller(
+pub(crate) async fn authorize_caller(
     state: &State,
     headers: &hyper::HeaderMap,
 ) -> Result<Usable, Refused> {
@@ -124,7 +124,7 @@ pub async fn authorize_caller(
 /// `service:` principals may ask: none is a 401, anyone else a 403, with NMP's bodies. The
 /// listener must be reachable by platform services only (a Unix socket's permissions, or a
 /// network policy): it believes that header from whoever can connect.
-pub fn authorize_service_header(
+pub(crate) fn authorize_service_header(
     state: &State,
     headers: &hyper::HeaderMap,
 ) -> Result<Usable, Refused> {

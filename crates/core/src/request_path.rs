@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 /// Why a path is refused; the text goes into the 400 body.
-pub type Refusal = &'static str;
+pub(crate) type Refusal = &'static str;
 
 /// The path to decide on: the original when it holds no percent-encoding (the usual case,
 /// borrowed), else the path with its part before the query decoded. The query is left as sent.

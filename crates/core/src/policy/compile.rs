@@ -20,8 +20,8 @@ pub const METHODS: [&str; 9] = [
     "get", "head", "post", "put", "patch", "delete", "options", "trace", "connect",
 ];
 
-pub type RoleId = u32;
-pub type PermId = u32;
+pub(crate) type RoleId = u32;
+pub(crate) type PermId = u32;
 
 /// principal -> workspace -> roles bound there.
 pub(crate) type Bindings = FastMap<Box<str>, FastMap<Box<str>, Box<[RoleId]>>>;

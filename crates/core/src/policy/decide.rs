@@ -144,7 +144,7 @@ impl Reason {
 
     /// True for the deny rules that override every allow rule (as opposed to an allow rule,
     /// or no allow rule applying).
-    pub fn is_deny_rule(self) -> bool {
+    pub(crate) fn is_deny_rule(self) -> bool {
         self.kind() == Rule::Deny
     }
 }
@@ -496,7 +496,7 @@ impl CompiledPolicy {
     }
 
     /// True when an applicable principal holds PlatformAdmin in `system`.
-    pub fn is_platform_admin(&self, principal: &Principal) -> bool {
+    pub(crate) fn is_platform_admin(&self, principal: &Principal) -> bool {
         self.platform_admin_among(&applicable_principals(principal))
             .is_some()
     }

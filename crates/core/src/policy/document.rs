@@ -103,7 +103,7 @@ impl DocumentError {
         }
     }
 
-    pub fn in_entry(mut self, entry: Entry) -> Self {
+    pub(crate) fn in_entry(mut self, entry: Entry) -> Self {
         self.entry = Some(entry);
         self
     }

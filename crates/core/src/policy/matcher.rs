@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 
 /// One parsed endpoint pattern.
 #[derive(Debug, Clone)]
-pub struct Pattern {
+pub(crate) struct Pattern {
     text: Box<str>,
     /// Segments as split on `/` (the first is the empty string before the leading `/`). For a
     /// tail pattern, only the segments before the `-`.
@@ -100,10 +100,6 @@ impl Pattern {
         })
     }
 
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
     /// Lower ranks win: fewest placeholders, spelled-out tail, most literals, lexical order.
     fn rank(&self) -> (usize, bool, Reverse<usize>, &str) {
         (
@@ -127,7 +123,7 @@ struct Node {
 
 /// All endpoint patterns of a policy, in a trie walked once per request path.
 #[derive(Debug, Default)]
-pub struct Matcher {
+pub(crate) struct Matcher {
     root: Node,
     patterns: Vec<Pattern>,
 }
@@ -159,7 +155,7 @@ impl Matcher {
     /// the path segment holding the workspace. As in NMP, the workspace may come from another
     /// matching pattern: a `{workspace}`/`{workspace_id}` placeholder in any match counts
     /// before a placeholder after a `workspaces` segment (the winner's first in each case).
-    pub fn best_match(&self, path: &str) -> Option<Match> {
+    pub(crate) fn best_match(&self, path: &str) -> Option<Match> {
         let better = |candidate: usize, current: Option<usize>| {
             current.is_none_or(|c| self.patterns[candidate].rank() < self.patterns[c].rank())
         };
@@ -189,7 +185,7 @@ impl Matcher {
     }
 
     /// Every pattern matching `path`, for explanations and tests.
-    pub fn all_matches(&self, path: &str) -> Vec<usize> {
+    pub(crate) fn all_matches(&self, path: &str) -> Vec<usize> {
         let mut all = Vec::new();
         self.walk(&self.root, Some(path), &mut |id| all.push(id));
         all.sort_by(|a, b| self.patterns[*a].rank().cmp(&self.patterns[*b].rank()));
@@ -236,7 +232,7 @@ mod tests {
 
     fn best<'m>(m: &'m Matcher, path: &str) -> Option<&'m str> {
         m.best_match(path)
-            .map(|found| m.patterns[found.pattern].text())
+            .map(|found| &*m.patterns[found.pattern].text)
     }
 
     fn workspace(m: &Matcher, path: &str) -> Option<usize> {

@@ -16,12 +16,12 @@ fn is_word(s: &str) -> bool {
 }
 
 /// A permission: two or more words joined by dots, e.g. `inference.deployment-configs.read`.
-pub fn is_permission(s: &str) -> bool {
+pub(crate) fn is_permission(s: &str) -> bool {
     s.contains('.') && s.split('.').all(is_word)
 }
 
 /// An endpoint scope: `area:verb`, two words joined by one colon.
-pub fn is_scope(s: &str) -> bool {
+pub(crate) fn is_scope(s: &str) -> bool {
     s.split_once(':')
         .is_some_and(|(area, verb)| is_word(area) && is_word(verb))
 }

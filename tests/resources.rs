@@ -348,28 +348,18 @@ fn slow_clients_do_not_block_checks_and_descriptors_return() {
     );
 }
 
-/// The server runs out of file descriptors (its limit lowered with prlimit, then idle
-/// connections until accept fails): both ports work again once the connections close — an
-/// accept error is not fatal to either listener.
-#[test]
-fn running_out_of_file_descriptors_is_survived() {
-    let (server, grpc, http) = quickstart();
-    let pid = server.child.id();
-    let baseline = fd_count(pid);
-    let limit = baseline + 16;
+/// Lowers process `pid`'s open-file limit to `limit` (prlimit, util-linux).
+fn limit_descriptors(pid: u32, limit: usize) {
     let limited = Command::new("prlimit")
         .arg(format!("--pid={pid}"))
         .arg(format!("--nofile={limit}:{limit}"))
         .status()
         .expect("run prlimit (util-linux)");
     assert!(limited.success(), "prlimit");
-    // Far more connections than the limit: the kernel completes them (the listen backlog),
-    // the server's accept fails with EMFILE.
-    let mut held = Vec::new();
-    for _ in 0..40 {
-        held.push(TcpStream::connect(http).unwrap());
-        held.push(TcpStream::connect(grpc).unwrap());
-    }
+}
+
+/// Waits (bounded) until process `pid` holds all but one of its `limit` descriptors.
+fn wait_for_descriptor_limit(pid: u32, limit: usize) {
     poll_until(Duration::from_secs(10), || {
         let n = fd_count(pid);
         if n + 1 >= limit {
@@ -379,6 +369,26 @@ fn running_out_of_file_descriptors_is_survived() {
         }
     })
     .unwrap_or_else(|e| panic!("the server did not reach its fd limit: {e}"));
+}
+
+/// The server runs out of file descriptors (its limit lowered with prlimit, then idle
+/// connections until accept fails): both ports work again once the connections close — an
+/// accept error is not fatal to either listener.
+#[test]
+fn running_out_of_file_descriptors_is_survived() {
+    let (server, grpc, http) = quickstart();
+    let pid = server.child.id();
+    let baseline = fd_count(pid);
+    let limit = baseline + 16;
+    limit_descriptors(pid, limit);
+    // Far more connections than the limit: the kernel completes them (the listen backlog),
+    // the server's accept fails with EMFILE.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        held.push(TcpStream::connect(http).unwrap());
+        held.push(TcpStream::connect(grpc).unwrap());
+    }
+    wait_for_descriptor_limit(pid, limit);
     drop(held);
     let (_, recovered) = poll_until(Duration::from_secs(15), || {
         let response = try_request(http, "GET", "/health/live", &[])?;
@@ -414,22 +424,9 @@ fn grpc_accept_backs_off_when_out_of_file_descriptors() {
     let (mut server, grpc, _) = quickstart();
     let pid = server.child.id();
     let limit = fd_count(pid) + 8;
-    let limited = Command::new("prlimit")
-        .arg(format!("--pid={pid}"))
-        .arg(format!("--nofile={limit}:{limit}"))
-        .status()
-        .expect("run prlimit (util-linux)");
-    assert!(limited.success(), "prlimit");
+    limit_descriptors(pid, limit);
     let held: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(grpc).unwrap()).collect();
-    poll_until(Duration::from_secs(10), || {
-        let n = fd_count(pid);
-        if n + 1 >= limit {
-            Ok(())
-        } else {
-            Err(format!("{n} of {limit}"))
-        }
-    })
-    .unwrap_or_else(|e| panic!("the server did not reach its fd limit: {e}"));
+    wait_for_descriptor_limit(pid, limit);
     // A measurement window, not a wait for a state: the CPU the server burns while every
     // accept fails. Backing off, it is idle; spinning, it takes a core (half of one at least
     // on a busy two-core machine).

@@ -5,8 +5,8 @@
 //!   handler (built-in catalog, bootstrap bindings) and the CheckResponse encoded, against the
 //!   same decode and encode around a do-nothing answer: what nmp-authz adds per Check on top of
 //!   the gRPC plumbing, without the network or the scheduler in the figure.
-//! - `identity/*`: the principal from Envoy's jwt_authn metadata, and an RS256 bearer token
-//!   verified from scratch and remembered (a later request with the same token).
+//! - `identity/*`: the principal from Envoy's jwt_authn metadata, and RS256 and ES256 bearer
+//!   tokens verified from scratch and remembered (a later request with the same token).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -112,25 +112,46 @@ fn identities(c: &mut Criterion) {
         })
     });
 
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("rsa-1".into());
-    let pem = std::fs::read(format!("{KEYS}rsa.pem")).expect("fixture key");
-    let token =
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap();
-    let authorization = format!("Bearer {token}");
-    let credentials =
-        Credentials::from_headers([("authorization", authorization.as_str())]).unwrap();
-    group.bench_function("RS256 bearer, verified", |b| {
-        b.iter(|| {
-            verifier.forget_verified();
-            identity::identify(&settings, &verifier, black_box(&credentials), None, now).unwrap()
-        })
-    });
-    group.bench_function("RS256 bearer, remembered", |b| {
-        b.iter(|| {
-            identity::identify(&settings, &verifier, black_box(&credentials), None, now).unwrap()
-        })
-    });
+    // The same claims signed by each algorithm DESIGN allows, with the fixture keys the JWKS
+    // publishes; "verified" forgets accepted tokens first, so every call verifies afresh.
+    let fixture = |name: &str| std::fs::read(format!("{KEYS}{name}")).expect("fixture key");
+    let keys = [
+        (
+            "RS256",
+            Algorithm::RS256,
+            "rsa-1",
+            EncodingKey::from_rsa_pem(&fixture("rsa.pem")),
+        ),
+        (
+            "ES256",
+            Algorithm::ES256,
+            "ec-1",
+            EncodingKey::from_ec_pem(&fixture("ec.pem")),
+        ),
+    ];
+    for (name, algorithm, kid, key) in keys {
+        let header = Header {
+            kid: Some(kid.into()),
+            ..Header::new(algorithm)
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &key.unwrap()).unwrap();
+        let authorization = format!("Bearer {token}");
+        let credentials =
+            Credentials::from_headers([("authorization", authorization.as_str())]).unwrap();
+        group.bench_function(format!("{name} bearer, verified"), |b| {
+            b.iter(|| {
+                verifier.forget_verified();
+                identity::identify(&settings, &verifier, black_box(&credentials), None, now)
+                    .unwrap()
+            })
+        });
+        group.bench_function(format!("{name} bearer, remembered"), |b| {
+            b.iter(|| {
+                identity::identify(&settings, &verifier, black_box(&credentials), None, now)
+                    .unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

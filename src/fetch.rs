@@ -41,7 +41,7 @@ impl std::fmt::Debug for HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
-        let provider = || rustls::crypto::ring::default_provider();
+        let provider = crate::crypto::tls;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider())
             .map(|b| b.https_or_http().enable_http1().build())
@@ -50,7 +50,7 @@ impl Default for HttpClient {
                 tracing::error!(error = %e, "no TLS root certificates found");
                 let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
                     .with_safe_default_protocol_versions()
-                    .expect("ring supports the default protocol versions")
+                    .expect("the provider supports the default protocol versions")
                     .with_root_certificates(rustls::RootCertStore::empty())
                     .with_no_client_auth();
                 hyper_rustls::HttpsConnectorBuilder::new()

@@ -9,6 +9,7 @@
 use nmp_authz_core::{policy, request_path, yaml};
 
 pub mod config;
+pub mod crypto;
 pub mod fetch;
 pub mod identity;
 pub mod operator;

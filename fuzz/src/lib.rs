@@ -248,6 +248,8 @@ static TOKENS: LazyLock<Tokens> = LazyLock::new(|| {
     let jwks = serde_json::from_slice(&read("jwks.json")).expect("fixture JWKS");
     let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
     issuer.replace(usable_keys(&jwks));
+    // Made first: it installs the crypto provider that signing below needs too.
+    let verifier = TokenVerifier::new(vec![issuer], None, 60);
     let claims = json!({"iss": ISSUER, "sub": "alice", "email": "alice@example.com",
         "groups": ["eng"], "scope": "openid models:read", "iat": NOW - 10, "exp": NOW + 600});
     let header = |alg, kid: &str| Header {
@@ -260,10 +262,7 @@ static TOKENS: LazyLock<Tokens> = LazyLock::new(|| {
         encode(&header(Algorithm::RS256, "rsa-1"), &claims, &rsa).expect("sign"),
         encode(&header(Algorithm::ES256, "ec-1"), &claims, &ec).expect("sign"),
     ];
-    Tokens {
-        verifier: TokenVerifier::new(vec![issuer], None, 60),
-        signed,
-    }
+    Tokens { verifier, signed }
 });
 
 fn b64(bytes: &[u8]) -> String {

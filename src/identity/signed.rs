@@ -149,6 +149,7 @@ impl TokenVerifier {
         audience: Option<String>,
         leeway_seconds: u64,
     ) -> Self {
+        crate::crypto::install_jwt_provider();
         Self {
             issuers: issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect(),
             audience,
@@ -299,12 +300,15 @@ mod tests {
         h
     }
 
+    // Signing, like verifying, needs the crypto provider installed first.
     fn rs256(kid: Option<&str>, claims: &Json) -> String {
+        crate::crypto::install_jwt_provider();
         let key = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
         encode(&header(Algorithm::RS256, kid), claims, &key).unwrap()
     }
 
     fn es256(kid: Option<&str>, claims: &Json) -> String {
+        crate::crypto::install_jwt_provider();
         let key = EncodingKey::from_ec_pem(&fixture("ec.pem")).unwrap();
         encode(&header(Algorithm::ES256, kid), claims, &key).unwrap()
     }
@@ -394,6 +398,23 @@ mod tests {
     }
 
     #[test]
+    fn a_modulus_published_with_a_leading_zero_byte_still_verifies() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut set = serde_json::to_value(jwks()).unwrap();
+        let mut n = vec![0];
+        n.extend(b64.decode(set["keys"][0]["n"].as_str().unwrap()).unwrap());
+        set["keys"][0]["n"] = json!(b64.encode(n));
+        let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+        issuer.replace(usable_keys(&serde_json::from_value(set).unwrap()));
+        let v = TokenVerifier::new(vec![issuer], None, 60);
+        assert_eq!(
+            check(&v, &rs256(Some("rsa-1"), &claims())).unwrap(),
+            "alice"
+        );
+    }
+
+    #[test]
     fn unknown_kid_asks_for_a_refetch() {
         assert_eq!(
             check(&verifier(None), &rs256(Some("rsa-9"), &claims())),
@@ -421,23 +442,68 @@ mod tests {
         assert!(check(&verifier(None), &es256(None, &claims())).is_ok());
     }
 
+    /// `header.claims.signature` for any `alg`, the signature made by `sign` over the first two
+    /// parts: for the algorithms the provider will not sign (it knows RS256 and ES256 only).
+    fn token_as(alg: &str, claims: &Json, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = json!({"alg": alg, "kid": "rsa-1", "typ": "JWT"});
+        let message = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let signature = sign(message.as_bytes());
+        format!("{message}.{}", b64(&signature))
+    }
+
+    fn hmac(algorithm: ring::hmac::Algorithm, secret: &[u8]) -> impl FnOnce(&[u8]) -> Vec<u8> {
+        let key = ring::hmac::Key::new(algorithm, secret);
+        move |message| ring::hmac::sign(&key, message).as_ref().to_vec()
+    }
+
+    /// A valid signature by the fixture key `rsa-1` in another RSA scheme.
+    fn rsa(padding: &'static dyn ring::signature::RsaEncoding) -> impl FnOnce(&[u8]) -> Vec<u8> {
+        let der = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+        let pair = ring::signature::RsaKeyPair::from_der(der.as_bytes()).unwrap();
+        move |message| {
+            let mut signature = vec![0; pair.public().modulus_len()];
+            let rng = ring::rand::SystemRandom::new();
+            pair.sign(padding, &rng, message, &mut signature).unwrap();
+            signature
+        }
+    }
+
     #[test]
     fn only_rs256_and_es256() {
+        use ring::{hmac, signature as sig};
         let v = verifier(None);
-        let secret = EncodingKey::from_secret(b"shared secret");
-        for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
-            let token = encode(&header(alg, Some("rsa-1")), &claims(), &secret).unwrap();
+        let secret = b"shared secret";
+        for (alg, hmac_alg) in [
+            ("HS256", hmac::HMAC_SHA256),
+            ("HS384", hmac::HMAC_SHA384),
+            ("HS512", hmac::HMAC_SHA512),
+        ] {
             assert_eq!(
-                check(&v, &token),
+                check(&v, &token_as(alg, &claims(), hmac(hmac_alg, secret))),
                 Err(Rejection::Invalid(
                     "Token algorithm is not accepted (RS256 or ES256 only)"
                 ))
             );
         }
-        let rsa = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
-        for alg in [Algorithm::RS384, Algorithm::RS512, Algorithm::PS256] {
-            let token = encode(&header(alg, Some("rsa-1")), &claims(), &rsa).unwrap();
-            assert!(matches!(check(&v, &token), Err(Rejection::Invalid(_))));
+        for (alg, padding) in [
+            (
+                "RS384",
+                &sig::RSA_PKCS1_SHA384 as &'static dyn sig::RsaEncoding,
+            ),
+            ("RS512", &sig::RSA_PKCS1_SHA512),
+            ("PS256", &sig::RSA_PSS_SHA256),
+        ] {
+            let token = token_as(alg, &claims(), rsa(padding));
+            assert!(
+                matches!(check(&v, &token), Err(Rejection::Invalid(_))),
+                "{alg}"
+            );
         }
     }
 
@@ -445,12 +511,11 @@ mod tests {
     fn alg_confusion_with_the_public_key_as_hmac_secret_is_refused() {
         // The classic attack: sign HS256 with the issuer's *public* key as the shared secret.
         let public_pem = fixture("rsa.pub.pem");
-        let token = encode(
-            &header(Algorithm::HS256, Some("rsa-1")),
+        let token = token_as(
+            "HS256",
             &claims(),
-            &EncodingKey::from_secret(&public_pem),
-        )
-        .unwrap();
+            hmac(ring::hmac::HMAC_SHA256, &public_pem),
+        );
         assert!(matches!(
             check(&verifier(None), &token),
             Err(Rejection::Invalid(_))

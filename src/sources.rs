@@ -3,7 +3,6 @@
 //! parses only what changed, and compiles only when something did; a source that fails keeps
 //! its last good document, and the error is kept for readiness and metrics.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, SourceConfig};
 use crate::fetch::HttpClient;
-use crate::policy::document::Entry;
-use crate::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, builtin};
+use crate::policy::{BindingDefaults, CompiledPolicy, Format, SourceDocument, builtin};
 use crate::telemetry::Metrics;
 
 /// Bound on a bundle download (compressed).
@@ -45,7 +43,7 @@ struct Source {
     config: SourceConfig,
     name: String,
     /// The last document read successfully, with a fingerprint of its bytes.
-    current: Option<(Arc<PolicyDocument>, u64)>,
+    current: Option<(Arc<SourceDocument>, u64)>,
     /// Bundles: the ETag of the last good download, for `If-None-Match`.
     etag: Option<String>,
     last_success: Option<Instant>,
@@ -239,7 +237,7 @@ impl Sources {
         )
     }
 
-    async fn read(&mut self, index: usize) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+    async fn read(&mut self, index: usize) -> Result<Option<(Arc<SourceDocument>, u64)>, String> {
         let source = &self.sources[index];
         let current = source.current.as_ref().map(|(_, print)| *print);
         match source.config.clone() {
@@ -254,7 +252,8 @@ impl Sources {
                     builtin::NMP_RELEASE
                 );
                 let print = Fnv64::of(print.as_bytes());
-                Ok(Some((Arc::new(builtin::builtin_document()), print)))
+                let document = SourceDocument::from(builtin::builtin_document());
+                Ok(Some((Arc::new(document), print)))
             }
             SourceConfig::File { file } => {
                 off_runtime(move || {
@@ -444,8 +443,8 @@ async fn off_runtime<T: Send + 'static>(
 fn parse_if_changed(
     bytes: &[u8],
     current: Option<u64>,
-    parse: impl FnOnce(&[u8]) -> Result<PolicyDocument, String>,
-) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+    parse: impl FnOnce(&[u8]) -> Result<SourceDocument, String>,
+) -> Result<Option<(Arc<SourceDocument>, u64)>, String> {
     let print = Fnv64::of(bytes);
     if current == Some(print) {
         return Ok(None);
@@ -453,13 +452,13 @@ fn parse_if_changed(
     Ok(Some((Arc::new(parse(bytes)?), print)))
 }
 
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<PolicyDocument, String> {
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<SourceDocument, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    PolicyDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
+    SourceDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
 }
 
 /// NMP's `opa-bundle.tar.gz`: a gzip tar holding `data.json` (root `authz`) and `.manifest`.
-pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
+pub fn parse_bundle(gzipped: &[u8]) -> Result<SourceDocument, String> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
     let entries = archive
         .entries()
@@ -475,7 +474,10 @@ pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
             .trim_start_matches('/')
             .to_string();
         if path == "data.json" {
-            let mut text = String::new();
+            // Sized from the header up front: growing by doubling would copy it over and over
+            // and peak at up to twice its size.
+            let size = entry.size().min(MAX_BUNDLE_DATA_BYTES + 1);
+            let mut text = String::with_capacity(usize::try_from(size).unwrap_or_default());
             entry
                 .take(MAX_BUNDLE_DATA_BYTES + 1)
                 .read_to_string(&mut text)
@@ -489,38 +491,26 @@ pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
         }
     }
     let data = data.ok_or("the bundle has no data.json")?;
-    let mut roots: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&data).map_err(|e| format!("data.json: invalid JSON: {e}"))?;
-    // NMP's auth service puts the same document under `envoy` and `common` as well, for its
-    // Rego packages of those names; `authz` is the one its decisions read.
-    for copy in BUNDLE_COPIES {
-        roots.remove(copy);
-    }
-    PolicyDocument::from_value(serde_json::Value::Object(roots))
-        .map_err(|e| format!("data.json: {e}"))
+    SourceDocument::parse_bundle_data(&data).map_err(|e| format!("data.json: {e}"))
 }
-
-/// Roots of NMP's `data.json` besides `authz` (copies of it); any other root is an error.
-const BUNDLE_COPIES: [&str; 2] = ["envoy", "common"];
 
 /// Merges the documents in order and compiles them; an error names the source its entry
 /// came from.
 fn compile(
     names: &[String],
-    documents: &[(Arc<PolicyDocument>, u64)],
+    documents: &[(Arc<SourceDocument>, u64)],
     defaults: &BindingDefaults,
     revision: String,
 ) -> Result<CompiledPolicy, LoadError> {
-    let mut merged = PolicyDocument::default();
-    // Which source each entry finally came from, so a compile error can name it.
-    let mut origin: HashMap<Entry, &str> = HashMap::new();
-    for (name, (doc, _)) in names.iter().zip(documents) {
-        origin.extend(doc.entries().map(|entry| (entry, name.as_str())));
-        merged.merge(PolicyDocument::clone(doc));
-    }
-    CompiledPolicy::build(merged, defaults, revision).map_err(|e| {
-        let source_name = match e.entry.as_ref().and_then(|entry| origin.get(entry)) {
-            Some(name) => (*name).to_string(),
+    let layers: Vec<&SourceDocument> = documents.iter().map(|(doc, _)| &**doc).collect();
+    CompiledPolicy::build_layers(&layers, defaults, revision).map_err(|e| {
+        // The source the entry finally came from: the last that has it.
+        let origin = e
+            .entry
+            .as_ref()
+            .and_then(|entry| layers.iter().rposition(|layer| layer.defines(entry)));
+        let source_name = match origin {
+            Some(index) => names[index].clone(),
             None if e.path.starts_with("auth.") => "configuration".into(),
             None => "(merged sources)".into(),
         };

@@ -204,8 +204,7 @@ impl Sources {
         let defaults = self.defaults.clone();
         let revision = format!("{:016x}", fingerprint.0);
         let compiled =
-            tokio::task::spawn_blocking(move || compile(&names, &documents, &defaults, revision))
-                .await;
+            on_own_thread(move || compile(&names, &documents, &defaults, revision)).await;
         let failure = match compiled {
             Ok(Ok(policy)) => {
                 self.last_compiled = Some(Instant::now());
@@ -213,7 +212,7 @@ impl Sources {
                 return Refresh::Compiled(Box::new(policy), started.elapsed());
             }
             Ok(Err(e)) => e,
-            Err(e) => LoadError::new("(compile)", e.to_string()),
+            Err(e) => LoadError::new("(compile)", e),
         };
         // Documents that do not compile are a failed load: they count toward staleness until
         // the sources change into something that compiles.
@@ -427,15 +426,33 @@ fn bundle_credential_headers(
     Ok(headers)
 }
 
-/// Runs `work` on a blocking thread. Reading a file, fingerprinting a bundle of up to 32 MiB
-/// byte by byte and parsing would otherwise hold a runtime worker, and the Checks queued on
-/// it, for as long as they take.
+/// Runs `work` off the runtime (see [`on_own_thread`]).
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
+    on_own_thread(work).await?
+}
+
+/// Runs `work` on a thread of its own that ends with it. Reading a file, fingerprinting a
+/// bundle of up to 32 MiB byte by byte, parsing and compiling would otherwise hold a runtime
+/// worker, and the Checks queued on it, for as long as they take. A pooled blocking thread
+/// would do too, but mimalloc keeps the pages a thread freed with that thread until it
+/// allocates again: an idle pooled thread kept ~45 MiB after each reload of 100,000 bindings,
+/// while a thread that ends hands them back (BENCHMARKS.md, "Scaling").
+async fn on_own_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("policy-load".into())
+        .spawn(move || {
+            // The receiver is gone only when the refresh was given up (its time ran out).
+            let _ = done.send(work());
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    result
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|_| "the policy load thread panicked".to_string())
 }
 
 /// A source's document from its bytes, with their fingerprint; `None` when the fingerprint is

@@ -78,23 +78,10 @@ impl Interner {
     }
 
     pub(crate) fn intern(&mut self, name: &str) -> u32 {
-        let Self {
-            names,
-            index,
-            hasher,
-        } = self;
-        let hash = hasher.hash_one(name);
-        match index.entry(
-            hash,
-            |&id| names.get(id) == name,
-            |&id| hasher.hash_one(names.get(id)),
-        ) {
-            Entry::Occupied(entry) => *entry.get(),
-            Entry::Vacant(entry) => {
-                let id = names.push(name);
-                entry.insert(id);
-                id
-            }
+        let id = to_u32(self.names.len());
+        match find_or_insert(&mut self.index, &self.hasher, &self.names, name, id) {
+            Some(existing) => existing,
+            None => self.names.push(name),
         }
     }
 
@@ -116,6 +103,29 @@ impl Interner {
     fn heap_bytes(&self) -> usize {
         // hashbrown: one slot and one control byte per bucket.
         self.names.heap_bytes() + self.index.capacity() * (size_of::<u32>() + 1)
+    }
+}
+
+/// The id of `name` among `names`, found through `index`; or `None` when it is not there and
+/// `index` has taken `new_id` for it (the caller adds the name).
+fn find_or_insert(
+    index: &mut HashTable<u32>,
+    hasher: &Hasher,
+    names: &Names,
+    name: &str,
+    new_id: u32,
+) -> Option<u32> {
+    let hash = hasher.hash_one(name);
+    match index.entry(
+        hash,
+        |&id| names.get(id) == name,
+        |&id| hasher.hash_one(names.get(id)),
+    ) {
+        Entry::Occupied(entry) => Some(*entry.get()),
+        Entry::Vacant(entry) => {
+            entry.insert(new_id);
+            None
+        }
     }
 }
 
@@ -413,24 +423,14 @@ impl Bindings {
 
     /// Opens `principal`; false when it is already there.
     fn open(&mut self, principal: &str) -> bool {
-        let Self {
-            table,
-            index,
-            hasher,
-        } = self;
-        let hash = hasher.hash_one(principal);
-        match index.entry(
-            hash,
-            |&p| table.principals.get(p) == principal,
-            |&p| hasher.hash_one(table.principals.get(p)),
-        ) {
-            Entry::Occupied(_) => false,
-            Entry::Vacant(entry) => {
-                entry.insert(to_u32(table.principals.len()));
-                table.open(principal);
-                true
-            }
+        let position = to_u32(self.table.principals.len());
+        let names = &self.table.principals;
+        let new =
+            find_or_insert(&mut self.index, &self.hasher, names, principal, position).is_none();
+        if new {
+            self.table.open(principal);
         }
+        new
     }
 
     /// Adds `added`'s bindings of `principal`, the principal opened last.

@@ -115,16 +115,32 @@ macro_rules! expecting {
     };
 }
 
+/// Each reader below is its own seed, read through `deserialize_any` (the JSON type decides,
+/// as it does for a value tree).
+macro_rules! seeds {
+    ($($reader:ty => $value:ty),* $(,)?) => {$(
+        impl<'de> DeserializeSeed<'de> for $reader {
+            type Value = $value;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<$value, D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+    )*};
+}
+
+seeds!(
+    Root => SourceDocument,
+    Authz => SourceDocument,
+    Principals<'_> => (),
+    PrincipalEntry<'_> => (),
+    Workspaces<'_> => (),
+    Roles<'_> => (),
+    RoleName<'_> => (),
+);
+
 /// The document root: `authz`, and in a bundle its copies, skipped.
 struct Root {
     bundle: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Root {
-    type Value = SourceDocument;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SourceDocument, D::Error> {
-        d.deserialize_any(self)
-    }
 }
 
 impl<'de> Visitor<'de> for Root {
@@ -148,13 +164,6 @@ impl<'de> Visitor<'de> for Root {
 
 /// `authz`: `principals` into [`DocumentBindings`], the rest through [`PolicyDocument`].
 struct Authz;
-
-impl<'de> DeserializeSeed<'de> for Authz {
-    type Value = SourceDocument;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SourceDocument, D::Error> {
-        d.deserialize_any(self)
-    }
-}
 
 impl<'de> Visitor<'de> for Authz {
     type Value = SourceDocument;
@@ -185,13 +194,6 @@ impl<'de> Visitor<'de> for Authz {
 /// `principals`: principal → `{workspaces: {workspace: [role, ...]}}`.
 struct Principals<'b>(&'b mut DocumentBindings);
 
-impl<'de> DeserializeSeed<'de> for Principals<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for Principals<'_> {
     type Value = ();
     expecting!("a map of principals");
@@ -210,13 +212,6 @@ impl<'de> Visitor<'de> for Principals<'_> {
 
 /// One principal's entry: a map whose only key is `workspaces`.
 struct PrincipalEntry<'b>(&'b mut DocumentBindings);
-
-impl<'de> DeserializeSeed<'de> for PrincipalEntry<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
 
 impl<'de> Visitor<'de> for PrincipalEntry<'_> {
     type Value = ();
@@ -239,13 +234,6 @@ impl<'de> Visitor<'de> for PrincipalEntry<'_> {
 /// `workspaces`: workspace → role names.
 struct Workspaces<'b>(&'b mut DocumentBindings);
 
-impl<'de> DeserializeSeed<'de> for Workspaces<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for Workspaces<'_> {
     type Value = ();
     expecting!("a map of workspaces");
@@ -263,13 +251,6 @@ impl<'de> Visitor<'de> for Workspaces<'_> {
 /// A list of role names, each only a string.
 struct Roles<'b>(&'b mut DocumentBindings);
 
-impl<'de> DeserializeSeed<'de> for Roles<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
 impl<'de> Visitor<'de> for Roles<'_> {
     type Value = ();
     expecting!("a list of role names");
@@ -282,13 +263,6 @@ impl<'de> Visitor<'de> for Roles<'_> {
 }
 
 struct RoleName<'b>(&'b mut DocumentBindings);
-
-impl<'de> DeserializeSeed<'de> for RoleName<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
 
 impl Visitor<'_> for RoleName<'_> {
     type Value = ();

@@ -35,11 +35,8 @@ impl Names {
     }
 
     pub(crate) fn get(&self, id: u32) -> &str {
-        let id = id as usize;
-        let start = id
-            .checked_sub(1)
-            .map_or(0, |before| self.ends[before] as usize);
-        &self.text[start..self.ends[id] as usize]
+        let (start, end) = span(&self.ends, id as usize);
+        &self.text[start as usize..end as usize]
     }
 
     fn len(&self) -> usize {
@@ -187,11 +184,8 @@ impl BindingTable {
     }
 
     fn own(&self, principal: u32) -> &[Binding] {
-        let i = principal as usize;
-        let start = i
-            .checked_sub(1)
-            .map_or(0, |before| self.ends[before] as usize);
-        &self.bindings[start..self.ends[i] as usize]
+        let (start, end) = span(&self.ends, principal as usize);
+        &self.bindings[start as usize..end as usize]
     }
 
     fn roles(&self, binding: &Binding) -> &[u32] {
@@ -204,6 +198,7 @@ impl BindingTable {
         Some(self.roles(&own[at]))
     }
 
+    #[cfg(test)]
     fn bindings_of(&self, principal: u32) -> impl Iterator<Item = (&str, &[u32])> {
         self.own(principal)
             .iter()
@@ -335,9 +330,23 @@ pub(crate) struct AddedBinding<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct Bindings {
     table: BindingTable,
-    /// Principal name → its position in `table`.
+    /// Principal name → its position in `table`, while compiling.
     index: HashTable<u32>,
+    /// Principal name → where its name and bindings are, for decisions: a lookup reads the
+    /// slot, the name and the bindings, not the two tables of ends (a decision does several).
+    slots: HashTable<Slot>,
     hasher: Hasher,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    name: (u32, u32),
+    bindings: (u32, u32),
+}
+
+/// Item `i` of a run of items stored end to end, given where each ends.
+fn span(ends: &[u32], i: usize) -> (u32, u32) {
+    (i.checked_sub(1).map_or(0, |before| ends[before]), ends[i])
 }
 
 impl Bindings {
@@ -418,6 +427,17 @@ impl Bindings {
             }
         }
         out.table.finish();
+        out.index = HashTable::new();
+        out.slots = HashTable::with_capacity(out.table.principal_count());
+        for p in 0..out.table.principal_count() {
+            let slot = Slot {
+                name: span(&out.table.principals.ends, p),
+                bindings: span(&out.table.ends, p),
+            };
+            let hash = out.hasher.hash_one(out.table.principals.get(to_u32(p)));
+            out.slots
+                .insert_unique(hash, slot, |_| unreachable!("sized for every principal"));
+        }
         Ok(out)
     }
 
@@ -461,28 +481,38 @@ impl Bindings {
         }
     }
 
-    fn position(&self, principal: &str) -> Option<u32> {
+    /// `principal`'s bindings, sorted by workspace; empty when it has none.
+    fn own(&self, principal: &str) -> &[Binding] {
+        let text = &self.table.principals.text;
         let hash = self.hasher.hash_one(principal);
-        self.index
-            .find(hash, |&p| self.table.principals.get(p) == principal)
-            .copied()
+        self.slots
+            .find(hash, |s| {
+                &text[s.name.0 as usize..s.name.1 as usize] == principal
+            })
+            .map_or(&[], |s| {
+                &self.table.bindings[s.bindings.0 as usize..s.bindings.1 as usize]
+            })
     }
 
     /// Roles bound to `principal` in `workspace`.
     pub(crate) fn roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
+        // The principal first: most callers' ids, emails and groups are bound nowhere.
+        let own = self.own(principal);
+        if own.is_empty() {
+            return &[];
+        }
         let Some(workspace) = self.table.workspaces.get(workspace) else {
             return &[];
         };
-        self.position(principal)
-            .and_then(|p| self.table.roles_in(p, workspace))
-            .unwrap_or_default()
+        own.binary_search_by_key(&workspace, |b| b.workspace)
+            .map_or(&[], |at| self.table.roles(&own[at]))
     }
 
     /// `principal`'s bindings: (workspace, roles).
     pub(crate) fn of(&self, principal: &str) -> impl Iterator<Item = (&str, &[RoleId])> {
-        self.position(principal)
-            .into_iter()
-            .flat_map(|p| self.table.bindings_of(p))
+        self.own(principal)
+            .iter()
+            .map(|b| (self.table.workspaces.name(b.workspace), self.table.roles(b)))
     }
 
     /// Every principal with a binding in `workspace`, with its roles there.
@@ -501,6 +531,6 @@ impl Bindings {
 
     #[cfg(test)]
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.table.heap_bytes() + self.index.capacity() * (size_of::<u32>() + 1)
+        self.table.heap_bytes() + self.slots.capacity() * (size_of::<Slot>() + 1)
     }
 }

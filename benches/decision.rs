@@ -1,25 +1,36 @@
 //! The decision core in-process: NMP's full endpoint catalog (read from
 //! ../shared/nmp/static-authz.yaml, never copied) with 100k bindings, and a realistic mix of
-//! requests. `cargo bench --bench decision`; see BENCHMARKS.md for figures and method.
+//! requests; and loading those bindings (parse and compile, from NMP's bundle `data.json` and
+//! from YAML). `cargo bench --bench decision`; see BENCHMARKS.md for figures and method.
 
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal};
+use nmp_authz_core::policy::{
+    BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, SourceDocument,
+};
 
 const NMP_STATIC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/nmp/static-authz.yaml"
 );
-const BINDINGS: usize = 100_000;
 
-/// NMP's catalog with `BINDINGS` bindings: users in 1,000 workspaces, groups, and `*`.
+/// How many bindings: `NMP_AUTHZ_BENCH_BINDINGS`, 100,000 unless set (BENCHMARKS.md's scaling
+/// table sets it).
+fn bindings() -> usize {
+    std::env::var("NMP_AUTHZ_BENCH_BINDINGS").map_or(100_000, |n| {
+        n.parse()
+            .expect("NMP_AUTHZ_BENCH_BINDINGS is a number of bindings")
+    })
+}
+
+/// NMP's catalog with [`bindings`] bindings: users in 1,000 workspaces, groups, and `*`.
 fn policy() -> CompiledPolicy {
     let text = std::fs::read_to_string(NMP_STATIC)
         .unwrap_or_else(|e| panic!("{NMP_STATIC}: {e} (the benchmark needs NMP's catalog)"));
     let mut doc = PolicyDocument::parse(&text, Format::Yaml).expect("NMP's catalog parses");
     let roles = ["Viewer", "Editor", "Admin"];
-    for n in 0..BINDINGS {
+    for n in 0..bindings() {
         let principal = if n % 10 == 0 {
             format!("group-{}", n / 10)
         } else {
@@ -158,5 +169,91 @@ fn percentiles(_: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, decisions, percentiles);
+/// [`bindings`] bindings as `bench-policy.sh` writes them: NMP's bundle `data.json` (the document
+/// under `authz`, `envoy` and `common`) and a YAML file.
+fn binding_texts() -> (String, String) {
+    let roles = ["Viewer", "Editor", "Admin"];
+    let mut principals = serde_json::Map::new();
+    let mut yaml = String::from("authz:\n  principals:\n");
+    for n in 0..bindings() {
+        let who = if n % 10 == 0 {
+            format!("group-{}", n / 10)
+        } else {
+            format!("user-{n}@example.com")
+        };
+        let (ws, role) = (format!("ws-{}", n % 1000), roles[n % 3]);
+        yaml.push_str(&format!(
+            "    \"{who}\": {{workspaces: {{{ws}: [{role}]}}}}\n"
+        ));
+        principals.insert(who, serde_json::json!({"workspaces": {ws: [role]}}));
+    }
+    let authz = serde_json::json!({"principals": principals});
+    let data = serde_json::json!({"authz": authz, "envoy": authz, "common": authz});
+    (data.to_string(), yaml)
+}
+
+/// Read, parse and compile as a reload does (after the download and gunzip): NMP's catalog as
+/// one source, the bindings as another. Only under `cargo bench`, as `percentiles`.
+fn loads(c: &mut Criterion) {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let catalog = std::fs::read_to_string(NMP_STATIC).expect("NMP's catalog");
+    let catalog = SourceDocument::parse(&catalog, Format::Yaml).expect("NMP's catalog parses");
+    let (data, yaml) = binding_texts();
+    let defaults = BindingDefaults::default();
+    let compile = |bindings: SourceDocument| {
+        CompiledPolicy::build_layers(&[&catalog, &bindings], &defaults, "r").expect("compiles")
+    };
+    let from_bundle = || compile(SourceDocument::parse_bundle_data(&data).expect("parses"));
+    let from_yaml = || compile(SourceDocument::parse(&yaml, Format::Yaml).expect("parses"));
+    let count = bindings();
+    let mut group = c.benchmark_group("load");
+    group.sample_size(10);
+    group.bench_function(format!("{count} bindings, bundle data.json"), |b| {
+        b.iter(from_bundle)
+    });
+    group.bench_function(format!("{count} bindings, YAML"), |b| b.iter(from_yaml));
+    group.finish();
+
+    // The regression guard (BENCHMARKS.md, "Scaling"), with `cargo bench --bench decision --
+    // load`: the median of 5 loads, per binding, against a limit about twice what this machine
+    // measured when it was set.
+    if !std::env::args().any(|a| a == "load") {
+        return;
+    }
+    let guards: [(&str, u128, &dyn Fn() -> CompiledPolicy); 2] = [
+        (
+            "bundle data.json",
+            LOAD_LIMIT_NS_PER_BINDING[0],
+            &from_bundle,
+        ),
+        ("YAML", LOAD_LIMIT_NS_PER_BINDING[1], &from_yaml),
+    ];
+    for (what, limit, load) in guards {
+        let mut times: Vec<u128> = (0..5)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                black_box(load());
+                started.elapsed().as_nanos()
+            })
+            .collect();
+        times.sort_unstable();
+        let per_binding = times[2] / count as u128;
+        println!(
+            "load/guard {what}: {per_binding} ns a binding (limit {limit}), median {} ms for {count}",
+            times[2] / 1_000_000
+        );
+        assert!(
+            per_binding <= limit,
+            "loading {what} regressed: {per_binding} ns a binding, limit {limit}"
+        );
+    }
+}
+
+/// Parse and compile per binding, bundle `data.json` then YAML (see `loads`).
+/// Measured when set (2026-12-05, this machine, busy): 330 and 5,350 ns.
+const LOAD_LIMIT_NS_PER_BINDING: [u128; 2] = [700, 11_000];
+
+criterion_group!(benches, decisions, percentiles, loads);
 criterion_main!(benches);

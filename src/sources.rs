@@ -3,7 +3,6 @@
 //! parses only what changed, and compiles only when something did; a source that fails keeps
 //! its last good document, and the error is kept for readiness and metrics.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, SourceConfig};
 use crate::fetch::HttpClient;
-use crate::policy::document::Entry;
-use crate::policy::{BindingDefaults, CompiledPolicy, Format, PolicyDocument, builtin};
+use crate::policy::{BindingDefaults, CompiledPolicy, Format, SourceDocument, builtin};
 use crate::telemetry::Metrics;
 
 /// Bound on a bundle download (compressed).
@@ -45,7 +43,7 @@ struct Source {
     config: SourceConfig,
     name: String,
     /// The last document read successfully, with a fingerprint of its bytes.
-    current: Option<(Arc<PolicyDocument>, u64)>,
+    current: Option<(Arc<SourceDocument>, u64)>,
     /// Bundles: the ETag of the last good download, for `If-None-Match`.
     etag: Option<String>,
     last_success: Option<Instant>,
@@ -206,8 +204,7 @@ impl Sources {
         let defaults = self.defaults.clone();
         let revision = format!("{:016x}", fingerprint.0);
         let compiled =
-            tokio::task::spawn_blocking(move || compile(&names, &documents, &defaults, revision))
-                .await;
+            on_own_thread(move || compile(&names, &documents, &defaults, revision)).await;
         let failure = match compiled {
             Ok(Ok(policy)) => {
                 self.last_compiled = Some(Instant::now());
@@ -215,7 +212,7 @@ impl Sources {
                 return Refresh::Compiled(Box::new(policy), started.elapsed());
             }
             Ok(Err(e)) => e,
-            Err(e) => LoadError::new("(compile)", e.to_string()),
+            Err(e) => LoadError::new("(compile)", e),
         };
         // Documents that do not compile are a failed load: they count toward staleness until
         // the sources change into something that compiles.
@@ -239,7 +236,7 @@ impl Sources {
         )
     }
 
-    async fn read(&mut self, index: usize) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+    async fn read(&mut self, index: usize) -> Result<Option<(Arc<SourceDocument>, u64)>, String> {
         let source = &self.sources[index];
         let current = source.current.as_ref().map(|(_, print)| *print);
         match source.config.clone() {
@@ -254,7 +251,8 @@ impl Sources {
                     builtin::NMP_RELEASE
                 );
                 let print = Fnv64::of(print.as_bytes());
-                Ok(Some((Arc::new(builtin::builtin_document()), print)))
+                let document = SourceDocument::from(builtin::builtin_document());
+                Ok(Some((Arc::new(document), print)))
             }
             SourceConfig::File { file } => {
                 off_runtime(move || {
@@ -428,15 +426,33 @@ fn bundle_credential_headers(
     Ok(headers)
 }
 
-/// Runs `work` on a blocking thread. Reading a file, fingerprinting a bundle of up to 32 MiB
-/// byte by byte and parsing would otherwise hold a runtime worker, and the Checks queued on
-/// it, for as long as they take.
+/// Runs `work` off the runtime (see [`on_own_thread`]).
 async fn off_runtime<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    tokio::task::spawn_blocking(work)
+    on_own_thread(work).await?
+}
+
+/// Runs `work` on a thread of its own that ends with it. Reading a file, fingerprinting a
+/// bundle of up to 32 MiB byte by byte, parsing and compiling would otherwise hold a runtime
+/// worker, and the Checks queued on it, for as long as they take. A pooled blocking thread
+/// would do too, but mimalloc keeps the pages a thread freed with that thread until it
+/// allocates again: an idle pooled thread kept ~45 MiB after each reload of 100,000 bindings,
+/// while a thread that ends hands them back (BENCHMARKS.md, "Scaling").
+async fn on_own_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("policy-load".into())
+        .spawn(move || {
+            // The receiver is gone only when the refresh was given up (its time ran out).
+            let _ = done.send(work());
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    result
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|_| "the policy load thread panicked".to_string())
 }
 
 /// A source's document from its bytes, with their fingerprint; `None` when the fingerprint is
@@ -444,8 +460,8 @@ async fn off_runtime<T: Send + 'static>(
 fn parse_if_changed(
     bytes: &[u8],
     current: Option<u64>,
-    parse: impl FnOnce(&[u8]) -> Result<PolicyDocument, String>,
-) -> Result<Option<(Arc<PolicyDocument>, u64)>, String> {
+    parse: impl FnOnce(&[u8]) -> Result<SourceDocument, String>,
+) -> Result<Option<(Arc<SourceDocument>, u64)>, String> {
     let print = Fnv64::of(bytes);
     if current == Some(print) {
         return Ok(None);
@@ -453,13 +469,13 @@ fn parse_if_changed(
     Ok(Some((Arc::new(parse(bytes)?), print)))
 }
 
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<PolicyDocument, String> {
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<SourceDocument, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-    PolicyDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
+    SourceDocument::parse(text, Format::from_path(path)).map_err(|e| e.to_string())
 }
 
 /// NMP's `opa-bundle.tar.gz`: a gzip tar holding `data.json` (root `authz`) and `.manifest`.
-pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
+pub fn parse_bundle(gzipped: &[u8]) -> Result<SourceDocument, String> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
     let entries = archive
         .entries()
@@ -475,7 +491,10 @@ pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
             .trim_start_matches('/')
             .to_string();
         if path == "data.json" {
-            let mut text = String::new();
+            // Sized from the header up front: growing by doubling would copy it over and over
+            // and peak at up to twice its size.
+            let size = entry.size().min(MAX_BUNDLE_DATA_BYTES + 1);
+            let mut text = String::with_capacity(usize::try_from(size).unwrap_or_default());
             entry
                 .take(MAX_BUNDLE_DATA_BYTES + 1)
                 .read_to_string(&mut text)
@@ -489,38 +508,26 @@ pub fn parse_bundle(gzipped: &[u8]) -> Result<PolicyDocument, String> {
         }
     }
     let data = data.ok_or("the bundle has no data.json")?;
-    let mut roots: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&data).map_err(|e| format!("data.json: invalid JSON: {e}"))?;
-    // NMP's auth service puts the same document under `envoy` and `common` as well, for its
-    // Rego packages of those names; `authz` is the one its decisions read.
-    for copy in BUNDLE_COPIES {
-        roots.remove(copy);
-    }
-    PolicyDocument::from_value(serde_json::Value::Object(roots))
-        .map_err(|e| format!("data.json: {e}"))
+    SourceDocument::parse_bundle_data(&data).map_err(|e| format!("data.json: {e}"))
 }
-
-/// Roots of NMP's `data.json` besides `authz` (copies of it); any other root is an error.
-const BUNDLE_COPIES: [&str; 2] = ["envoy", "common"];
 
 /// Merges the documents in order and compiles them; an error names the source its entry
 /// came from.
 fn compile(
     names: &[String],
-    documents: &[(Arc<PolicyDocument>, u64)],
+    documents: &[(Arc<SourceDocument>, u64)],
     defaults: &BindingDefaults,
     revision: String,
 ) -> Result<CompiledPolicy, LoadError> {
-    let mut merged = PolicyDocument::default();
-    // Which source each entry finally came from, so a compile error can name it.
-    let mut origin: HashMap<Entry, &str> = HashMap::new();
-    for (name, (doc, _)) in names.iter().zip(documents) {
-        origin.extend(doc.entries().map(|entry| (entry, name.as_str())));
-        merged.merge(PolicyDocument::clone(doc));
-    }
-    CompiledPolicy::build(merged, defaults, revision).map_err(|e| {
-        let source_name = match e.entry.as_ref().and_then(|entry| origin.get(entry)) {
-            Some(name) => (*name).to_string(),
+    let layers: Vec<&SourceDocument> = documents.iter().map(|(doc, _)| &**doc).collect();
+    CompiledPolicy::build_layers(&layers, defaults, revision).map_err(|e| {
+        // The source the entry finally came from: the last that has it.
+        let origin = e
+            .entry
+            .as_ref()
+            .and_then(|entry| layers.iter().rposition(|layer| layer.defines(entry)));
+        let source_name = match origin {
+            Some(index) => names[index].clone(),
             None if e.path.starts_with("auth.") => "configuration".into(),
             None => "(merged sources)".into(),
         };

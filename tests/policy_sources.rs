@@ -254,7 +254,7 @@ fn nmps_bundle_roots_and_converter_placeholders_load() {
         bootstrap_bindings: false,
         ..Default::default()
     };
-    let policy = CompiledPolicy::build(parsed, &defaults, "r1").unwrap();
+    let policy = CompiledPolicy::build_layers(&[&parsed], &defaults, "r1").unwrap();
     let alice = Principal::with_id("alice");
     let tail = "/apis/x/v2/workspaces/ws1/agents/a1/-/v1/chat/completions";
     assert!(policy.allow(Some(&alice), "POST", tail).allowed);

@@ -21,7 +21,8 @@ use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
 use nmp_authz::server::State;
 use nmp_authz_core::policy::decide::HEALTH_PATHS;
 use nmp_authz_core::policy::{
-    BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, builtin,
+    BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, SourceDocument,
+    builtin,
 };
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -564,29 +565,34 @@ pub fn bundle_with(data_json: &[u8]) -> Vec<u8> {
 }
 
 /// Arbitrary YAML, JSON, bundle bytes, or JSON wrapped into a real bundle: parsing and
-/// compiling return a document or a clean error, never panic; what compiles then decides
-/// (every endpoint pattern, literally, for a few callers) without panicking, and with no
-/// endpoints denies everything but the health paths.
+/// compiling return a document or a clean error, never panic; a document read straight into
+/// its compact form loads as the generic reading loads it (the same error, or the same
+/// bindings); what compiles then decides (every endpoint pattern, literally, for a few
+/// callers) without panicking, and with no endpoints denies everything but the health paths.
 pub fn policy_load(data: &[u8]) {
     let mut input = Input(data);
     let mode = input.byte() % 4;
     let bytes = input.rest();
-    let parsed = match mode {
-        0 => PolicyDocument::parse(&String::from_utf8_lossy(bytes), Format::Yaml)
-            .map_err(|e| e.to_string()),
-        1 => PolicyDocument::parse(&String::from_utf8_lossy(bytes), Format::Json)
-            .map_err(|e| e.to_string()),
-        2 => nmp_authz::sources::parse_bundle(bytes),
-        _ => nmp_authz::sources::parse_bundle(&bundle_with(bytes)),
-    };
-    let Ok(doc) = parsed else { return };
-    let patterns: Vec<String> = doc.authz.endpoints.keys().cloned().collect();
     let defaults = BindingDefaults {
         bootstrap_bindings: false,
         default_workspace: "default".into(),
         admin_email: None,
     };
-    let Ok(policy) = CompiledPolicy::build(doc, &defaults, "fuzz") else {
+    let parsed = match mode {
+        0 | 1 => {
+            let format = [Format::Yaml, Format::Json][usize::from(mode)];
+            let text = String::from_utf8_lossy(bytes);
+            let direct = SourceDocument::parse(&text, format).map_err(|e| e.to_string());
+            let generic = PolicyDocument::parse(&text, format).map_err(|e| e.to_string());
+            same_load(&direct, &generic.map(SourceDocument::from), &defaults);
+            direct
+        }
+        2 => nmp_authz::sources::parse_bundle(bytes),
+        _ => nmp_authz::sources::parse_bundle(&bundle_with(bytes)),
+    };
+    let Ok(doc) = parsed else { return };
+    let patterns: Vec<String> = doc.document.authz.endpoints.keys().cloned().collect();
+    let Ok(policy) = CompiledPolicy::build_layers(&[&doc], &defaults, "fuzz") else {
         return;
     };
     let callers = callers();
@@ -605,6 +611,34 @@ pub fn policy_load(data: &[u8]) {
     if patterns.is_empty() {
         let d = policy.allow(callers[1].as_ref(), "GET", "/apis/x");
         assert_eq!(d.reason, Reason::NoEndpointsLoaded);
+    }
+}
+
+/// Two readings of one text load alike: the same error, or policies with the same bindings.
+fn same_load(
+    a: &Result<SourceDocument, String>,
+    b: &Result<SourceDocument, String>,
+    defaults: &BindingDefaults,
+) {
+    let (a, b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            assert_eq!(a.as_ref().err(), b.as_ref().err());
+            return;
+        }
+    };
+    assert_eq!(a.document, b.document);
+    let compile = |doc| CompiledPolicy::build_layers(&[doc], defaults, "fuzz");
+    let (a, b) = match (compile(a), compile(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            assert_eq!(a.err(), b.err());
+            return;
+        }
+    };
+    assert_eq!(a.binding_count(), b.binding_count());
+    for workspace in ["ws1", "ws2", "system", "default", "-"] {
+        assert_eq!(a.members(workspace), b.members(workspace));
     }
 }
 

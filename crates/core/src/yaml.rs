@@ -1,7 +1,9 @@
 //! YAML reading shared by configuration and policy data, with serde-saphyr (see README for why
-//! this crate): into a JSON value tree, with one-line errors that still give line and column.
+//! this crate): into a JSON value tree or a typed document, with one-line errors that still give
+//! line and column.
 
-/// Parses YAML text into a JSON value tree. Duplicate keys are errors.
+/// Parses YAML text into `T`: a JSON value tree, or a document read directly (policy
+/// [`crate::policy::SourceDocument`]). Duplicate keys are errors.
 pub fn to_value<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     // No source snippets: an operator-facing error stays on one line. The parser's default
     // budget (250,000 nodes) refuses a policy of about 35,000 bindings; these bounds admit

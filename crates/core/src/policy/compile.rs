@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use foldhash::HashMapExt;
 
-use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, PrincipalDef, RoleDef};
+use super::bindings::{AddedBinding, Bindings};
+use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, RoleDef};
 use super::matcher::{Matcher, Pattern};
+use super::source::SourceDocument;
 use super::{FastMap, syntax};
 
 /// NMP evaluates `includes` breadth-first to four levels below a role and ignores anything
@@ -22,9 +24,6 @@ pub const METHODS: [&str; 9] = [
 
 pub(crate) type RoleId = u32;
 pub(crate) type PermId = u32;
-
-/// principal -> workspace -> roles bound there.
-pub(crate) type Bindings = FastMap<Box<str>, FastMap<Box<str>, Box<[RoleId]>>>;
 
 /// How the bootstrap and admin bindings of `auth:` are added to every loaded document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +45,32 @@ impl Default for BindingDefaults {
 
 impl BindingDefaults {
     /// NMP's bootstrap: `default:*` Editor, `system:*` Viewer and WorkspaceCreator, and the
-    /// admin email as PlatformAdmin in `system`. Existing bindings are kept. A role these need
+    /// admin email as PlatformAdmin in `system`, added to what is bound. A role these need
     /// and the document lacks is an error naming the setting, not a binding nobody wrote.
-    pub fn apply(&self, doc: &mut PolicyDocument) -> Result<(), DocumentError> {
-        let mut bind = |setting: &str, principal: &str, workspace: &str, roles: &[&str]| {
-            if let Some(missing) = roles.iter().find(|r| !doc.authz.roles.contains_key(**r)) {
-                return Err(DocumentError::new(
-                    setting,
-                    format!(
-                        "binds {principal:?} to {missing} in {workspace:?}, but the policy data defines no role {missing:?}"
-                    ),
-                ));
-            }
-            doc.bind(principal, workspace, roles);
+    fn added<'a>(
+        &'a self,
+        role_ids: &FastMap<Box<str>, RoleId>,
+    ) -> Result<Vec<AddedBinding<'a>>, DocumentError> {
+        let mut added = Vec::new();
+        let mut bind = |setting: &str, principal: &'a str, workspace: &'a str, roles: &[&str]| {
+            let roles = roles
+                .iter()
+                .map(|role| {
+                    role_ids.get(*role).copied().ok_or_else(|| {
+                        DocumentError::new(
+                            setting,
+                            format!(
+                                "binds {principal:?} to {role} in {workspace:?}, but the policy data defines no role {role:?}"
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            added.push(AddedBinding {
+                principal,
+                workspace,
+                roles,
+            });
             Ok(())
         };
         if self.bootstrap_bindings {
@@ -78,7 +90,7 @@ impl BindingDefaults {
         if let Some(admin) = self.admin_email.as_deref().filter(|a| !a.is_empty()) {
             bind("auth.admin_email", admin, "system", &["PlatformAdmin"])?;
         }
-        Ok(())
+        Ok(added)
     }
 }
 
@@ -176,10 +188,29 @@ impl CompiledPolicy {
     /// Validates and compiles `doc` after adding the `defaults` bindings. Every error names the
     /// document path it is about.
     pub fn build(
-        mut doc: PolicyDocument,
+        doc: PolicyDocument,
         defaults: &BindingDefaults,
         revision: impl Into<String>,
     ) -> Result<Self, DocumentError> {
+        Self::build_layers(&[&SourceDocument::from(doc)], defaults, revision)
+    }
+
+    /// [`Self::build`] for documents merged in order (see [`PolicyDocument::merge`]).
+    pub fn build_layers(
+        layers: &[&SourceDocument],
+        defaults: &BindingDefaults,
+        revision: impl Into<String>,
+    ) -> Result<Self, DocumentError> {
+        let doc = match layers {
+            [layer] => layer.document.clone(),
+            _ => {
+                let mut merged = PolicyDocument::default();
+                for layer in layers {
+                    merged.merge(layer.document.clone());
+                }
+                merged
+            }
+        };
         let authz = &doc.authz;
         let mut permission_ids: FastMap<Box<str>, PermId> = FastMap::new();
         let mut intern = |perm: &str| -> PermId {
@@ -227,14 +258,9 @@ impl CompiledPolicy {
 
         // The bootstrap bindings join after the document's own entries are checked, so an
         // error in the document is reported as itself.
-        defaults.apply(&mut doc)?;
-        let authz = &doc.authz;
-        let mut bindings = Bindings::with_capacity(authz.principals.len());
-        for (principal, def) in &authz.principals {
-            let by_workspace = compile_bindings(principal, def, &role_ids)
-                .map_err(|e| e.in_entry(Entry::Principal(principal.clone())))?;
-            bindings.insert(principal.as_str().into(), by_workspace);
-        }
+        let added = defaults.added(&role_ids)?;
+        let documents: Vec<_> = layers.iter().map(|layer| &layer.bindings).collect();
+        let bindings = Bindings::compile(&documents, &role_ids, &added)?;
 
         for (i, prefix) in authz.config.denied_plugin_prefixes.iter().enumerate() {
             if !prefix.starts_with('/') {
@@ -283,7 +309,7 @@ impl CompiledPolicy {
 
     /// Number of (principal, workspace) binding entries.
     pub fn binding_count(&self) -> usize {
-        self.bindings.values().map(FastMap::len).sum()
+        self.bindings.len()
     }
 }
 
@@ -343,31 +369,6 @@ fn compile_endpoint(
         methods: compiled,
     };
     Ok((endpoint, pattern))
-}
-
-/// One principal's bindings by workspace; every bound role must exist.
-fn compile_bindings(
-    principal: &str,
-    def: &PrincipalDef,
-    role_ids: &FastMap<Box<str>, RoleId>,
-) -> Result<FastMap<Box<str>, Box<[RoleId]>>, DocumentError> {
-    let mut by_workspace = FastMap::with_capacity(def.workspaces.len());
-    for (workspace, bound) in &def.workspaces {
-        let ids = bound
-            .iter()
-            .enumerate()
-            .map(|(i, role)| {
-                role_ids.get(role.as_str()).copied().ok_or_else(|| {
-                    DocumentError::new(
-                        format!("authz.principals[{principal:?}].workspaces[{workspace:?}][{i}]"),
-                        format!("unknown role {role:?}"),
-                    )
-                })
-            })
-            .collect::<Result<Box<[RoleId]>, _>>()?;
-        by_workspace.insert(workspace.as_str().into(), ids);
-    }
-    Ok(by_workspace)
 }
 
 /// Fails naming the cycle when `includes` loops back on itself.

@@ -380,10 +380,7 @@ impl CompiledPolicy {
 
     /// Roles bound to `principal` in `workspace` by the document.
     pub(crate) fn explicit_roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
-        self.bindings
-            .get(principal)
-            .and_then(|w| w.get(workspace))
-            .map_or(&[], |r| &**r)
+        self.bindings.roles(principal, workspace)
     }
 
     /// The roles `principal` holds in `workspace`: explicit bindings, or `ServiceSystem` for

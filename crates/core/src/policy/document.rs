@@ -152,14 +152,6 @@ impl PolicyDocument {
         })
     }
 
-    /// Every named entry of the document.
-    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        let a = &self.authz;
-        (a.roles.keys().cloned().map(Entry::Role))
-            .chain(a.endpoints.keys().cloned().map(Entry::Endpoint))
-            .chain(a.principals.keys().cloned().map(Entry::Principal))
-    }
-
     /// Merges `later` over `self`: later roles, endpoints and principals replace earlier ones of
     /// the same name; denied plugin prefixes and the registries accumulate.
     pub fn merge(&mut self, later: PolicyDocument) {

@@ -34,28 +34,23 @@ impl CompiledPolicy {
     pub fn members(&self, workspace: &str) -> Members {
         let mut members: Vec<Member> = self
             .bindings
-            .iter()
-            .filter_map(|(principal, by_workspace)| {
-                let roles = by_workspace.get(workspace).filter(|r| !r.is_empty())?;
-                Some(Member {
-                    principal: principal.to_string(),
-                    kind: kind(principal),
-                    roles: roles
-                        .iter()
-                        .map(|r| self.role_name(*r).to_string())
-                        .collect(),
-                    via: "binding",
-                })
+            .in_workspace(workspace)
+            .filter(|(_, roles)| !roles.is_empty())
+            .map(|(principal, roles)| Member {
+                principal: principal.to_string(),
+                kind: kind(principal),
+                roles: roles
+                    .iter()
+                    .map(|r| self.role_name(*r).to_string())
+                    .collect(),
+                via: "binding",
             })
             .collect();
         if workspace != SYSTEM
             && let Some(admin) = self.platform_admin
         {
-            for (principal, by_workspace) in &self.bindings {
-                if by_workspace
-                    .get(SYSTEM)
-                    .is_some_and(|roles| roles.contains(&admin))
-                {
+            for (principal, roles) in self.bindings.in_workspace(SYSTEM) {
+                if roles.contains(&admin) {
                     members.push(Member {
                         principal: principal.to_string(),
                         kind: kind(principal),
@@ -85,9 +80,7 @@ impl CompiledPolicy {
     pub fn bindings_of(&self, principal: &str) -> Vec<(String, Vec<String>)> {
         let mut bound: Vec<(String, Vec<String>)> = self
             .bindings
-            .get(principal)
-            .into_iter()
-            .flatten()
+            .of(principal)
             .map(|(ws, roles)| {
                 let roles = roles.iter().map(|r| self.role_name(*r).to_string());
                 (ws.to_string(), roles.collect())

@@ -1,6 +1,7 @@
 //! What is allowed: NMP's authorization document, compiled once per load into an immutable
 //! [`CompiledPolicy`], and the pure decision functions over it (no I/O, no clock).
 
+pub mod bindings;
 pub mod builtin;
 pub mod compile;
 pub mod decide;
@@ -9,6 +10,7 @@ pub mod explain;
 pub mod matcher;
 pub mod members;
 pub mod pdp;
+pub mod source;
 pub mod syntax;
 
 pub use compile::{BindingDefaults, CompiledPolicy};
@@ -19,6 +21,7 @@ pub(crate) type FastMap<K, V> = foldhash::HashMap<K, V>;
 pub use decide::{Decision, Reason};
 pub use document::{DocumentError, Format, PolicyDocument};
 pub use explain::Explanation;
+pub use source::SourceDocument;
 
 /// The caller as the decision core sees it: already authenticated and validated.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::gateway::unsigned_token;
 use common::*;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::Struct;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use nmp_authz::config::Config;
@@ -23,8 +24,9 @@ use nmp_authz::identity::{
     Credentials, Identity, IdentityError, IdentitySettings, identify, struct_from_json,
 };
 use nmp_authz::server::State;
-use nmp_authz::server::check::check;
+use nmp_authz::server::check::Answered;
 use nmp_authz_core::identity::Rejection;
+use prost::Message;
 use serde_json::{Map, Value, json};
 
 const ISSUER: &str = "https://idp.example.com/realms/nmp";
@@ -572,6 +574,13 @@ fn control_characters_in_principal_attributes_are_400() {
 
 // ---- through the Check path ----
 
+/// A Check in-process, its answer decoded as Envoy reads it.
+async fn check(state: &State, request: &CheckRequest) -> (CheckResponse, Answered) {
+    let (encoded, answered) = nmp_authz::server::check::check(state, request).await;
+    let response = CheckResponse::decode(encoded.as_bytes()).expect("a CheckResponse");
+    (response, answered)
+}
+
 fn quickstart_state() -> State {
     let mut config = Config::default();
     config.auth.allow_unsigned_jwt = true;
@@ -579,7 +588,7 @@ fn quickstart_state() -> State {
     State::new(&config, Some(policy(DECISION_POLICY)))
 }
 
-fn status(response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> i32 {
+fn status(response: &CheckResponse) -> i32 {
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     match &response.http_response {
         Some(HttpResponse::OkResponse(_)) => 200,

@@ -469,9 +469,11 @@ pub fn check_request(data: &[u8]) {
     } else {
         built_request(&mut input)
     };
-    let (response, answered) = checks
+    let (encoded, answered) = checks
         .runtime
         .block_on(nmp_authz::server::check::check(state, &request));
+    // As Envoy reads it: whatever was written must decode.
+    let response = CheckResponse::decode(encoded.as_bytes()).expect("a CheckResponse decodes");
     let status = answered.status.http();
     let http = request
         .attributes

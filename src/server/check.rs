@@ -1,20 +1,13 @@
 //! One authorization request, whatever face asked (gRPC `Authorization/Check`, the HTTP
 //! authorization endpoint, `explain`): the request-path rule, identity and the decision give a
-//! [`Verdict`]; each face renders it. Here too: the gRPC face's rendering (a `CheckResponse`),
-//! and what every face's answer shares (the headers an allow sets, a denial's body).
+//! [`Verdict`]; each face renders it (the gRPC face's `CheckResponse`: check_response.rs). Here
+//! too: what every face's answer shares (the headers an allow sets, a denial's headers).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
-};
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
-};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::google::protobuf::Struct;
 use nmp_authz_core::verdict::{Early, Outcome, Status, Verdict};
 
 use crate::identity::{self, Credentials, IdentityError};
@@ -22,6 +15,7 @@ use crate::policy::Principal;
 use crate::request_path;
 
 use super::State;
+use super::check_response::{self, EncodedCheckResponse};
 
 pub(crate) const AUTHORIZED: &str = "x-nmp-authorized";
 pub(crate) const PRINCIPAL_ID: &str = "x-nmp-principal-id";
@@ -194,7 +188,7 @@ pub fn request(check: &CheckRequest) -> Request<'_> {
 }
 
 /// Decides one Check request (counted and logged).
-pub async fn check(state: &State, check: &CheckRequest) -> (CheckResponse, Answered) {
+pub async fn check(state: &State, check: &CheckRequest) -> (EncodedCheckResponse, Answered) {
     let inbound = check
         .attributes
         .as_ref()
@@ -206,74 +200,33 @@ pub async fn check(state: &State, check: &CheckRequest) -> (CheckResponse, Answe
             outcome: verdict.outcome,
             status: verdict.status,
         };
-        (check_response(verdict, inbound), answered)
+        let inbound = inbound
+            .into_iter()
+            .flat_map(|h| h.keys().map(String::as_str));
+        (check_response::encode(verdict, inbound), answered)
     })
     .await
-}
-
-/// A verdict as Envoy acts on it.
-pub fn check_response(
-    verdict: &Verdict<'_>,
-    inbound: Option<&HashMap<String, String>>,
-) -> CheckResponse {
-    let status = Some(rpc::Status {
-        code: verdict.status.grpc_code(),
-        message: if verdict.allowed() {
-            String::new()
-        } else {
-            verdict.detail.to_string()
-        },
-        ..Default::default()
-    });
-    let http_response = if verdict.allowed() {
-        let set = allow_headers(verdict.principal.as_deref());
-        let headers_to_remove = headers_to_remove(
-            inbound
-                .into_iter()
-                .flat_map(|h| h.keys().map(String::as_str)),
-            &set,
-        );
-        HttpResponse::OkResponse(OkHttpResponse {
-            headers: set.into_iter().map(|(k, v)| overwrite(k, v)).collect(),
-            headers_to_remove,
-            ..Default::default()
-        })
-    } else {
-        HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: i32::from(verdict.status.http()),
-            }),
-            headers: denial_headers(verdict)
-                .into_iter()
-                .map(|(k, v)| overwrite(k, v))
-                .collect(),
-            body: super::detail_body(&verdict.detail),
-        })
-    };
-    CheckResponse {
-        status,
-        http_response: Some(http_response),
-        dynamic_metadata: decision_metadata(verdict),
-    }
 }
 
 // ---- what every face's answer shares ----
 
 /// The headers an allow sets: `x-nmp-authorized` and the principal's (README "Check response").
-pub(crate) fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, String)> {
-    let mut set: Vec<(&str, String)> = vec![(AUTHORIZED, "true".into())];
+/// Borrowed from the principal where a value is one of its strings.
+pub(crate) fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, Cow<'_, str>)> {
+    let mut set = Vec::with_capacity(5);
+    set.push((AUTHORIZED, Cow::Borrowed("true")));
     if let Some(p) = principal {
         if let Some(id) = p.id.as_deref().filter(|id| !id.is_empty()) {
-            set.push((PRINCIPAL_ID, id.into()));
+            set.push((PRINCIPAL_ID, Cow::Borrowed(id)));
         }
         if let Some(email) = p.email.as_deref().filter(|e| !e.is_empty()) {
-            set.push((PRINCIPAL_EMAIL, email.into()));
+            set.push((PRINCIPAL_EMAIL, Cow::Borrowed(email)));
         }
         if !p.groups.is_empty() {
-            set.push((PRINCIPAL_GROUPS, p.groups.join(",")));
+            set.push((PRINCIPAL_GROUPS, Cow::Owned(p.groups.join(","))));
         }
         if !p.scopes.is_empty() {
-            set.push((SCOPES, p.scopes.join(" ")));
+            set.push((SCOPES, Cow::Owned(p.scopes.join(" "))));
         }
     }
     set
@@ -283,7 +236,7 @@ pub(crate) fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str,
 /// Envoy sends lower-case names; a hand-built request's `X-NMP-...` is caught too.
 pub fn headers_to_remove<'h>(
     inbound: impl Iterator<Item = &'h str>,
-    set: &[(&str, String)],
+    set: &[(&str, Cow<'_, str>)],
 ) -> Vec<String> {
     let mut remove: Vec<String> = inbound
         .filter(|k| k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-nmp-")))
@@ -310,49 +263,4 @@ pub(crate) fn denial_headers(verdict: &Verdict<'_>) -> Vec<(&'static str, String
         headers.push(("www-authenticate", challenge));
     }
     headers
-}
-
-/// A header Envoy must set, replacing any value: `append: false` for Envoy versions that read
-/// only the deprecated field, `OVERWRITE_IF_EXISTS_OR_ADD` for those that read the action.
-#[allow(deprecated)]
-fn overwrite(key: &str, value: String) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.into(),
-            value,
-            ..Default::default()
-        }),
-        append: Some(BoolValue { value: false }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        keep_empty_value: false,
-    }
-}
-
-/// Decision facts for Envoy's dynamic metadata (access logs, later filters), when the policy
-/// decided.
-fn decision_metadata(verdict: &Verdict<'_>) -> Option<Struct> {
-    let (decision, policy) = (verdict.decision.as_ref()?, verdict.policy?);
-    let text = |s: &str| Value {
-        kind: Some(Kind::StringValue(s.into())),
-    };
-    // Sized for every fact up front: growing the map rehashed it on most Checks.
-    let mut fields = HashMap::with_capacity(6);
-    fields.insert(
-        "allowed".to_string(),
-        Value {
-            kind: Some(Kind::BoolValue(decision.allowed)),
-        },
-    );
-    fields.insert("reason".to_string(), text(decision.reason.as_str()));
-    fields.insert("policy_revision".to_string(), text(policy.revision()));
-    if let Some(id) = verdict.principal.as_ref().and_then(|p| p.id.as_deref()) {
-        fields.insert("principal_id".into(), text(id));
-    }
-    if let Some(ws) = &decision.workspace {
-        fields.insert("workspace".into(), text(ws));
-    }
-    if let Some(endpoint) = decision.endpoint {
-        fields.insert("endpoint".into(), text(endpoint));
-    }
-    Some(Struct { fields })
 }

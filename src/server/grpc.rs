@@ -7,10 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as AUTHORIZATION;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -25,6 +23,7 @@ use crate::pdp_proto::{
 use crate::policy::pdp::Entrypoint;
 use serde_json::{Map, Value as Json};
 
+use super::check_response::EncodedCheckResponse;
 use super::{State, check, http, pdp};
 
 pub async fn serve(
@@ -56,7 +55,7 @@ pub async fn serve(
         Some((Ok::<_, std::io::Error>(stream), listener))
     });
     let serve = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AuthzService(state.clone())))
+        .add_service(AuthorizationService(state.clone()))
         .add_service(PolicyDecisionServer::new(PdpService(state)))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -133,12 +132,7 @@ async fn report_health(
                 tonic_health::ServingStatus::NotServing
             };
             health.set_service_status("", status).await;
-            health
-                .set_service_status(
-                    <AuthorizationServer<AuthzService> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
+            health.set_service_status(AUTHORIZATION, status).await;
             reported = Some(ready);
         }
         tokio::select! {
@@ -151,17 +145,56 @@ async fn report_health(
         .await;
 }
 
+/// Envoy's `envoy.service.auth.v3.Authorization` service. Its one method, `Check`, answers
+/// with a [`EncodedCheckResponse`] (the verdict written straight into the wire format) through
+/// tonic's prost codec: envoy-types' generated server would have a Check build its
+/// `CheckResponse` message first (BENCHMARKS.md §2.2).
 #[derive(Debug, Clone)]
-pub(crate) struct AuthzService(pub Arc<State>);
+pub(crate) struct AuthorizationService(pub Arc<State>);
 
-#[tonic::async_trait]
-impl Authorization for AuthzService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let (response, _) = check::check(&self.0, request.get_ref()).await;
-        Ok(Response::new(response))
+const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+impl tonic::server::NamedService for AuthorizationService {
+    const NAME: &'static str = AUTHORIZATION;
+}
+
+impl<B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for AuthorizationService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = tonic::codegen::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = CheckMethod(self.0.clone());
+        Box::pin(async move {
+            let codec = tonic_prost::ProstCodec::<EncodedCheckResponse, CheckRequest>::default();
+            Ok(tonic::server::Grpc::new(codec).unary(method, request).await)
+        })
+    }
+}
+
+struct CheckMethod(Arc<State>);
+
+impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
+    type Response = EncodedCheckResponse;
+    type Future = tonic::codegen::BoxFuture<Response<EncodedCheckResponse>, Status>;
+
+    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let (response, _) = check::check(&state, request.get_ref()).await;
+            Ok(Response::new(response))
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! policy reload loop that feeds them.
 
 pub mod check;
+pub mod check_response;
 pub mod grpc;
 pub mod http;
 pub mod http_authz;

@@ -344,6 +344,9 @@ struct Slot {
     bindings: (u32, u32),
 }
 
+/// Bindings of one principal up to which a lookup compares workspace names one by one.
+const SHORT_RUN: usize = 4;
+
 /// Item `i` of a run of items stored end to end, given where each ends.
 fn span(ends: &[u32], i: usize) -> (u32, u32) {
     (i.checked_sub(1).map_or(0, |before| ends[before]), ends[i])
@@ -498,8 +501,14 @@ impl Bindings {
     pub(crate) fn roles(&self, principal: &str, workspace: &str) -> &[RoleId] {
         // The principal first: most callers' ids, emails and groups are bound nowhere.
         let own = self.own(principal);
-        if own.is_empty() {
-            return &[];
+        // Most principals are bound in a few workspaces: comparing those names costs less than
+        // hashing the workspace to find its id.
+        if own.len() <= SHORT_RUN {
+            let workspaces = &self.table.workspaces;
+            return own
+                .iter()
+                .find(|b| workspaces.name(b.workspace) == workspace)
+                .map_or(&[], |b| self.table.roles(b));
         }
         let Some(workspace) = self.table.workspaces.get(workspace) else {
             return &[];

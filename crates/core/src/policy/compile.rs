@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use foldhash::HashMapExt;
 
 use super::bindings::{AddedBinding, Bindings};
+use super::decide::SYSTEM;
 use super::document::{DocumentError, Entry, MethodDef, PolicyDocument, RoleDef};
 use super::matcher::{Matcher, Pattern};
 use super::source::SourceDocument;
@@ -181,6 +182,9 @@ pub struct CompiledPolicy {
     pub(crate) matcher: Matcher,
     pub(crate) denied_prefixes: Box<[Box<str>]>,
     pub(crate) platform_admin: Option<RoleId>,
+    /// Principals bound to PlatformAdmin in `system`, sorted: every decision asks whether a
+    /// caller is one, and a platform has a handful.
+    pub(crate) platform_admins: Box<[Box<str>]>,
     pub(crate) service_system: Option<RoleId>,
 }
 
@@ -271,6 +275,18 @@ impl CompiledPolicy {
             }
         }
 
+        let platform_admin = role_ids.get("PlatformAdmin").copied();
+        let mut platform_admins: Vec<Box<str>> = platform_admin
+            .map(|admin| {
+                bindings
+                    .in_workspace(SYSTEM)
+                    .filter(|(_, roles)| roles.contains(&admin))
+                    .map(|(principal, _)| principal.into())
+                    .collect()
+            })
+            .unwrap_or_default();
+        platform_admins.sort_unstable();
+
         let mut permission_names = vec![Box::<str>::from(""); permission_ids.len()];
         for (name, id) in &permission_ids {
             permission_names[*id as usize] = name.clone();
@@ -278,7 +294,8 @@ impl CompiledPolicy {
         Ok(Self {
             revision: revision.into(),
             permission_names: permission_names.into(),
-            platform_admin: role_ids.get("PlatformAdmin").copied(),
+            platform_admin,
+            platform_admins: platform_admins.into(),
             service_system: role_ids.get("ServiceSystem").copied(),
             roles,
             role_ids,

@@ -51,7 +51,7 @@ pub(crate) struct Grant<'a> {
 pub const HEALTH_PATHS: [&str; 4] = ["/health/live", "/health/ready", "/status", "/metrics"];
 /// The OPA bundle download, readable only with `iam.bundle.read` in `system`.
 pub const BUNDLE_PATH: &str = "/apis/auth/v2/iam/opa-bundle.tar.gz";
-const SYSTEM: &str = "system";
+pub(crate) const SYSTEM: &str = "system";
 const ALL_WORKSPACES: &str = "-";
 
 crate::table_enum! {
@@ -371,11 +371,11 @@ impl CompiledPolicy {
 
     /// The first applicable principal bound to PlatformAdmin in `system`.
     fn platform_admin_among<'a>(&self, applicable: &[&'a str]) -> Option<&'a str> {
-        let admin = self.platform_admin?;
-        applicable
-            .iter()
-            .copied()
-            .find(|p| self.explicit_roles(p, SYSTEM).contains(&admin))
+        applicable.iter().copied().find(|p| {
+            self.platform_admins
+                .binary_search_by(|a| (**a).cmp(p))
+                .is_ok()
+        })
     }
 
     /// Roles bound to `principal` in `workspace` by the document.

@@ -5,8 +5,7 @@
 use serde::Serialize;
 
 use super::compile::CompiledPolicy;
-
-const SYSTEM: &str = "system";
+use super::decide::SYSTEM;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Members {
@@ -49,15 +48,13 @@ impl CompiledPolicy {
         if workspace != SYSTEM
             && let Some(admin) = self.platform_admin
         {
-            for (principal, roles) in self.bindings.in_workspace(SYSTEM) {
-                if roles.contains(&admin) {
-                    members.push(Member {
-                        principal: principal.to_string(),
-                        kind: kind(principal),
-                        roles: vec![self.role_name(admin).to_string()],
-                        via: "platform_admin",
-                    });
-                }
+            for principal in &self.platform_admins {
+                members.push(Member {
+                    principal: principal.to_string(),
+                    kind: kind(principal),
+                    roles: vec![self.role_name(admin).to_string()],
+                    via: "platform_admin",
+                });
             }
         }
         members.sort_by(|a, b| {

@@ -12,7 +12,6 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value as Json};
-use sha2::{Digest, Sha256};
 
 use nmp_authz_core::identity::{AcceptedToken, Rejection, TokenVerification, refused_header};
 
@@ -137,9 +136,14 @@ impl moka::Expiry<[u8; 32], Arc<AcceptedToken>> for UntilExpiry {
     }
 }
 
-/// The key a token is remembered under: its SHA-256, so the cache holds no credentials.
+/// The key a token is remembered under: its SHA-256, so the cache holds no credentials
+/// (ring's, the one crypto library).
 fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest
+        .as_ref()
+        .try_into()
+        .expect("a SHA-256 digest is 32 bytes")
 }
 
 impl TokenVerifier {

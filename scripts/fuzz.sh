@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs each fuzz target (fuzz/fuzz_targets) for a bounded time, one after the other:
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each, all four targets
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each, all five targets
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). cargo-fuzz passes rustc flags that
 # only nightly accepts; with a stable toolchain this lets it act as nightly (RUSTC_BOOTSTRAP=1).
@@ -22,7 +22,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     exit 2
 fi
 shift || true
-all=(matching token check_request policy_load)
+all=(matching token check_request policy_load pdp_input)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 for t in "${targets[@]}"; do

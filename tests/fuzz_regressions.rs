@@ -53,6 +53,11 @@ fn policy_load_corpus() {
     run("policy_load");
 }
 
+#[test]
+fn pdp_input_corpus() {
+    run("pdp_input");
+}
+
 /// Every generated seed is in the checked-in corpus, so `cargo fuzz` starts from them too.
 /// `FUZZ_WRITE_SEEDS=1 cargo test --test fuzz_regressions` writes them there.
 #[test]

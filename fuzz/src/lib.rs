@@ -20,6 +20,7 @@ use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
 use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
 use nmp_authz::server::State;
 use nmp_authz_core::policy::decide::HEALTH_PATHS;
+use nmp_authz_core::policy::pdp::{self, Answer, Entrypoint};
 use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, SourceDocument,
     builtin,
@@ -31,11 +32,12 @@ use serde_json::{Value, json};
 pub type Body = fn(&[u8]);
 
 /// The fuzz targets, named as in `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: [(&str, Body); 4] = [
+pub const TARGETS: [(&str, Body); 5] = [
     ("matching", matching),
     ("token", token),
     ("check_request", check_request),
     ("policy_load", policy_load),
+    ("pdp_input", pdp_input),
 ];
 
 /// The repository root (this file is compiled from the root package's tests and from `fuzz/`).
@@ -644,6 +646,264 @@ fn same_load(
     }
 }
 
+// ---- pdp_input: NMP's PDP entrypoints over arbitrary input documents ----
+
+/// The facts a PDP input states, each in NMP's direct form or in Envoy's `attributes` form.
+#[derive(Debug, Default)]
+struct PdpFacts {
+    id: Option<String>,
+    email: Option<String>,
+    groups: Vec<String>,
+    scopes: Vec<String>,
+    method: String,
+    path: String,
+    workspace: String,
+    permissions: Vec<String>,
+    role: String,
+}
+
+const PDP_PRINCIPALS: [&str; 7] = [
+    "alice",
+    "bob",
+    "root",
+    "service:jobs",
+    "service:eval",
+    "",
+    "auth0|abc123",
+];
+const PDP_WORDS: [&str; 12] = [
+    "ws1",
+    "ws2",
+    "system",
+    "default",
+    "-",
+    "eng",
+    "admin@example.com",
+    "models.read",
+    "Editor",
+    "PlatformAdmin",
+    "platform:read",
+    "openid",
+];
+
+impl PdpFacts {
+    fn build(input: &mut Input<'_>, catalog: &Catalog) -> Self {
+        let word = |input: &mut Input<'_>, from: &[&str]| match input.byte() % 4 {
+            0 => input.text(),
+            _ => input.pick(from).to_string(),
+        };
+        let id = (!input.byte().is_multiple_of(5)).then(|| word(input, &PDP_PRINCIPALS));
+        let email = input.byte().is_multiple_of(2).then(|| word(input, &PDP_WORDS));
+        let groups = (0..input.byte() % 3)
+            .map(|_| word(input, &PDP_WORDS))
+            .collect();
+        let scopes = (0..input.byte() % 3)
+            .map(|_| word(input, &PDP_WORDS))
+            .collect();
+        let method = input.pick(&METHODS).to_string();
+        // A catalog pattern with its placeholders filled, or any text.
+        let path = match input.byte() % 3 {
+            0 => input.text(),
+            _ => {
+                let pattern = input.pick(&catalog.patterns).clone();
+                let fill = word(input, &PDP_WORDS);
+                pattern
+                    .split('/')
+                    .map(|segment| {
+                        if segment.starts_with('{') {
+                            fill.as_str()
+                        } else {
+                            segment
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            }
+        };
+        let workspace = word(input, &PDP_WORDS);
+        let permissions = (0..input.byte() % 3)
+            .map(|_| word(input, &PDP_WORDS))
+            .collect();
+        let role = word(input, &PDP_WORDS);
+        PdpFacts {
+            id,
+            email,
+            groups,
+            scopes,
+            method,
+            path,
+            workspace,
+            permissions,
+            role,
+        }
+    }
+
+    /// NMP's direct form: `principal_id`, `method`, `path`, ... at the top.
+    fn direct(&self) -> serde_json::Map<String, Value> {
+        let mut input = self.entrypoint_fields();
+        if let Some(id) = &self.id {
+            input.insert("principal_id".into(), json!(id));
+        }
+        if let Some(email) = &self.email {
+            input.insert("principal_email".into(), json!(email));
+        }
+        input.insert("principal_groups".into(), json!(self.groups));
+        input.insert("scopes".into(), json!(self.scopes));
+        input.insert("method".into(), json!(self.method));
+        input.insert("path".into(), json!(self.path));
+        input
+    }
+
+    /// Envoy's form: the request under `attributes.request.http`, the principal in the
+    /// headers the gateway sets (lower-case or NMP's spelling).
+    fn envoy(&self, mixed_case: bool) -> serde_json::Map<String, Value> {
+        let name = |lower: &str, mixed: &str| if mixed_case { mixed } else { lower }.to_string();
+        let mut headers = serde_json::Map::new();
+        if let Some(id) = &self.id {
+            headers.insert(name("x-nmp-principal-id", "X-NMP-Principal-Id"), json!(id));
+        }
+        if let Some(email) = &self.email {
+            headers.insert(
+                name("x-nmp-principal-email", "X-NMP-Principal-Email"),
+                json!(email),
+            );
+        }
+        if !self.groups.is_empty() {
+            headers.insert(
+                name("x-nmp-principal-groups", "X-NMP-Principal-Groups"),
+                json!(self.groups.join(",")),
+            );
+        }
+        if !self.scopes.is_empty() {
+            headers.insert(
+                name("x-nmp-scopes", "X-NMP-Scopes"),
+                json!(self.scopes.join(" ")),
+            );
+        }
+        let mut input = self.entrypoint_fields();
+        input.insert(
+            "attributes".into(),
+            json!({"request": {"http": {"method": self.method, "path": self.path, "headers": headers}}}),
+        );
+        input
+    }
+
+    fn entrypoint_fields(&self) -> serde_json::Map<String, Value> {
+        let mut input = serde_json::Map::new();
+        input.insert("workspace".into(), json!(self.workspace));
+        input.insert("permissions".into(), json!(self.permissions));
+        input.insert("role".into(), json!(self.role));
+        input
+    }
+
+    /// True when the header form carries the same groups and scopes as the lists (a comma in
+    /// a group or a space in a scope splits it there).
+    fn headers_carry_lists(&self) -> bool {
+        self.groups.iter().all(|g| !g.contains(',')) && self.scopes.iter().all(|s| !s.contains(' '))
+    }
+
+    /// What each entrypoint must answer, from the policy's own calls on these facts.
+    fn expected(&self, policy: &CompiledPolicy, entrypoint: Entrypoint) -> Answer {
+        let principal = |with_scopes: bool| {
+            self.id.clone().map(|id| Principal {
+                id: Some(id),
+                email: self.email.clone().filter(|e| !e.is_empty()),
+                groups: self.groups.clone(),
+                scopes: if with_scopes {
+                    self.scopes.clone()
+                } else {
+                    Vec::new()
+                },
+            })
+        };
+        match entrypoint {
+            Entrypoint::Allow => Answer::Allow(
+                policy
+                    .allow(principal(true).as_ref(), &self.method, &self.path)
+                    .allowed,
+            ),
+            Entrypoint::HasPermissions => {
+                Answer::HasPermissions(principal(false).is_some_and(|p| {
+                    policy.has_permissions(&p, &self.workspace, &self.permissions)
+                }))
+            }
+            Entrypoint::HasRole => Answer::HasRole(
+                principal(false).is_some_and(|p| policy.has_role(&p, &self.workspace, &self.role)),
+            ),
+        }
+    }
+}
+
+/// NMP's PDP input (any JSON object, or facts built from fuzz choices) through the three
+/// entrypoints over the catalogs: never panics, and answers the same twice. For built facts:
+/// the direct form answers what the policy's own `allow`, `has_permissions` and `has_role`
+/// answer for them; Envoy's form (either header spelling) answers the same as the direct form;
+/// and any read field of a JSON type NMP's clients never send makes the answer a denial.
+pub fn pdp_input(data: &[u8]) {
+    let mut input = Input(data);
+    let catalog = input.pick(&CATALOGS);
+    let policy = &catalog.policy;
+    if input.byte() % 2 == 0 {
+        let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(input.rest()) else {
+            return;
+        };
+        for entrypoint in Entrypoint::ALL {
+            let answer = pdp::answer(policy, entrypoint, &document);
+            assert_eq!(answer, pdp::answer(policy, entrypoint, &document));
+        }
+        return;
+    }
+    let facts = PdpFacts::build(&mut input, catalog);
+    let wrong_field = *input.pick(&[
+        None,
+        None,
+        Some("principal_id"),
+        Some("principal_email"),
+        Some("principal_groups"),
+        Some("method"),
+        Some("path"),
+        Some("workspace"),
+        Some("permissions"),
+        Some("role"),
+    ]);
+    let wrong_values = [json!(1), json!(null), json!({}), json!([1]), json!(true)];
+    let wrong_value = input.pick(&wrong_values);
+    for entrypoint in Entrypoint::ALL {
+        let expected = facts.expected(policy, entrypoint);
+        let direct = facts.direct();
+        assert_eq!(
+            pdp::answer(policy, entrypoint, &direct),
+            expected,
+            "direct form of {facts:?}"
+        );
+        if facts.headers_carry_lists() {
+            for mixed_case in [false, true] {
+                assert_eq!(
+                    pdp::answer(policy, entrypoint, &facts.envoy(mixed_case)),
+                    expected,
+                    "Envoy form (mixed case {mixed_case}) of {facts:?}"
+                );
+            }
+        }
+        if let Some(field) = wrong_field {
+            let mut wrong = direct.clone();
+            wrong.insert(field.into(), wrong_value.clone());
+            let reads = match entrypoint {
+                Entrypoint::Allow => !matches!(field, "workspace" | "permissions" | "role"),
+                Entrypoint::HasPermissions => !matches!(field, "method" | "path" | "role"),
+                Entrypoint::HasRole => !matches!(field, "method" | "path" | "permissions"),
+            };
+            // `true` is a value of the wrong type too; only `false` reads as absent.
+            if reads && facts.id.is_some() {
+                assert!(
+                    !pdp::answer(policy, entrypoint, &wrong).granted(),
+                    "{field} = {wrong_value} granted {entrypoint:?} for {facts:?}"
+                );
+            }
+        }
+    }
+}
+
 // ---- seeds ----
 
 /// Generated seed inputs for a target: valid requests, tokens and documents to start from.
@@ -781,6 +1041,20 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     &[0],
                     &[b"authz:\n  roles: {A: {includes: [B]}, B: {includes: [A]}}\n"],
                 ),
+            ]
+        }
+        "pdp_input" => {
+            let json_input = json!({"principal_id": "alice", "method": "GET",
+                "path": "/apis/models/v2/workspaces/ws1/models", "scopes": ["platform:read"]});
+            vec![
+                [&[0u8, 0][..], json_input.to_string().as_bytes()].concat(),
+                // Built facts: alice, no email, one group, no scopes, GET, a catalog path.
+                seed(&[0, 1, 1, 0, 1, 1, 5, 0, 0, 1, 0, 0], &[]),
+                seed(
+                    &[0, 1, 1, 3, 1, 0, 2, 2, 0, 1],
+                    &[b"/apis/entities/v2/workspaces"],
+                ),
+                seed(&[1, 1, 4, 4], &[b"auth0|abc123"]),
             ]
         }
         _ => Vec::new(),

@@ -693,7 +693,10 @@ impl PdpFacts {
             _ => input.pick(from).to_string(),
         };
         let id = (!input.byte().is_multiple_of(5)).then(|| word(input, &PDP_PRINCIPALS));
-        let email = input.byte().is_multiple_of(2).then(|| word(input, &PDP_WORDS));
+        let email = input
+            .byte()
+            .is_multiple_of(2)
+            .then(|| word(input, &PDP_WORDS));
         let groups = (0..input.byte() % 3)
             .map(|_| word(input, &PDP_WORDS))
             .collect();

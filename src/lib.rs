@@ -6,9 +6,15 @@
 //! and metrics), and [`config`].
 
 // The core's modules under their own names, so that `crate::policy` reads as it always has.
-use nmp_authz_core::{policy, request_path, yaml};
+use nmp_authz_core::policy;
 
-pub mod config;
+/// The configuration: its keys, parsing and validation (the core's, shared with the in-Envoy
+/// module), read from the file and environment the server was given.
+pub mod config {
+    pub use crate::config_files::*;
+    pub use nmp_authz_core::config::*;
+}
+mod config_files;
 pub mod crypto;
 pub mod fetch;
 pub mod identity;

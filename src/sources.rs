@@ -120,11 +120,7 @@ impl Sources {
             .collect();
         Self {
             sources,
-            defaults: BindingDefaults {
-                bootstrap_bindings: config.auth.bootstrap_bindings,
-                default_workspace: config.auth.default_workspace.clone(),
-                admin_email: config.auth.admin_email.clone(),
-            },
+            defaults: config.binding_defaults(),
             client: HttpClient::default(),
             compiled: None,
             last_compiled: None,

@@ -3,25 +3,16 @@
 //! [`Verdict`]; each face renders it (the gRPC face's `CheckResponse`: check_response.rs). Here
 //! too: what every face's answer shares (the headers an allow sets, a denial's headers).
 
-use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::google::protobuf::Struct;
-use nmp_authz_core::verdict::{Early, Outcome, Status, Verdict};
+use nmp_authz_core::verdict::{self, Admission, Early, Outcome, Status, Verdict};
 
 use crate::identity::{self, Credentials, IdentityError};
-use crate::policy::Principal;
-use crate::request_path;
 
 use super::State;
 use super::check_response::{self, EncodedCheckResponse};
-
-pub(crate) const AUTHORIZED: &str = "x-nmp-authorized";
-pub(crate) const PRINCIPAL_ID: &str = "x-nmp-principal-id";
-pub(crate) const PRINCIPAL_EMAIL: &str = "x-nmp-principal-email";
-pub(crate) const PRINCIPAL_GROUPS: &str = "x-nmp-principal-groups";
-pub const SCOPES: &str = "x-nmp-scopes";
 
 /// A request to authorize, as every face describes it.
 #[derive(Debug)]
@@ -49,46 +40,36 @@ pub async fn decide<R>(
     request: &Request<'_>,
     render: impl FnOnce(&Verdict<'_>) -> R,
 ) -> R {
-    if request.method.is_empty() || !request.path.starts_with('/') {
-        let detail = "Malformed request: no HTTP method or path";
-        return render(&Verdict::early(Early::MalformedRequest, detail));
-    }
-    if !state.auth_enabled {
-        // Authorization is off: everything is allowed; a caller we can name is still named
-        // (without waiting on any key refetch for it).
-        let principal = request.credentials.as_ref().ok().and_then(|credentials| {
-            let verifier = state.keys.verifier();
-            let now = identity::unix_now();
-            identity::identify(
-                &state.identity,
-                verifier,
-                credentials,
-                request.metadata,
-                now,
-            )
-            .ok()
-            .flatten()
-            .map(|i| i.principal)
-        });
-        let mut verdict = Verdict::early(Early::AuthDisabled, "");
-        verdict.principal = principal;
-        return render(&verdict);
-    }
-    // Decide on the path as the upstream will read it, or refuse one it could read two ways
-    // (README "Request paths"). HTTP methods are case-sensitive: `get` is not `GET`, and an
-    // upstream that upper-cases it would serve what was decided as something else.
-    let path = match request_path::canonical(request.path) {
-        Ok(path) if request_path::is_method_token(request.method) => path,
-        Ok(_) => {
-            let detail = "Ambiguous request: the method must be upper case";
-            return render(&Verdict::early(Early::AmbiguousRequest, detail));
+    let path = match verdict::admit(
+        request.method,
+        request.path,
+        state.auth_enabled,
+        state.stale.load(std::sync::atomic::Ordering::Relaxed),
+    ) {
+        Admission::Decide(path) => path,
+        Admission::Answered(verdict) => return render(&verdict),
+        Admission::AuthDisabled => {
+            // Authorization is off: everything is allowed; a caller we can name is still
+            // named (without waiting on any key refetch for it).
+            let principal = request.credentials.as_ref().ok().and_then(|credentials| {
+                let verifier = state.keys.verifier();
+                let now = identity::unix_now();
+                identity::identify(
+                    &state.identity,
+                    verifier,
+                    credentials,
+                    request.metadata,
+                    now,
+                )
+                .ok()
+                .flatten()
+                .map(|i| i.principal)
+            });
+            let mut verdict = Verdict::early(Early::AuthDisabled, "");
+            verdict.principal = principal;
+            return render(&verdict);
         }
-        Err(refusal) => return render(&Verdict::early(Early::AmbiguousRequest, refusal)),
     };
-    if state.stale.load(std::sync::atomic::Ordering::Relaxed) {
-        let detail = "Authorization policy data is stale";
-        return render(&Verdict::early(Early::PolicyStale, detail));
-    }
     let identity = match &request.credentials {
         Ok(credentials) => state.identify(credentials, request.metadata).await,
         Err(refused) => Err(refused.clone()),
@@ -96,25 +77,17 @@ pub async fn decide<R>(
     // A guard, not a clone of the Arc: two worker threads bumping one reference count on
     // every Check would pass its cache line back and forth.
     let policy = state.policy.load();
-    let Some(policy) = policy.as_deref() else {
-        let detail = "Authorization policy data is not available";
-        return render(&Verdict::early(Early::PolicyUnavailable, detail));
-    };
-    let (principal, dropped_groups) = match identity {
-        Ok(found) => found.map_or((None, 0), |i| (Some(i.principal), i.dropped_groups)),
-        Err(refused) => return render(&Verdict::refused(&refused)),
-    };
-    let decision = policy.allow(principal.as_deref(), request.method, &path);
-    if tracing::enabled!(tracing::Level::DEBUG) {
+    let verdict = verdict::conclude(policy.as_deref(), identity, request.method, path);
+    if let (Some(policy), Some(path)) = (verdict.policy, verdict.path.as_deref())
+        && tracing::enabled!(tracing::Level::DEBUG)
+    {
         // What `nmp-authz explain` prints, evaluated again with a recorder: only when read.
-        let explanation = policy.explain(principal.as_deref(), request.method, &path);
+        let explanation = policy.explain(verdict.principal.as_deref(), request.method, path);
         tracing::debug!(
             explanation = %serde_json::to_string(&explanation).unwrap_or_default(),
             "decision explained"
         );
     }
-    let mut verdict = Verdict::decided(decision, policy, principal, path);
-    verdict.dropped_groups = dropped_groups;
     render(&verdict)
 }
 
@@ -208,59 +181,7 @@ pub async fn check(state: &State, check: &CheckRequest) -> (EncodedCheckResponse
     .await
 }
 
-// ---- what every face's answer shares ----
+// ---- what every face's answer shares: the core's ----
 
-/// The headers an allow sets: `x-nmp-authorized` and the principal's (README "Check response").
-/// Borrowed from the principal where a value is one of its strings.
-pub(crate) fn allow_headers(principal: Option<&Principal>) -> Vec<(&'static str, Cow<'_, str>)> {
-    let mut set = Vec::with_capacity(5);
-    set.push((AUTHORIZED, Cow::Borrowed("true")));
-    if let Some(p) = principal {
-        if let Some(id) = p.id.as_deref().filter(|id| !id.is_empty()) {
-            set.push((PRINCIPAL_ID, Cow::Borrowed(id)));
-        }
-        if let Some(email) = p.email.as_deref().filter(|e| !e.is_empty()) {
-            set.push((PRINCIPAL_EMAIL, Cow::Borrowed(email)));
-        }
-        if !p.groups.is_empty() {
-            set.push((PRINCIPAL_GROUPS, Cow::Owned(p.groups.join(","))));
-        }
-        if !p.scopes.is_empty() {
-            set.push((SCOPES, Cow::Owned(p.scopes.join(" "))));
-        }
-    }
-    set
-}
-
-/// Every inbound `x-nmp-*` header the allow does not set: the client's, not ours, so removed.
-/// Envoy sends lower-case names; a hand-built request's `X-NMP-...` is caught too.
-pub fn headers_to_remove<'h>(
-    inbound: impl Iterator<Item = &'h str>,
-    set: &[(&str, Cow<'_, str>)],
-) -> Vec<String> {
-    let mut remove: Vec<String> = inbound
-        .filter(|k| k.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("x-nmp-")))
-        .map(str::to_ascii_lowercase)
-        .filter(|k| !set.iter().any(|(name, _)| name == k))
-        .collect();
-    remove.sort();
-    remove.dedup();
-    remove
-}
-
-/// A denial's headers: its JSON body's type, and on a 401 the `www-authenticate` challenge.
-pub(crate) fn denial_headers(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
-    let mut headers = vec![("content-type", "application/json".to_string())];
-    if verdict.status == Status::Unauthorized {
-        let challenge = if verdict.token_refused {
-            format!(
-                "Bearer realm=\"nmp\", error=\"invalid_token\", error_description=\"{}\"",
-                verdict.detail.replace(['"', '\\'], "'")
-            )
-        } else {
-            "Bearer realm=\"nmp\"".into()
-        };
-        headers.push(("www-authenticate", challenge));
-    }
-    headers
-}
+pub use nmp_authz_core::answer::{SCOPES, headers_to_remove};
+pub(crate) use nmp_authz_core::answer::{allow_headers, denial_headers};

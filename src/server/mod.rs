@@ -97,17 +97,7 @@ impl State {
         Self {
             policy: ArcSwapOption::from(policy.map(Arc::new)),
             auth_enabled: config.auth.enabled,
-            identity: IdentitySettings {
-                jwt_authn_metadata_key: config.identity.jwt_authn_metadata_key.clone(),
-                verify_bearer: config.identity.verify_bearer,
-                trust_principal_headers: config.identity.trust_principal_headers,
-                allow_unsigned_jwt: config.auth.allow_unsigned_jwt,
-                subject_claim: oidc.subject_claim.clone(),
-                email_claim: oidc.email_claim.clone(),
-                groups_claim: oidc.groups_claim.clone(),
-                scope_prefix: oidc.scope_prefix.clone(),
-                leeway_seconds: oidc.leeway_seconds,
-            },
+            identity: config.identity_settings(),
             keys: Arc::new(keys),
             metrics,
             discovery: discovery.to_string(),
@@ -541,14 +531,7 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// NMP's error body, `{"detail": "..."}`, written without building a JSON tree.
-pub(crate) fn detail_body(detail: &str) -> String {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        detail: &'a str,
-    }
-    serde_json::to_string(&Body { detail }).expect("a string field always serializes")
-}
+pub(crate) use nmp_authz_core::answer::detail_body;
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
 //! nmp-authz's decision core: who is calling ([`identity`]: claims, tokens and headers mapped
 //! onto a principal the `x-nmp-*` headers can carry), what is allowed ([`policy`]: NMP's
 //! authorization document, compiled once per load, and the pure decisions over it), the path a
-//! request is decided on ([`request_path`]), the one answer every face renders ([`verdict`])
-//! and YAML reading ([`yaml`]). No I/O, no clock, no async runtime: any host
+//! request is decided on ([`request_path`]), the one answer every face renders ([`verdict`]),
+//! the configuration's keys and their validation ([`config`]) and YAML reading ([`yaml`]). No I/O, no clock, no async runtime: any host
 //! can embed it (the server, an in-process proxy filter), and it builds for `wasm32-wasip1`.
 
 /// Defines a fieldless enum from one table whose rows give each variant its stable name, a
@@ -48,6 +48,8 @@ macro_rules! table_enum {
 }
 pub(crate) use table_enum;
 
+pub mod answer;
+pub mod config;
 pub mod identity;
 pub mod policy;
 pub mod request_path;

@@ -6,8 +6,9 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::identity::IdentityError;
+use crate::identity::{Identity, IdentityError};
 use crate::policy::{CompiledPolicy, Decision, Principal, Reason};
+use crate::request_path;
 
 /// The status of an answer: the HTTP status a client gets, and the gRPC code that goes with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -226,6 +227,71 @@ impl<'p> Verdict<'p> {
     pub fn allowed(&self) -> bool {
         self.status == Status::Ok
     }
+}
+
+/// What the checks before identity make of a request (every face runs them in this order, then
+/// identifies the caller, then [`conclude`]s).
+#[derive(Debug)]
+pub enum Admission<'a> {
+    /// Answered already: a malformed or ambiguous request, or stale policy data.
+    Answered(Verdict<'static>),
+    /// Authorization is off: allowed ([`Early::AuthDisabled`]), naming the caller if the host
+    /// can.
+    AuthDisabled,
+    /// To be decided, on this path (the request-path rule's reading of it).
+    Decide(Cow<'a, str>),
+}
+
+/// The checks before identity: a method and a path at all, authorization on, a path and method
+/// that read one way only (README "Request paths"), policy data not stale.
+pub fn admit<'a>(method: &str, path: &'a str, auth_enabled: bool, stale: bool) -> Admission<'a> {
+    if method.is_empty() || !path.starts_with('/') {
+        let detail = "Malformed request: no HTTP method or path";
+        return Admission::Answered(Verdict::early(Early::MalformedRequest, detail));
+    }
+    if !auth_enabled {
+        return Admission::AuthDisabled;
+    }
+    // Decide on the path as the upstream will read it, or refuse one it could read two ways.
+    // HTTP methods are case-sensitive: `get` is not `GET`, and an upstream that upper-cases it
+    // would serve what was decided as something else.
+    let path = match request_path::canonical(path) {
+        Ok(path) if request_path::is_method_token(method) => path,
+        Ok(_) => {
+            let detail = "Ambiguous request: the method must be upper case";
+            return Admission::Answered(Verdict::early(Early::AmbiguousRequest, detail));
+        }
+        Err(refusal) => {
+            return Admission::Answered(Verdict::early(Early::AmbiguousRequest, refusal));
+        }
+    };
+    if stale {
+        let detail = "Authorization policy data is stale";
+        return Admission::Answered(Verdict::early(Early::PolicyStale, detail));
+    }
+    Admission::Decide(path)
+}
+
+/// The answer to an admitted request: 503 without policy data, the refusal of a credential,
+/// else `policy`'s decision for the caller `identify` found.
+pub fn conclude<'p>(
+    policy: Option<&'p CompiledPolicy>,
+    identity: Result<Option<Identity>, IdentityError>,
+    method: &str,
+    path: Cow<'p, str>,
+) -> Verdict<'p> {
+    let Some(policy) = policy else {
+        let detail = "Authorization policy data is not available";
+        return Verdict::early(Early::PolicyUnavailable, detail);
+    };
+    let (principal, dropped_groups) = match identity {
+        Ok(found) => found.map_or((None, 0), |i| (Some(i.principal), i.dropped_groups)),
+        Err(refused) => return Verdict::refused(&refused),
+    };
+    let decision = policy.allow(principal.as_deref(), method, &path);
+    let mut verdict = Verdict::decided(decision, policy, principal, path);
+    verdict.dropped_groups = dropped_groups;
+    verdict
 }
 
 #[cfg(test)]

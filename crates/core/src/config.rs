@@ -2,8 +2,9 @@
 //! validation. Every error names the key path (or the environment variable) it is about, on one
 //! line, so an operator can fix it without reading code.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -11,19 +12,11 @@ use serde_json::Value;
 
 pub use crate::identity::MAX_LEEWAY_SECONDS;
 
-/// The embedded quickstart configuration: what `serve` runs without `--config`. Development only:
-/// it accepts unsigned tokens.
-pub(crate) const QUICKSTART_YAML: &str = include_str!("quickstart.yaml");
-
-/// Name used for the quickstart configuration in error messages.
-pub(crate) const QUICKSTART_SOURCE: &str = "<embedded quickstart config>";
-
 /// Prefix of the environment overrides; the rest of the name is a key path under `auth`.
-pub(crate) const ENV_PREFIX: &str = "NMP_AUTH_";
+pub const ENV_PREFIX: &str = "NMP_AUTH_";
 
 /// The server's other variables (logging). With [`ENV_PREFIX`] they are the names it reads.
-pub(crate) const SERVER_ENV_VARS: &[&str] =
-    &["NMP_AUTHZ_LOG_FORMAT", "NMP_AUTHZ_DECISION_LOG_SAMPLE"];
+pub const SERVER_ENV_VARS: &[&str] = &["NMP_AUTHZ_LOG_FORMAT", "NMP_AUTHZ_DECISION_LOG_SAMPLE"];
 
 /// Read by the project's scripts and tests (`scripts/demo.sh`, the soak), whose environment
 /// reaches the server they start: known, so not warned about, but never suggested.
@@ -160,7 +153,7 @@ impl Default for PdpConfig {
 
 impl PdpConfig {
     /// The socket file's mode bits (validated by [`Config::validate`]).
-    pub(crate) fn socket_mode(&self) -> Option<u32> {
+    pub fn socket_mode(&self) -> Option<u32> {
         u32::from_str_radix(&self.unix_socket_mode, 8)
             .ok()
             .filter(|mode| *mode <= 0o777)
@@ -354,28 +347,13 @@ impl ConfigError {
     }
 }
 
-/// Load the configuration from `path` (or the embedded quickstart when `None`), apply the
-/// `NMP_AUTH_*` overrides found in `env` and validate the result.
-pub fn load(
-    path: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigError> {
-    match path {
-        None => parse(QUICKSTART_YAML, QUICKSTART_SOURCE, env),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
-            parse(&text, &path.display().to_string(), env)
-        }
-    }
-}
-
-/// [`load`] with the process environment. A non-UTF-8 `NMP_AUTH_*` value is an error.
-pub fn load_from_process_env(path: Option<&Path>) -> Result<Config, ConfigError> {
+/// The `NMP_AUTH_*` overrides among `vars` (a process environment, as `std::env::vars_os`
+/// gives it), for [`parse`]. A non-UTF-8 `NMP_AUTH_*` value is an error.
+pub fn env_overrides(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env = Vec::new();
-    for (key, value) in std::env::vars_os() {
+    for (key, value) in vars {
         let Some(key) = key.to_str().filter(|k| k.starts_with(ENV_PREFIX)) else {
             continue;
         };
@@ -384,7 +362,7 @@ pub fn load_from_process_env(path: Option<&Path>) -> Result<Config, ConfigError>
             .map_err(|_| ConfigError::env(key, "value is not valid UTF-8"))?;
         env.push((key.to_owned(), value));
     }
-    load(path, env)
+    Ok(env)
 }
 
 /// Parse YAML text (`source_name` is used in syntax errors), apply overrides, validate.
@@ -496,7 +474,7 @@ fn apply_env(
 /// read: neither an `NMP_AUTH_*` override (those [`load`] validates: one naming no key is an
 /// error) nor a known variable. `NMP_AUTHZ_*` sits beside `NMP_AUTH_*`, so a typo such as
 /// `NMP_AUTHZ_ENABLED` would otherwise be silently ignored.
-pub(crate) fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+pub fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     let mut unknown: Vec<&str> = names
         .into_iter()
         .filter(|name| {
@@ -518,14 +496,6 @@ pub(crate) fn unknown_env_warnings<'a>(names: impl IntoIterator<Item = &'a str>)
             ),
         })
         .collect()
-}
-
-/// [`unknown_env_warnings`] for the process environment.
-pub fn process_env_warnings() -> Vec<String> {
-    let names: Vec<String> = std::env::vars_os()
-        .map(|(name, _)| name.to_string_lossy().into_owned())
-        .collect();
-    unknown_env_warnings(names.iter().map(String::as_str))
 }
 
 /// The variable nmp-authz reads whose name is nearest `name`, when it is near enough (at most
@@ -669,6 +639,32 @@ fn check_path_prefix(prefix: &str) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// Where the principal comes from, as the identity rules take it (`identity:` and the
+    /// `auth.oidc` claim keys).
+    pub fn identity_settings(&self) -> crate::identity::IdentitySettings {
+        let oidc = &self.auth.oidc;
+        crate::identity::IdentitySettings {
+            jwt_authn_metadata_key: self.identity.jwt_authn_metadata_key.clone(),
+            verify_bearer: self.identity.verify_bearer,
+            trust_principal_headers: self.identity.trust_principal_headers,
+            allow_unsigned_jwt: self.auth.allow_unsigned_jwt,
+            subject_claim: oidc.subject_claim.clone(),
+            email_claim: oidc.email_claim.clone(),
+            groups_claim: oidc.groups_claim.clone(),
+            scope_prefix: oidc.scope_prefix.clone(),
+            leeway_seconds: oidc.leeway_seconds,
+        }
+    }
+
+    /// The bindings every policy gets from `auth:` (bootstrap bindings, the admin email).
+    pub fn binding_defaults(&self) -> crate::policy::BindingDefaults {
+        crate::policy::BindingDefaults {
+            bootstrap_bindings: self.auth.bootstrap_bindings,
+            default_workspace: self.auth.default_workspace.clone(),
+            admin_email: self.auth.admin_email.clone(),
+        }
+    }
+
     /// Checks that serde cannot express. Run by [`load`]; public for configs built in code.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;
@@ -812,7 +808,14 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// The repository (the server's sources, README), two levels above this crate.
+    fn workspace_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -863,25 +866,6 @@ mod tests {
         for text in ["", "\n", "# only a comment\n", "null\n", "~"] {
             assert_eq!(yaml(text).unwrap(), Config::default(), "{text:?}");
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("empty.yaml");
-        std::fs::write(&path, "").unwrap();
-        assert_eq!(load(Some(&path), []).unwrap(), Config::default());
-    }
-
-    #[test]
-    fn quickstart_values() {
-        let c = load(None, []).unwrap();
-        assert!(c.auth.enabled);
-        assert!(c.auth.allow_unsigned_jwt);
-        assert!(c.auth.bootstrap_bindings);
-        assert!(!c.auth.oidc.enabled);
-        assert_eq!(
-            c.policy.sources,
-            vec![SourceConfig::Builtin { builtin: true }]
-        );
-        assert_eq!(c.server.grpc_addr.to_string(), "127.0.0.1:9191");
-        assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:8000");
     }
 
     #[test]
@@ -1168,10 +1152,7 @@ policy:
             }
         }
         let mut found = Vec::new();
-        scan(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-            &mut found,
-        );
+        scan(&workspace_root().join("src"), &mut found);
         assert!(!found.is_empty(), "the scan found no variable at all");
         for name in found {
             assert!(
@@ -1219,9 +1200,7 @@ policy:
                 leaf => out.push((key.to_owned(), leaf.clone())),
             }
         }
-        let readme =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-                .unwrap();
+        let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
         let mut keys = Vec::new();
         leaves(
             &serde_json::to_value(Config::default()).unwrap(),
@@ -1459,22 +1438,6 @@ policy:
                 "{prefix:?}: {msg}"
             );
         }
-    }
-
-    #[test]
-    fn file_errors_name_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broken.yaml");
-        std::fs::write(&path, "auth:\n  enabled: true\n   oidc: [\n").unwrap();
-        let msg = err(load(Some(&path), []));
-        assert!(
-            msg.contains("broken.yaml") && msg.contains("invalid YAML"),
-            "{msg}"
-        );
-
-        let missing = dir.path().join("missing.yaml");
-        let msg = err(load(Some(&missing), []));
-        assert!(msg.contains("missing.yaml"), "{msg}");
     }
 
     #[test]

@@ -1,0 +1,445 @@
+//! The module's request entry, in safe Rust: a [`Gate`] (one per filter configuration) takes a
+//! request's headers as Envoy hands them over (bytes, pseudo-headers `:method` and `:path`
+//! included) and answers with an [`Answer`]: let the request on with headers set and removed,
+//! or respond. The decision is the core's, in the order every face runs it
+//! ([`verdict::admit`], identity, [`verdict::conclude`]); the headers and bodies are the core's
+//! [`answer`](nmp_authz_core::answer) too, so the module answers as the gRPC Check does. The FFI
+//! layer (`abi.rs`) only moves bytes in and out.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use nmp_authz_core::answer::{allow_headers, denial_headers, detail_body, headers_to_remove};
+use nmp_authz_core::config::Config;
+use nmp_authz_core::identity::{
+    self, AcceptedToken, Credentials, Identity, IdentityError, IdentitySettings, Rejection,
+    TokenVerification, Verified,
+};
+use nmp_authz_core::verdict::{self, Admission, Early, Outcome, Status, Verdict};
+use serde_json::{Map, Value as Json};
+
+use crate::policy::{Log, PolicyCell, Refresher};
+
+/// The dynamic metadata namespace the decision facts go under (access logs:
+/// `%DYNAMIC_METADATA(nmp_authz:reason)%`).
+pub const METADATA_NAMESPACE: &str = "nmp_authz";
+
+/// One filter configuration: its settings and the policy its thread keeps current.
+#[derive(Debug)]
+pub struct Gate {
+    auth_enabled: bool,
+    identity: IdentitySettings,
+    cell: Arc<PolicyCell>,
+    /// Stops the refresh thread when the configuration goes (`None` for a gate over a fixed
+    /// policy, in tests).
+    _refresher: Option<Refresher>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Let it on, with these request headers set (replacing any value) and these removed.
+    Continue {
+        set: Vec<(&'static str, String)>,
+        remove: Vec<String>,
+    },
+    /// Answer it here.
+    Respond {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: String,
+    },
+}
+
+/// An [`Action`] and the facts behind it (for the stream's dynamic metadata and counters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub action: Action,
+    pub outcome: Outcome,
+    pub status: Status,
+    /// `(key, value)` pairs, as the gRPC Check's `dynamic_metadata` has them, when the policy
+    /// decided.
+    pub facts: Vec<(&'static str, String)>,
+}
+
+impl Gate {
+    /// The gate for a filter configuration: the server's configuration file format (`auth:`,
+    /// `identity:`, `policy:`; the server's listener sections are accepted and not used),
+    /// `NMP_AUTH_*` overrides from `env`. The policy is loaded before this returns (a source
+    /// that fails now is an error) and refreshed on a thread from then on.
+    pub fn from_config(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        log: Log,
+    ) -> Result<Self, String> {
+        let config = nmp_authz_core::config::parse(text, "the filter configuration", env)
+            .map_err(|e| e.to_string())?;
+        if config.auth.oidc.enabled {
+            return Err(
+                "config error at auth.oidc.enabled: the Envoy module does not verify \
+                 signed tokens; verify them with Envoy's jwt_authn filter (claim_to_headers) and \
+                 set identity.trust_principal_headers, or run nmp-authz over ext_authz"
+                    .into(),
+            );
+        }
+        let cell = Arc::new(PolicyCell::default());
+        let refresher = Refresher::start(&config, cell.clone(), log)?;
+        Ok(Self::new(&config, cell, Some(refresher)))
+    }
+
+    /// A gate over `cell` (kept current by `refresher`, if any).
+    pub fn new(config: &Config, cell: Arc<PolicyCell>, refresher: Option<Refresher>) -> Self {
+        Self {
+            auth_enabled: config.auth.enabled,
+            identity: config.identity_settings(),
+            cell,
+            _refresher: refresher,
+        }
+    }
+
+    /// The policy this gate decides with.
+    pub fn policy(&self) -> &PolicyCell {
+        &self.cell
+    }
+
+    /// Decides a request from its headers (`:method` and `:path` among them) at `now_unix`.
+    pub fn decide(&self, headers: &[(&[u8], &[u8])], now_unix: u64) -> Answer {
+        // Header names are ASCII tokens; a value that is not UTF-8 is read with replacement
+        // characters, which no credential, method or path rule accepts.
+        let headers: Vec<(Cow<'_, str>, Cow<'_, str>)> = headers
+            .iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+            .collect();
+        let pseudo = |name: &str| {
+            let mut values = headers.iter().filter(|(k, _)| k == name);
+            match (values.next(), values.next()) {
+                (Some((_, v)), None) => v.as_ref(),
+                _ => "",
+            }
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let credentials =
+            Credentials::from_headers(headers.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+        let inbound = || headers.iter().map(|(k, _)| k.as_ref());
+
+        let admitted = verdict::admit(
+            method,
+            path,
+            self.auth_enabled,
+            self.cell.stale.load(Ordering::Relaxed),
+        );
+        let path = match admitted {
+            Admission::Decide(path) => path,
+            Admission::Answered(verdict) => return render(&verdict, inbound()),
+            Admission::AuthDisabled => {
+                // Allowed; a caller who can be named is still named.
+                let mut verdict = Verdict::early(Early::AuthDisabled, "");
+                verdict.principal = credentials.ok().and_then(|credentials| {
+                    let found = self.identify(&credentials, now_unix);
+                    found.ok().flatten().map(|i| i.principal)
+                });
+                return render(&verdict, inbound());
+            }
+        };
+        let identity = credentials.and_then(|credentials| self.identify(&credentials, now_unix));
+        // A guard, not a clone of the Arc: workers bumping one reference count on every
+        // request would pass its cache line back and forth.
+        let policy = self.cell.policy.load();
+        let verdict = verdict::conclude(policy.as_deref(), identity, method, path);
+        render(&verdict, inbound())
+    }
+
+    fn identify(
+        &self,
+        credentials: &Credentials<'_>,
+        now_unix: u64,
+    ) -> Result<Option<Identity>, IdentityError> {
+        // Envoy's jwt_authn payload cannot be read by a 1.40 module (nested metadata): claims
+        // come as the headers jwt_authn's claim_to_headers sets, or an (unsigned) bearer token.
+        let verified = Verified::<Map<String, Json>>::Nothing;
+        identity::identify(&self.identity, &Unverified, credentials, verified, now_unix)
+    }
+}
+
+/// The verdict as the module acts on it.
+fn render<'h>(verdict: &Verdict<'_>, inbound: impl Iterator<Item = &'h str>) -> Answer {
+    let action = if verdict.allowed() {
+        let set = allow_headers(verdict.principal.as_deref());
+        let remove = headers_to_remove(inbound, &set);
+        Action::Continue {
+            set: set.into_iter().map(|(k, v)| (k, v.into_owned())).collect(),
+            remove,
+        }
+    } else {
+        Action::Respond {
+            status: verdict.status.http(),
+            headers: denial_headers(verdict),
+            body: detail_body(&verdict.detail),
+        }
+    };
+    Answer {
+        action,
+        outcome: verdict.outcome,
+        status: verdict.status,
+        facts: facts(verdict),
+    }
+}
+
+/// The decision facts, under the keys the gRPC Check's dynamic metadata uses.
+fn facts(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
+    let (Some(decision), Some(policy)) = (verdict.decision.as_ref(), verdict.policy) else {
+        return Vec::new();
+    };
+    let mut facts = vec![
+        ("reason", decision.reason.as_str().to_owned()),
+        ("policy_revision", policy.revision().to_owned()),
+    ];
+    if let Some(id) = verdict.principal.as_ref().and_then(|p| p.id.as_deref()) {
+        facts.push(("principal_id", id.to_owned()));
+    }
+    if let Some(workspace) = decision.workspace.as_deref() {
+        facts.push(("workspace", workspace.to_owned()));
+    }
+    if let Some(endpoint) = decision.endpoint {
+        facts.push(("endpoint", endpoint.to_owned()));
+    }
+    facts
+}
+
+/// Signed bearer tokens are not verified in the module (no JWKS fetching inside Envoy yet):
+/// refused, so that only unsigned quickstart tokens (`auth.allow_unsigned_jwt`) and gateway-set
+/// principal headers identify anyone.
+#[derive(Debug)]
+struct Unverified;
+
+impl TokenVerification for Unverified {
+    fn remembered(&self, _token: &str) -> Option<Arc<AcceptedToken>> {
+        None
+    }
+
+    fn remember(&self, _token: &str, _accepted: Arc<AcceptedToken>) {}
+
+    fn verify(
+        &self,
+        _token: &str,
+        header: &Map<String, Json>,
+        _claims: &Map<String, Json>,
+    ) -> Result<Map<String, Json>, Rejection> {
+        Err(Rejection::Invalid(
+            identity::refused_header(header)
+                .unwrap_or("Signed tokens are not verified here; the gateway verifies them"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nmp_authz_core::identity::unsigned_token;
+    use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, SourceDocument};
+    use serde_json::json;
+
+    use super::*;
+
+    const POLICY: &str = "authz:
+  roles:
+    Viewer: {permissions: [models.read]}
+  endpoints:
+    /apis/models/v2/workspaces/{workspace}/models:
+      get: {permissions: [models.read]}
+  principals:
+    alice: {workspaces: {ws1: [Viewer]}}
+";
+    const NOW: u64 = 1_800_000_000;
+
+    fn gate(config: &str, policy: Option<&str>) -> Gate {
+        let config = nmp_authz_core::config::parse(config, "test", []).unwrap();
+        let cell = Arc::new(PolicyCell::default());
+        if let Some(policy) = policy {
+            let document = SourceDocument::parse(policy, Format::Yaml).unwrap();
+            let defaults = BindingDefaults {
+                bootstrap_bindings: false,
+                ..BindingDefaults::default()
+            };
+            let compiled = CompiledPolicy::build_layers(&[&document], &defaults, "rev").unwrap();
+            cell.policy.store(Some(Arc::new(compiled)));
+        }
+        Gate::new(&config, cell, None)
+    }
+
+    fn quickstart() -> Gate {
+        gate("auth: {allow_unsigned_jwt: true}\n", Some(POLICY))
+    }
+
+    fn token(sub: &str) -> String {
+        let claims = json!({"sub": sub, "iat": NOW, "exp": NOW + 600, "scope": "openid"});
+        format!("Bearer {}", unsigned_token(claims.as_object().unwrap()))
+    }
+
+    fn decide(gate: &Gate, method: &str, path: &str, extra: &[(&str, &str)]) -> Answer {
+        let mut headers: Vec<(&[u8], &[u8])> = vec![
+            (":method".as_bytes(), method.as_bytes()),
+            (":path".as_bytes(), path.as_bytes()),
+            (":authority".as_bytes(), "gateway".as_bytes()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        gate.decide(&headers, NOW)
+    }
+
+    fn respond(answer: &Answer) -> (u16, Vec<(&'static str, String)>, serde_json::Value) {
+        match &answer.action {
+            Action::Respond {
+                status,
+                headers,
+                body,
+            } => (
+                *status,
+                headers.clone(),
+                serde_json::from_str(body).unwrap(),
+            ),
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_allow_sets_the_principal_and_removes_the_clients_other_headers() {
+        let alice = token("alice");
+        let answer = decide(
+            &quickstart(),
+            "GET",
+            "/apis/models/v2/workspaces/ws1/models?page=2",
+            &[
+                ("authorization", &alice),
+                ("x-nmp-authorized", "forged"),
+                ("x-nmp-other", "1"),
+            ],
+        );
+        assert_eq!(
+            answer.action,
+            Action::Continue {
+                set: vec![
+                    ("x-nmp-authorized", "true".into()),
+                    ("x-nmp-principal-id", "alice".into()),
+                    ("x-nmp-scopes", "openid".into()),
+                ],
+                remove: vec!["x-nmp-other".into()],
+            }
+        );
+        assert!(
+            answer.facts.contains(&("workspace", "ws1".into())),
+            "{answer:?}"
+        );
+        assert!(
+            answer
+                .facts
+                .contains(&("reason", "workspace_permission".into()))
+        );
+    }
+
+    #[test]
+    fn denials_carry_status_json_and_challenge() {
+        let gate = quickstart();
+        let (status, headers, body) = respond(&decide(
+            &gate,
+            "GET",
+            "/apis/models/v2/workspaces/ws1/models",
+            &[],
+        ));
+        assert_eq!(status, 401);
+        assert_eq!(body, json!({"detail": "Not authenticated"}));
+        assert!(headers.contains(&("www-authenticate", "Bearer realm=\"nmp\"".into())));
+        assert!(headers.contains(&("content-type", "application/json".into())));
+
+        let bob = token("bob");
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let (status, headers, _) = respond(&decide(&gate, "GET", path, &[("authorization", &bob)]));
+        assert_eq!(status, 403);
+        assert!(headers.iter().all(|(k, _)| *k != "www-authenticate"));
+
+        let (status, ..) = respond(&decide(&gate, "GET", "/apis/x/../y", &[]));
+        assert_eq!(status, 400, "the request-path rule");
+        let (status, ..) = respond(&decide(&gate, "get", path, &[]));
+        assert_eq!(status, 400, "methods are case-sensitive");
+        let twice = [
+            ("authorization", bob.as_str()),
+            ("Authorization", bob.as_str()),
+        ];
+        let (status, ..) = respond(&decide(&gate, "GET", path, &twice));
+        assert_eq!(status, 401, "a credential header given twice");
+    }
+
+    #[test]
+    fn no_policy_stale_policy_and_a_missing_path_fail_closed() {
+        let alice = token("alice");
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let none = gate("auth: {allow_unsigned_jwt: true}\n", None);
+        let (status, _, body) = respond(&decide(&none, "GET", path, &[("authorization", &alice)]));
+        assert_eq!(
+            (status, body),
+            (
+                503,
+                json!({"detail": "Authorization policy data is not available"})
+            )
+        );
+        let stale = quickstart();
+        stale.policy().stale.store(true, Ordering::Relaxed);
+        let (status, ..) = respond(&decide(&stale, "GET", path, &[("authorization", &alice)]));
+        assert_eq!(status, 503);
+        let no_path: [(&[u8], &[u8]); 1] = [(b":method", b"GET")];
+        let (status, ..) = respond(&quickstart().decide(&no_path, NOW));
+        assert_eq!(status, 400, "no :path");
+        let twice: [(&[u8], &[u8]); 3] =
+            [(b":method", b"GET"), (b":path", b"/a"), (b":path", b"/b")];
+        let (status, ..) = respond(&quickstart().decide(&twice, NOW));
+        assert_eq!(status, 400, ":path twice");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_identify_nobody() {
+        let strict = quickstart();
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let headers: [(&[u8], &[u8]); 3] = [
+            (b":method", b"GET"),
+            (b":path", path.as_bytes()),
+            (b"x-nmp-principal-id", b"ali\xffce"),
+        ];
+        let (status, ..) = respond(&strict.decide(&headers, NOW));
+        assert_eq!(status, 401, "untrusted headers are no identity");
+        let trusting = gate("identity: {trust_principal_headers: true}\n", Some(POLICY));
+        let (status, ..) = respond(&trusting.decide(&headers, NOW));
+        assert_eq!(
+            status, 400,
+            "a principal header that is not printable ASCII"
+        );
+        let headers: [(&[u8], &[u8]); 2] = [(b":method", b"GET"), (b":path", b"/apis/\xff")];
+        let (status, ..) = respond(&strict.decide(&headers, NOW));
+        assert_eq!(
+            status, 401,
+            "a path read with replacement characters: decided, for nobody"
+        );
+    }
+
+    #[test]
+    fn trusted_principal_headers_identify_when_configured() {
+        let trusting = gate(
+            "identity: {trust_principal_headers: true, verify_bearer: false}\n",
+            Some(POLICY),
+        );
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let answer = decide(&trusting, "GET", path, &[("x-nmp-principal-id", "alice")]);
+        assert!(
+            matches!(answer.action, Action::Continue { .. }),
+            "{answer:?}"
+        );
+        let signed = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln";
+        let strict = quickstart();
+        let (status, headers, _) =
+            respond(&decide(&strict, "GET", path, &[("authorization", signed)]));
+        assert_eq!(status, 401, "signed tokens are not verified in the module");
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| *k == "www-authenticate" && v.contains("invalid_token"))
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! The decision table: NMP's `allow` rules (DESIGN.md §1 "Decision semantics") as one table of
 //! cases over `tests/fixtures/decision/policy.yaml`, run against the pure core and again through
-//! a tonic client against the in-process gRPC server ("Check response"). Every allow and deny
+//! a tonic client against the in-process gRPC server ("Check response"), and through a real
+//! Envoy running nmp-authz's dynamic module, whose answers must be the gRPC Check's. Every allow and deny
 //! rule has a case where it applies and one where it narrowly does not. Expectations come from
 //! DESIGN §1 (and the lead's interpretations: `service:` is judged on the principal id only,
 //! method rules compare the method as sent, a `/-/{rest}` tail needs a non-empty remainder,
@@ -495,6 +496,182 @@ async fn decision_table_grpc() {
         }
     }
     report("gRPC", failures, cases.len());
+}
+
+// ---- the same table through Envoy's dynamic module ----
+
+/// An Envoy with nothing but the module in front of `upstream`: no path normalisation and no
+/// bypass routes, so that the module sees each request as the gRPC Check does.
+fn module_envoy_config(upstream: std::net::SocketAddr, authz_config: &str) -> String {
+    let authz: String = authz_config
+        .lines()
+        .map(|l| format!("                          {l}\n"))
+        .collect();
+    format!(
+        r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+    - name: parity
+      address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: parity
+                route_config:
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes: [{{match: {{prefix: /}}, route: {{cluster: upstream}}}}]
+                http_filters:
+                  - name: nmp_authz
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+                      dynamic_module_config: {{name: nmp_authz_envoy, do_not_close: true}}
+                      filter_name: nmp_authz
+                      filter_config:
+                        "@type": type.googleapis.com/google.protobuf.StringValue
+                        value: |
+{authz}                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: upstream
+      connect_timeout: 2s
+      load_assignment:
+        cluster_name: upstream
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}
+"#,
+        ip = upstream.ip(),
+        port = upstream.port(),
+    )
+}
+
+/// An unsigned token for `principal` (its id, email, groups and scopes as claims): the same
+/// identity reaches the module and the gRPC Check through the same `Authorization` header.
+fn token_for(principal: &Principal) -> String {
+    let mut extra: Vec<(&str, serde_json::Value)> = Vec::new();
+    if let Some(email) = &principal.email {
+        extra.push(("email", email.as_str().into()));
+    }
+    if !principal.groups.is_empty() {
+        extra.push(("groups", principal.groups.clone().into()));
+    }
+    if !principal.scopes.is_empty() {
+        extra.push(("scope", principal.scopes.join(" ").into()));
+    }
+    let id = principal.id.as_deref().expect("a sendable principal");
+    common::gateway::unsigned_token(id, &extra)
+}
+
+/// Every case of the table through Envoy's dynamic module gives what the gRPC Check gives for
+/// the same request (same configuration, same policy file): the status, and on allow the
+/// `x-nmp-*` headers the upstream receives (exactly those the Check sets), on a denial the
+/// body and challenge. Every case but one: this Envoy passes paths on unnormalised, so the
+/// cases the request-path rule refuses reach the module as they reach Check; a lower-case
+/// method is refused by Envoy's HTTP parser before any filter (400 too).
+#[test]
+fn decision_table_module_matches_grpc_check() {
+    use common::gateway::{Upstream, request};
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decision");
+    let upstream = Upstream::start();
+    let mut stacks = Vec::new();
+    for (on, file) in [
+        (On::Main, "policy.yaml"),
+        (On::NoEndpoints, "no-endpoints.yaml"),
+    ] {
+        let config = format!(
+            "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\npolicy:\n  sources:\n    - file: {}\n",
+            fixtures.join(file).display()
+        );
+        let parsed = nmp_authz::config::parse(&config, "parity", []).unwrap();
+        let policy = nmp_authz::sources::load(&parsed).unwrap();
+        let server = runtime.block_on(TestServer::start(nmp_authz::server::State::new(
+            &parsed,
+            Some(policy),
+        )));
+        let envoy = common::module::start_envoy(&module_envoy_config(upstream.addr(), &config));
+        stacks.push((on, server, envoy));
+    }
+    let cases = cases();
+    let (mut failures, mut compared, mut refused_by_envoy) = (Vec::new(), 0usize, 0usize);
+    for case in cases.iter() {
+        let (_, server, envoy) = stacks.iter_mut().find(|(on, ..)| *on == case.on).unwrap();
+        let who = sendable(case.who.as_ref());
+        let authorization = who.map(|p| format!("Bearer {}", token_for(p)));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|a| ("authorization", a.as_str()))
+            .collect();
+        let context = format!("{}: {} {} as {who:?}", case.name, case.method, case.path);
+        let check =
+            runtime.block_on(server.check(check_request(case.method, case.path, None, &headers)));
+        upstream.take_requests();
+        let got = request(envoy.addr(), case.method, case.path, &headers);
+        let forwarded = upstream.take_requests();
+        if case.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            // Envoy's HTTP/1 parser refuses a lower-case method itself (400, before any
+            // filter), as Check refuses it (400): both refuse, neither forwards.
+            if got.status != 400 || !forwarded.is_empty() {
+                failures.push(format!("{context}: Envoy answered {got:?}"));
+            }
+            refused_by_envoy += 1;
+            continue;
+        }
+        compared += 1;
+        match &check.http_response {
+            Some(HttpResponse::OkResponse(ok)) => {
+                let mut expected: Vec<(String, String)> = ok
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref())
+                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .collect();
+                expected.sort();
+                match forwarded.as_slice() {
+                    [one] if got.status == 200 && one.nmp_headers() == expected => {}
+                    _ => failures.push(format!(
+                        "{context}: Check allows with {expected:?}; the module answered {} and forwarded {forwarded:?}",
+                        got.status
+                    )),
+                }
+            }
+            Some(HttpResponse::DeniedResponse(denied)) => {
+                let status = denied.status.as_ref().map_or(0, |s| s.code);
+                let challenge = header(&denied.headers, "www-authenticate");
+                if i32::from(got.status) != status
+                    // A reply to HEAD has no body.
+                    || (case.method != "HEAD" && got.body != denied.body)
+                    || got.header("content-type") != Some("application/json")
+                    || got.header("www-authenticate") != challenge
+                    || !forwarded.is_empty()
+                {
+                    failures.push(format!(
+                        "{context}: Check denies {status} {:?} (challenge {challenge:?}); the module answered {got:?}, forwarded {forwarded:?}",
+                        denied.body
+                    ));
+                }
+            }
+            other => failures.push(format!("{context}: Check answered {other:?}")),
+        }
+    }
+    assert_eq!(
+        (compared, refused_by_envoy),
+        (cases.len() - 1, 1),
+        "every case compared but the lower-case method"
+    );
+    report("module vs gRPC", failures, compared);
 }
 
 // ---- has_permissions and has_role ----

@@ -109,7 +109,7 @@ pub struct Loopback {
 }
 
 /// `http://host:port/...` → `(host, port)`.
-fn http_authority(url: &str) -> (String, u16) {
+pub fn http_authority(url: &str) -> (String, u16) {
     let rest = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("a loopback identity provider is http://, got {url}"));
@@ -147,7 +147,7 @@ pub fn substitute(text: &str, pairs: &[(&str, String)]) -> Result<String, String
 }
 
 /// Removes the lines from `begin` to `end` (inclusive); both must be present, in order.
-fn remove_block(text: &str, begin: &str, end: &str) -> Result<String, String> {
+pub fn remove_block(text: &str, begin: &str, end: &str) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let (mut inside, mut seen) = (false, 0);
     for line in text.split_inclusive('\n') {
@@ -235,7 +235,13 @@ pub fn envoy_binary() -> PathBuf {
 
 /// `envoy --mode validate -c <config>`: Ok, or Err with Envoy's output.
 pub fn validate(config: &Path) -> Result<(), String> {
+    validate_with_env(config, &[])
+}
+
+/// [`validate`] with `env` set for Envoy (e.g. where its dynamic modules are).
+pub fn validate_with_env(config: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<(), String> {
     let output = Command::new(envoy_binary())
+        .envs(env.iter().copied())
         .args([
             "--mode",
             "validate",
@@ -274,12 +280,18 @@ impl Envoy {
     /// Starts Envoy with `config` (its listener and admin on port 0) and waits, polling the
     /// admin `/ready`, until it is LIVE; then learns the listener's port from the admin API.
     pub fn start(config: &str) -> Envoy {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Envoy::start`] with `env` set for Envoy (e.g. where its dynamic modules are).
+    pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Envoy {
         let dir = tempfile::tempdir().expect("temporary directory for Envoy");
         let config_path = dir.path().join("envoy.yaml");
         fs::write(&config_path, config).expect("write the Envoy config");
         let admin_path = dir.path().join("admin-address");
         let log = File::create(dir.path().join("envoy.log")).expect("create envoy.log");
         let child = Command::new(envoy_binary())
+            .envs(env.iter().copied())
             .arg("-c")
             .arg(&config_path)
             .arg("--admin-address-path")

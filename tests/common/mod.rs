@@ -351,6 +351,7 @@ pub fn expect_principal_headers(
 pub mod bundle;
 pub mod bypass;
 pub mod gateway;
+pub mod module;
 pub mod nginx;
 pub mod nmp;
 pub mod oidc;

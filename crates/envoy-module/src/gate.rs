@@ -7,8 +7,8 @@
 //! layer (`abi.rs`) only moves bytes in and out.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 
 use nmp_authz_core::answer::{allow_headers, denial_headers, detail_body, headers_to_remove};
 use nmp_authz_core::config::Config;
@@ -31,10 +31,22 @@ pub struct Gate {
     auth_enabled: bool,
     identity: IdentitySettings,
     cell: Arc<PolicyCell>,
-    /// Stops the refresh thread when the configuration goes (`None` for a gate over a fixed
-    /// policy, in tests).
-    _refresher: Option<Refresher>,
+    /// The policy's refresh thread, shared with every gate of the same configuration, stopped
+    /// when the last of them goes (`None` for a gate over a fixed policy).
+    _loaded: Option<Arc<Loaded>>,
 }
+
+/// A policy and the thread that keeps it current.
+#[derive(Debug)]
+struct Loaded {
+    cell: Arc<PolicyCell>,
+    _refresher: Refresher,
+}
+
+/// Filter configurations with the same text (and environment) share one compiled policy and
+/// one refresh thread: one copy per Envoy process, however many listeners or configuration
+/// updates use it.
+static LOADED: Mutex<Vec<(String, Weak<Loaded>)>> = Mutex::new(Vec::new());
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +85,8 @@ impl Gate {
         env: impl IntoIterator<Item = (String, String)>,
         log: Log,
     ) -> Result<Self, String> {
-        let config = nmp_authz_core::config::parse(text, "the filter configuration", env)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let config = nmp_authz_core::config::parse(text, "the filter configuration", env.clone())
             .map_err(|e| e.to_string())?;
         if config.auth.oidc.enabled {
             return Err(
@@ -83,18 +96,41 @@ impl Gate {
                     .into(),
             );
         }
-        let cell = Arc::new(PolicyCell::default());
-        let refresher = Refresher::start(&config, cell.clone(), log)?;
-        Ok(Self::new(&config, cell, Some(refresher)))
+        let key = format!("{env:?}\n{text}");
+        let mut shared = LOADED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shared.retain(|(_, loaded)| loaded.strong_count() > 0);
+        let existing = shared
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, loaded)| loaded.upgrade());
+        let loaded = match existing {
+            Some(loaded) => loaded,
+            None => {
+                let cell = Arc::new(PolicyCell::default());
+                let refresher = Refresher::start(&config, cell.clone(), log)?;
+                let loaded = Arc::new(Loaded {
+                    cell,
+                    _refresher: refresher,
+                });
+                shared.push((key, Arc::downgrade(&loaded)));
+                loaded
+            }
+        };
+        drop(shared);
+        let mut gate = Self::new(&config, loaded.cell.clone());
+        gate._loaded = Some(loaded);
+        Ok(gate)
     }
 
-    /// A gate over `cell` (kept current by `refresher`, if any).
-    pub fn new(config: &Config, cell: Arc<PolicyCell>, refresher: Option<Refresher>) -> Self {
+    /// A gate over `cell`, a policy its owner keeps current.
+    pub fn new(config: &Config, cell: Arc<PolicyCell>) -> Self {
         Self {
             auth_enabled: config.auth.enabled,
             identity: config.identity_settings(),
             cell,
-            _refresher: refresher,
+            _loaded: None,
         }
     }
 
@@ -264,7 +300,7 @@ mod tests {
             let compiled = CompiledPolicy::build_layers(&[&document], &defaults, "rev").unwrap();
             cell.policy.store(Some(Arc::new(compiled)));
         }
-        Gate::new(&config, cell, None)
+        Gate::new(&config, cell)
     }
 
     fn quickstart() -> Gate {
@@ -440,6 +476,26 @@ mod tests {
             headers
                 .iter()
                 .any(|(k, v)| *k == "www-authenticate" && v.contains("invalid_token"))
+        );
+    }
+
+    #[test]
+    fn configurations_with_the_same_text_share_one_policy() {
+        fn quiet(_: crate::policy::Severity, _: &str) {}
+        let text = "auth: {allow_unsigned_jwt: true}\n";
+        let a = Gate::from_config(text, [], quiet).unwrap();
+        let b = Gate::from_config(text, [], quiet).unwrap();
+        assert!(
+            Arc::ptr_eq(&a.cell, &b.cell),
+            "one copy for one configuration"
+        );
+        let other = Gate::from_config("auth: {allow_unsigned_jwt: false}\n", [], quiet).unwrap();
+        assert!(!Arc::ptr_eq(&a.cell, &other.cell));
+        let cell = Arc::downgrade(&a.cell);
+        drop((a, b));
+        assert!(
+            cell.upgrade().is_none(),
+            "released with the last configuration"
         );
     }
 }

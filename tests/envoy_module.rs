@@ -19,6 +19,7 @@ mod common;
 use std::fs;
 use std::time::Duration;
 
+use common::bundle::{BundleServer, Serve, THINGS, bundle, document};
 use common::bypass::check_bypass;
 use common::gateway::{
     Idp, Recorded, Response, Upstream, get, poll_until, request, template, unsigned_token,
@@ -466,7 +467,7 @@ fn a_configuration_the_module_cannot_honour_keeps_envoy_from_starting() {
     let dir = tempfile::tempdir().unwrap();
     for (authz, says) in [
         (
-            "policy:\n  sources:\n    - bundle_url: http://127.0.0.1:9/b.tar.gz\n",
+            "policy:\n  sources:\n    - bundle_url: https://127.0.0.1:9/b.tar.gz\n",
             "bundle_url",
         ),
         (
@@ -525,4 +526,73 @@ fn a_configuration_the_module_cannot_honour_keeps_envoy_from_starting() {
             "{authz}: the log does not say {says}:\n{log}"
         );
     }
+}
+
+/// NMP's bundle as the policy source: one that cannot be loaded yet when Envoy starts is no
+/// configuration error (503 until it loads, as the server); polled with its ETag (304s keep the
+/// policy), identified as configured; a new bundle applies without an Envoy restart, a bundle
+/// that stops loading fails closed once stale (here after 2 s), and service resumes.
+#[test]
+fn bundle_changes_apply_and_a_bad_bundle_fails_closed() {
+    let served = |principal: &str, etag: &str| Serve::Bundle {
+        body: bundle(&document(principal), etag),
+        etag: format!("\"{etag}\""),
+    };
+    // Not loadable yet when Envoy starts: Envoy starts all the same, and answers 503.
+    let server = BundleServer::start(Serve::Raw(b"not a bundle yet".to_vec()));
+    let authz = format!(
+        "auth:
+  allow_unsigned_jwt: true
+  bootstrap_bindings: false
+  policy_data_refresh_interval: 1
+policy:
+  max_staleness_seconds: 2
+  sources:
+    - bundle_url: {}
+      principal_id: service:nmp-authz
+",
+        server.url
+    );
+    let upstream = Upstream::start();
+    let envoy = start_envoy(&module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        &authz,
+    ));
+    let alice = bearer(&unsigned_token("alice", &[]));
+    let status = || get(envoy.addr(), THINGS, &[("Authorization", &alice)]).status;
+    let becomes = |want: u16, what: &str| {
+        poll_until(POLICY_LIMIT, || {
+            let got = status();
+            (got == want).then_some(()).ok_or(format!("{what}: {got}"))
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()))
+    };
+    assert_eq!(status(), 503, "{}", envoy.log());
+    server.set(served("alice", "r1"));
+    becomes(200, "the bundle loads");
+    // Polled again with the ETag, answered 304: the policy stays.
+    poll_until(POLICY_LIMIT, || {
+        let seen = server.seen_if_none_match.lock().unwrap().clone();
+        seen.contains(&Some("\"r1\"".to_string()))
+            .then_some(())
+            .ok_or(format!("{seen:?}"))
+    })
+    .unwrap();
+    assert_eq!(status(), 200);
+    let headers = server.seen_headers.lock().unwrap().clone();
+    assert!(
+        headers
+            .iter()
+            .all(|h| h.contains(&("x-nmp-principal-id".into(), "service:nmp-authz".into()))),
+        "{headers:?}"
+    );
+
+    server.set(served("bob", "r2"));
+    becomes(403, "alice's binding gone from the bundle");
+    server.set(Serve::Raw(b"not a bundle".to_vec()));
+    becomes(503, "a bundle that does not load, once stale");
+    server.set(served("alice", "r3"));
+    becomes(200, "a good bundle again");
 }

@@ -1,5 +1,5 @@
 //! The module's policy: compiled from the configured sources (the built-in catalog, policy
-//! files) into one [`CompiledPolicy`], swapped whole (arc-swap) so that request hooks on every
+//! files, NMP's OPA bundles over `http://`) into one [`CompiledPolicy`], swapped whole (arc-swap) so that request hooks on every
 //! Envoy worker read it without waiting, and refreshed on a background thread of the module's
 //! own every `auth.policy_data_refresh_interval` seconds. A refresh that fails keeps the last
 //! good policy; after `policy.max_staleness_seconds` without a good one, [`PolicyCell::stale`]
@@ -15,7 +15,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use nmp_authz_core::config::{Config, SourceConfig};
+use nmp_authz_core::policy::source::parse_bundle;
 use nmp_authz_core::policy::{BindingDefaults, CompiledPolicy, Format, SourceDocument, builtin};
+
+/// Bound on a bundle download (compressed), as the server's.
+const MAX_BUNDLE_BYTES: u64 = 32 * 1024 * 1024;
+/// Bound on one bundle request (less when the data would go stale sooner).
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the request hooks read: the policy in use and whether it may still be used.
 #[derive(Debug, Default)]
@@ -38,11 +44,16 @@ pub enum Severity {
 #[derive(Debug)]
 pub(crate) struct Sources {
     sources: Vec<Source>,
+    /// Blocking HTTP for bundles (this runs on the refresh thread only).
+    http: ureq::Agent,
     defaults: BindingDefaults,
     /// Fingerprint of the documents behind the policy in use.
     compiled: Option<u64>,
     /// The end of the last refresh in which every source was read and the documents compiled.
     last_good: Option<Instant>,
+    /// The last refresh failed for a local reason: a file or the built-in catalog, or
+    /// documents that do not compile (a remote bundle's failure is not one).
+    failed_locally: bool,
     max_staleness: Duration,
 }
 
@@ -57,6 +68,13 @@ struct Source {
 enum Kind {
     Builtin,
     File(PathBuf),
+    /// NMP's `opa-bundle.tar.gz`, polled with the ETag of the last good download.
+    Bundle {
+        url: String,
+        principal_id: Option<String>,
+        bearer_token_file: Option<PathBuf>,
+        etag: Option<String>,
+    },
 }
 
 impl Sources {
@@ -71,12 +89,25 @@ impl Sources {
             let kind = match source {
                 SourceConfig::Builtin { .. } => Kind::Builtin,
                 SourceConfig::File { file } => Kind::File(file.clone()),
-                SourceConfig::BundleUrl { .. } => {
-                    return Err(format!(
-                        "policy.sources[{i}]: bundle_url sources are not supported by the Envoy \
-                         module; use a file source (kept current by a sidecar or a ConfigMap) or \
-                         nmp-authz over ext_authz"
-                    ));
+                SourceConfig::BundleUrl {
+                    bundle_url,
+                    principal_id,
+                    bearer_token_file,
+                } => {
+                    // No TLS stack inside Envoy's process: bundles come over the cluster's
+                    // network, as NMP serves them.
+                    if !bundle_url.starts_with("http://") {
+                        return Err(format!(
+                            "config error at policy.sources[{i}].bundle_url: the Envoy module \
+                             fetches bundles over http:// only (got {bundle_url:?})"
+                        ));
+                    }
+                    Kind::Bundle {
+                        url: bundle_url.clone(),
+                        principal_id: principal_id.clone(),
+                        bearer_token_file: bearer_token_file.clone(),
+                        etag: None,
+                    }
                 }
             };
             sources.push(Source {
@@ -84,12 +115,21 @@ impl Sources {
                 current: None,
             });
         }
+        let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(BUNDLE_TIMEOUT.min(max_staleness)))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
         Ok(Self {
             sources,
+            http,
             defaults: config.binding_defaults(),
             compiled: None,
             last_good: None,
-            max_staleness: Duration::from_secs(config.policy.max_staleness_seconds),
+            failed_locally: false,
+            max_staleness,
         })
     }
 
@@ -97,8 +137,10 @@ impl Sources {
     /// nothing changed, or why a source or the compile failed (the policy in use stays).
     pub(crate) fn refresh(&mut self) -> Result<Option<CompiledPolicy>, String> {
         let mut failure = None;
+        self.failed_locally = false;
         for source in &mut self.sources {
-            if let Err(e) = source.read() {
+            if let Err(e) = source.read(&self.http) {
+                self.failed_locally |= !matches!(source.kind, Kind::Bundle { .. });
                 failure.get_or_insert(e);
             }
         }
@@ -124,6 +166,7 @@ impl Sources {
                             Some(policy)
                         }
                         Err(e) => {
+                            self.failed_locally = true;
                             failure.get_or_insert(format!("policy does not compile: {e}"));
                             None
                         }
@@ -148,8 +191,8 @@ impl Sources {
 }
 
 impl Source {
-    fn read(&mut self) -> Result<(), String> {
-        match &self.kind {
+    fn read(&mut self, http: &ureq::Agent) -> Result<(), String> {
+        match &mut self.kind {
             Kind::Builtin => {
                 if self.current.is_none() {
                     let document = SourceDocument::from(builtin::builtin_document());
@@ -158,6 +201,7 @@ impl Source {
                 Ok(())
             }
             Kind::File(path) => {
+                let path: &Path = path;
                 let context = |e: String| format!("policy file {}: {e}", path.display());
                 let bytes = std::fs::read(path).map_err(|e| context(e.to_string()))?;
                 let mut print = std::collections::hash_map::DefaultHasher::new();
@@ -168,6 +212,54 @@ impl Source {
                 }
                 let document = parse_file(path, &bytes).map_err(context)?;
                 self.current = Some((document, print));
+                Ok(())
+            }
+            Kind::Bundle {
+                url,
+                principal_id,
+                bearer_token_file,
+                etag,
+            } => {
+                let context = |e: String| format!("bundle {url}: {e}");
+                let mut request = http.get(url.as_str());
+                // How the bundle request identifies itself, as the server's does.
+                if let Some(id) = principal_id {
+                    request = request.header("x-nmp-principal-id", id.as_str());
+                }
+                if let Some(file) = bearer_token_file {
+                    let token = std::fs::read_to_string(&*file).map_err(|e| {
+                        context(format!("bearer_token_file {}: {e}", file.display()))
+                    })?;
+                    request = request.header("authorization", format!("Bearer {}", token.trim()));
+                }
+                if let (Some(_), Some(tag)) = (&self.current, etag.as_deref()) {
+                    request = request.header("if-none-match", tag);
+                }
+                let mut response = request.call().map_err(|e| context(e.to_string()))?;
+                match response.status().as_u16() {
+                    304 => return Ok(()),
+                    200 => {}
+                    status => return Err(context(format!("HTTP {status}"))),
+                }
+                let tag = response
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_BUNDLE_BYTES)
+                    .read_to_vec()
+                    .map_err(|e| context(e.to_string()))?;
+                let mut print = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut print);
+                let print = print.finish();
+                if self.current.as_ref().is_none_or(|(_, p)| *p != print) {
+                    let document = parse_bundle(&body).map_err(context)?;
+                    self.current = Some((document, print));
+                }
+                *etag = tag;
                 Ok(())
             }
         }
@@ -188,14 +280,22 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    /// Loads the policy once (a source that cannot be read or compiled now is a configuration
-    /// error, as it is for the server), then refreshes it every `interval` on a thread.
+    /// Loads the policy once, then refreshes it every `interval` on a thread. As for the
+    /// server, a file or the built-in catalog that cannot be read now, or documents that do
+    /// not compile, are a configuration error; a bundle that cannot be fetched yet is not:
+    /// every request is a 503 until it loads.
     pub fn start(config: &Config, cell: Arc<PolicyCell>, log: Log) -> Result<Self, String> {
         let mut sources = Sources::new(config)?;
-        match sources.refresh()? {
-            Some(policy) => install(&cell, policy, log),
-            None => return Err("no policy data".into()),
+        match sources.refresh() {
+            Ok(Some(policy)) => install(&cell, policy, log),
+            Ok(None) => return Err("no policy data".into()),
+            Err(e) if sources.failed_locally => return Err(e),
+            Err(e) => log(
+                Severity::Error,
+                &format!("nmp-authz: no policy data yet, answering 503 until it loads: {e}"),
+            ),
         }
+        cell.stale.store(sources.stale(), Ordering::Relaxed);
         let interval = Duration::from_secs(config.auth.policy_data_refresh_interval.max(1));
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -326,11 +426,11 @@ mod tests {
     }
 
     #[test]
-    fn bundles_are_refused_with_the_key() {
-        let config = config("policy:\n  sources: [{bundle_url: http://auth:8000/b.tar.gz}]\n");
+    fn https_bundles_are_refused_with_the_key() {
+        let config = config("policy:\n  sources: [{bundle_url: https://auth:8000/b.tar.gz}]\n");
         let error = Sources::new(&config).unwrap_err();
         assert!(
-            error.starts_with("policy.sources[0]: bundle_url"),
+            error.starts_with("config error at policy.sources[0].bundle_url"),
             "{error}"
         );
     }

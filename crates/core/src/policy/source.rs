@@ -310,6 +310,47 @@ impl Visitor<'_> for Name<'_> {
     }
 }
 
+/// Bound on what a bundle's `data.json` may decompress to (a gzip bomb stops here).
+const MAX_BUNDLE_DATA_BYTES: u64 = 256 * 1024 * 1024;
+
+/// NMP's `opa-bundle.tar.gz`: a gzip tar holding `data.json` (root `authz`) and `.manifest`.
+pub fn parse_bundle(gzipped: &[u8]) -> Result<SourceDocument, String> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gzipped));
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a gzip tar: {e}"))?;
+    let mut data = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("bad bundle entry: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("bad bundle entry path: {e}"))?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_string();
+        if path == "data.json" {
+            // Sized from the header up front: growing by doubling would copy it over and over
+            // and peak at up to twice its size.
+            let size = entry.size().min(MAX_BUNDLE_DATA_BYTES + 1);
+            let mut text = String::with_capacity(usize::try_from(size).unwrap_or_default());
+            entry
+                .take(MAX_BUNDLE_DATA_BYTES + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("data.json: {e}"))?;
+            if text.len() as u64 > MAX_BUNDLE_DATA_BYTES {
+                return Err(format!(
+                    "data.json is larger than {MAX_BUNDLE_DATA_BYTES} bytes"
+                ));
+            }
+            data = Some(text);
+        }
+    }
+    let data = data.ok_or("the bundle has no data.json")?;
+    SourceDocument::parse_bundle_data(&data).map_err(|e| format!("data.json: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

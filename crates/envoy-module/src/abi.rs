@@ -4,8 +4,9 @@
 //! declarations in Envoy's `source/extensions/dynamic_modules/abi.h`; only this file uses
 //! `unsafe`, and only to move bytes between Envoy's buffers and [`Gate`].
 //!
-//! Every hook runs under `catch_unwind`: a panic never unwinds into Envoy (that would abort
-//! it). A panic or failure while deciding answers 503 and stops the request: never an allow.
+//! Every hook that runs code of the module's runs it under `catch_unwind` (the others return a
+//! constant): a panic never unwinds into Envoy (that would abort it). A panic or failure while
+//! deciding answers 503 and stops the request: never an allow.
 //!
 //! Envoy requires every HTTP filter hook to be exported even where a filter has no use for it
 //! (bodies, trailers, callouts, schedulers, watermarks); those here do nothing and let the
@@ -241,10 +242,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     _name: EnvoyBuffer,
     _config: EnvoyBuffer,
 ) -> ModulePtr {
-    log(
-        LOG_ERROR,
-        "nmp-authz: per-route configuration is not supported",
-    );
+    let refused = "nmp-authz: per-route configuration is not supported";
+    let _ = catch_unwind(|| log(LOG_ERROR, refused));
     std::ptr::null()
 }
 

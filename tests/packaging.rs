@@ -830,6 +830,17 @@ fn kubernetes_envoy_config_is_envoy_yaml_rendered_and_valid() {
 
 #[test]
 fn demo_check_passes() {
+    demo_check(false);
+}
+
+/// `demo.sh --module --check`: the same walkthrough with the decision inside Envoy (the
+/// module built by the script, envoy/quickstart-module.yaml).
+#[test]
+fn demo_module_check_passes() {
+    demo_check(true);
+}
+
+fn demo_check(module: bool) {
     // Fail here, clearly, rather than inside the script.
     let envoy = tool("envoy");
     let grpcurl = tool("grpcurl");
@@ -849,6 +860,7 @@ fn demo_check_passes() {
     let stderr_path = logs.path().join("stderr");
     let mut child = Command::new(root().join("scripts/demo.sh"))
         .arg("--check")
+        .args(module.then_some("--module"))
         .env("NMP_AUTHZ_BIN", BIN)
         .env("ENVOY_BIN", &envoy)
         .env("PATH", path)
@@ -910,6 +922,11 @@ fn demo_check_passes() {
     ] {
         assert!(stdout.contains(line), "missing {line:?}\n{report}");
     }
+    assert_eq!(
+        stdout.contains("building nmp-authz's Envoy module"),
+        module,
+        "{report}"
+    );
 }
 
 #[test]

@@ -13,7 +13,10 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value as Json};
 
-use nmp_authz_core::identity::{AcceptedToken, Rejection, TokenVerification, refused_header};
+use nmp_authz_core::identity::{
+    AcceptedToken, Rejection, SigningAlgorithm, TokenVerification, UNTRUSTED_ISSUER,
+    signing_algorithm,
+};
 
 /// How many verified tokens are remembered; each entry lives until its token expires.
 const CACHE_CAPACITY: u64 = 50_000;
@@ -191,24 +194,16 @@ impl TokenVerifier {
         header: &Map<String, Json>,
         claims: &Map<String, Json>,
     ) -> Result<Map<String, Json>, Rejection> {
-        if let Some(detail) = refused_header(header) {
-            return Err(Rejection::Invalid(detail));
-        }
-        let algorithm = match header.get("alg").and_then(Json::as_str) {
-            Some("RS256") => Algorithm::RS256,
-            Some("ES256") => Algorithm::ES256,
-            _ => {
-                return Err(Rejection::Invalid(
-                    "Token algorithm is not accepted (RS256 or ES256 only)",
-                ));
-            }
+        let algorithm = match signing_algorithm(header)? {
+            SigningAlgorithm::Rs256 => Algorithm::RS256,
+            SigningAlgorithm::Es256 => Algorithm::ES256,
         };
         let Some(issuer) = claims
             .get("iss")
             .and_then(Json::as_str)
             .and_then(|iss| self.issuers.get(iss))
         else {
-            return Err(Rejection::Invalid("Token issuer is not trusted"));
+            return Err(Rejection::Invalid(UNTRUSTED_ISSUER));
         };
         let keys = issuer.keys();
         let kid = match header.get("kid") {

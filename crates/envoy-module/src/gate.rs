@@ -243,9 +243,10 @@ fn facts(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
     facts
 }
 
-/// Signed bearer tokens are not verified in the module (no JWKS fetching inside Envoy yet):
-/// refused, so that only unsigned quickstart tokens (`auth.allow_unsigned_jwt`) and gateway-set
-/// principal headers identify anyone.
+/// Signed bearer tokens are not verified in the module (no JWKS fetching inside Envoy yet): no
+/// issuer is trusted, so a signed token is refused exactly as by a server without OIDC, and only
+/// unsigned quickstart tokens (`auth.allow_unsigned_jwt`) and gateway-set principal headers
+/// identify anyone.
 #[derive(Debug)]
 struct Unverified;
 
@@ -262,10 +263,8 @@ impl TokenVerification for Unverified {
         header: &Map<String, Json>,
         _claims: &Map<String, Json>,
     ) -> Result<Map<String, Json>, Rejection> {
-        Err(Rejection::Invalid(
-            identity::refused_header(header)
-                .unwrap_or("Signed tokens are not verified here; the gateway verifies them"),
-        ))
+        identity::signing_algorithm(header)?;
+        Err(Rejection::Invalid(identity::UNTRUSTED_ISSUER))
     }
 }
 

@@ -21,7 +21,10 @@ use crate::policy::Principal;
 pub use claims::{Claim, Claims};
 pub use credentials::Credentials;
 pub use principal::{is_carriable_id, is_principal_id, validate_principal};
-pub use token::{AcceptedToken, decode_unverified, refused_header, unsigned_token};
+pub use token::{
+    AcceptedToken, SigningAlgorithm, UNTRUSTED_ISSUER, decode_unverified, refused_header,
+    signing_algorithm, unsigned_token,
+};
 
 use claims::{Mapped, map_claims};
 use credentials::HEADER_ID;

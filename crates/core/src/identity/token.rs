@@ -33,6 +33,31 @@ pub fn refused_header(header: &Map<String, Json>) -> Option<&'static str> {
     })
 }
 
+/// The signature algorithms accepted for signed tokens (DESIGN: RS256 and ES256 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    Rs256,
+    Es256,
+}
+
+/// The refusal of a signed token whose issuer is not one of the trusted ones.
+pub const UNTRUSTED_ISSUER: &str = "Token issuer is not trusted";
+
+/// What every verifier checks in a signed token's header before looking for a key: no key,
+/// extension or nesting of its own ([`refused_header`]), and RS256 or ES256.
+pub fn signing_algorithm(header: &Map<String, Json>) -> Result<SigningAlgorithm, Rejection> {
+    if let Some(detail) = refused_header(header) {
+        return Err(Rejection::Invalid(detail));
+    }
+    match header.get("alg").and_then(Json::as_str) {
+        Some("RS256") => Ok(SigningAlgorithm::Rs256),
+        Some("ES256") => Ok(SigningAlgorithm::Es256),
+        _ => Err(Rejection::Invalid(
+            "Token algorithm is not accepted (RS256 or ES256 only)",
+        )),
+    }
+}
+
 /// base64url as JWTs use it; padded input is accepted too, since some encoders emit it.
 const B64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,

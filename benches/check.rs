@@ -54,8 +54,28 @@ fn noop_response() -> CheckResponse {
     }
 }
 
+/// The quickstart server with a dry run whose shadow policy is the same catalog: every Check
+/// decided twice, the disagreements (none) counted. What a dry run costs a Check.
+fn quickstart_state_with_shadow() -> State {
+    let mut config = nmp_authz::config::load_from_process_env(None).expect("quickstart config");
+    config.policy.shadow = Some(nmp_authz::config::ShadowConfig {
+        sources: config.policy.sources.clone(),
+    });
+    let policy = nmp_authz::sources::load(&config).expect("built-in catalog");
+    let state = State::new(&config, Some(policy));
+    let shadow = nmp_authz::sources::load(&config).expect("built-in catalog");
+    let metrics = state.metrics.clone();
+    state
+        .shadow
+        .as_ref()
+        .expect("configured")
+        .install(shadow, &metrics);
+    state
+}
+
 fn checks(c: &mut Criterion) {
     let state = quickstart_state();
+    let with_shadow = quickstart_state_with_shadow();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
@@ -67,6 +87,15 @@ fn checks(c: &mut Criterion) {
                 let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
                 i += 1;
                 let (response, _) = runtime.block_on(check::check(&state, &request));
+                black_box(response.encode_to_vec())
+            })
+        });
+        group.bench_function(format!("nmp-authz with a dry run, {name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
+                i += 1;
+                let (response, _) = runtime.block_on(check::check(&with_shadow, &request));
                 black_box(response.encode_to_vec())
             })
         });

@@ -237,6 +237,18 @@ pub struct PolicyConfig {
     pub bootstrap: Vec<SourceConfig>,
     /// After this long without a good load, deny with 503 (fail closed).
     pub max_staleness_seconds: u64,
+    /// A candidate policy evaluated beside the enforced one on every Check, without affecting
+    /// any answer (a dry run): where they disagree is counted and logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `policy.shadow`: the dry-run policy's sources, of the same kinds as `policy.sources`,
+/// merged in order, loaded and reloaded as they are.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -245,6 +257,7 @@ impl Default for PolicyConfig {
             sources: vec![SourceConfig::Builtin { builtin: true }],
             bootstrap: Vec::new(),
             max_staleness_seconds: 300,
+            shadow: None,
         }
     }
 }
@@ -763,8 +776,25 @@ impl Config {
                 "must list at least one source (`- builtin: true` for the built-in catalog)",
             ));
         }
-        for (i, source) in self.policy.sources.iter().enumerate() {
-            let key = format!("policy.sources[{i}]");
+        check_sources("policy.sources", &self.policy.sources)?;
+        if let Some(shadow) = &self.policy.shadow {
+            if shadow.sources.is_empty() {
+                return Err(ConfigError::key(
+                    "policy.shadow.sources",
+                    "must list at least one source (remove policy.shadow to turn the dry run off)",
+                ));
+            }
+            check_sources("policy.shadow.sources", &shadow.sources)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks each source of the list at `list` (`policy.sources`, `policy.shadow.sources`).
+fn check_sources(list: &str, sources: &[SourceConfig]) -> Result<(), ConfigError> {
+    {
+        for (i, source) in sources.iter().enumerate() {
+            let key = format!("{list}[{i}]");
             match source {
                 SourceConfig::Builtin { builtin: false } => {
                     return Err(ConfigError::key(
@@ -1398,6 +1428,40 @@ policy:
             msg.contains("at policy.bootstrap[0]: must be local"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn shadow_policy_keys() {
+        assert!(
+            yaml("").unwrap().policy.shadow.is_none(),
+            "no dry run by default"
+        );
+        let c = yaml("policy:\n  shadow:\n    sources:\n      - file: candidate.yaml\n").unwrap();
+        assert_eq!(
+            c.policy.shadow.unwrap().sources,
+            vec![SourceConfig::File {
+                file: "candidate.yaml".into()
+            }]
+        );
+        for (text, named) in [
+            (
+                "policy:\n  shadow:\n    sources: []\n",
+                "policy.shadow.sources",
+            ),
+            ("policy:\n  shadow: {}\n", "policy.shadow.sources"),
+            ("policy:\n  shadow:\n    source: []\n", "source"),
+            (
+                "policy:\n  shadow:\n    sources:\n      - bundle_url: ftp://x\n",
+                "policy.shadow.sources[0].bundle_url",
+            ),
+            (
+                "policy:\n  shadow:\n    sources:\n      - builtin: false\n",
+                "policy.shadow.sources[0]",
+            ),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]

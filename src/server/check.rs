@@ -139,6 +139,9 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
     state
         .metrics
         .record_check(verdict.outcome, verdict.status, took);
+    if let Some(shadow) = &state.shadow {
+        shadow.compare(request, verdict);
+    }
     if state
         .decision_log
         .should_log(verdict.allowed(), verdict.outcome)

@@ -14,7 +14,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
 use super::{State, http_authz, pdp};
-use crate::identity;
 
 /// The routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,19 +135,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/apis/auth/discovery" => json(StatusCode::OK, state.discovery.clone()),
         "/metrics" => {
-            let policy = state.policy.load();
-            let loaded_at = state.policy_loaded_at.load(Ordering::Relaxed);
-            let age = (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at));
-            let body = state.metrics.render(
-                policy.as_ref().map(|p| p.revision()),
-                age,
-                state.stale.load(Ordering::Relaxed),
-                state.ready(),
-            );
+            let body = state.metrics.render(state.scrape());
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                header::HeaderValue::from_static(crate::telemetry::METRICS_CONTENT_TYPE),
             );
             response
         }

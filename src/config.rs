@@ -42,6 +42,55 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http_authz: HttpAuthzConfig,
     pub pdp: PdpConfig,
+    pub traces: TracesConfig,
+}
+
+/// `traces`: a span per authorization request, exported over OTLP (README "Traces").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    pub enabled: bool,
+    /// The OTLP receiver: `http://host:4317` for gRPC; the full URL for HTTP
+    /// (`http://host:4318/v1/traces`).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// The fraction of requests without a trace context that start a sampled trace; a
+    /// request's own sampled flag is always followed.
+    pub sample_ratio: f64,
+    pub service_name: String,
+    /// Put the principal id in the span (`nmp_authz.principal.id`); off: only its kind.
+    pub record_principal: bool,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            service_name: "nmp-authz".into(),
+            record_principal: false,
+        }
+    }
+}
+
+/// How spans are sent: OTLP over gRPC, or OTLP/HTTP with protobuf bodies.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
 }
 
 /// NMP's own `auth:` keys, with NMP's names and meanings.
@@ -776,6 +825,17 @@ impl Config {
                 "must list at least one source (`- builtin: true` for the built-in catalog)",
             ));
         }
+        let traces = &self.traces;
+        check_url("traces.endpoint", &traces.endpoint)?;
+        if !(0.0..=1.0).contains(&traces.sample_ratio) {
+            return Err(ConfigError::key(
+                "traces.sample_ratio",
+                format!("must be between 0 and 1 (got {})", traces.sample_ratio),
+            ));
+        }
+        if traces.service_name.is_empty() {
+            return Err(ConfigError::key("traces.service_name", "must not be empty"));
+        }
         check_sources("policy.sources", &self.policy.sources)?;
         if let Some(shadow) = &self.policy.shadow {
             if shadow.sources.is_empty() {
@@ -1428,6 +1488,28 @@ policy:
             msg.contains("at policy.bootstrap[0]: must be local"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn traces_keys() {
+        let c = yaml("").unwrap();
+        assert!(!c.traces.enabled, "off by default");
+        let c = yaml(
+            "traces:\n  enabled: true\n  endpoint: http://collector:4318/v1/traces\n  \
+             protocol: http/protobuf\n  sample_ratio: 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(c.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.traces.sample_ratio, 0.25);
+        for (text, named) in [
+            ("traces:\n  sample_ratio: 1.5\n", "traces.sample_ratio"),
+            ("traces:\n  endpoint: collector:4317\n", "traces.endpoint"),
+            ("traces:\n  protocol: zipkin\n", "traces.protocol"),
+            ("traces:\n  ratio: 1\n", "ratio"),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]

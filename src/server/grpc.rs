@@ -192,7 +192,9 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
-            let (response, _) = check::check(&state, request.get_ref()).await;
+            let (response, _) =
+                check::check_with_metadata(&state, request.get_ref(), Some(request.metadata()))
+                    .await;
             Ok(Response::new(response))
         })
     }

@@ -60,6 +60,8 @@ pub struct State {
     pub http_authz: HttpAuthzConfig,
     /// The dry-run policy (`policy.shadow`), when configured.
     pub shadow: Option<shadow::Shadow>,
+    /// Span export (`traces.enabled`).
+    pub traces: Option<crate::traces::Traces>,
 }
 
 impl State {
@@ -120,6 +122,13 @@ impl State {
             decision_log: DecisionLog::from_env(),
             source_status: ArcSwap::default(),
             http_authz: config.http_authz.clone(),
+            // Started inside the server's runtime (its exporter runs there); a failure to start
+            // is logged and leaves traces off, never the server down.
+            traces: config.traces.enabled.then(|| {
+                crate::traces::Traces::start(&config.traces)
+                    .map_err(|e| tracing::error!(error = %e, "traces: cannot start the OTLP exporter; traces are off"))
+                    .ok()
+            }).flatten(),
             shadow: config
                 .policy
                 .shadow
@@ -406,6 +415,16 @@ impl Running {
         self.state.decision_log.report_suppressed();
         if let Some(shadow) = &self.state.shadow {
             shadow.report_suppressed();
+        }
+        if self.state.traces.is_some() {
+            // The last spans sent (bounded): blocking, so off the runtime's threads.
+            let state = self.state.clone();
+            let flushed = tokio::task::spawn_blocking(move || {
+                if let Some(traces) = &state.traces {
+                    traces.shutdown();
+                }
+            });
+            let _ = flushed.await;
         }
         match failure {
             Some(failure) => Err(failure),

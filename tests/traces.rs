@@ -36,6 +36,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 struct Received {
     service: String,
     trace_id: String,
+    span_id: String,
     parent_span_id: String,
     name: String,
     kind: i32,
@@ -77,6 +78,7 @@ fn take(request: &ExportTraceServiceRequest, into: &Spans) {
                 into.lock().unwrap().push(Received {
                     service: service.clone(),
                     trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
                     name: span.name.clone(),
                     kind: span.kind,
@@ -413,4 +415,131 @@ fn root_spans_are_sampled_by_ratio_over_otlp_http() {
             .map(String::as_str),
         Some("alice")
     );
+}
+
+/// Through the companion Envoy (envoy/quickstart.yaml) with Envoy's own tracing turned on
+/// (its OpenTelemetry tracer, to the same receiver): a client's request yields one trace with
+/// Envoy's spans and nmp-authz's span as a child of one of them.
+#[test]
+fn envoys_trace_contains_nmp_authzs_span_as_a_child() {
+    use common::gateway::{Envoy, Loopback, NmpAuthz, QUICKSTART, Upstream, render, template};
+    let receiver = Receiver::grpc();
+    let quickstart = include_str!("../src/quickstart.yaml");
+    let authz = NmpAuthz::start(&format!(
+        "{quickstart}\ntraces:\n  enabled: true\n  endpoint: http://{}\n  sample_ratio: 0\n",
+        receiver.addr
+    ));
+    let upstream = Upstream::start();
+    let loopback = Loopback {
+        authz_grpc: authz.grpc,
+        authz_http: authz.http,
+        api: upstream.addr(),
+        idp: None,
+    };
+    let config = envoy_with_tracing(&render(&template(QUICKSTART), &loopback), receiver.addr);
+    let envoy = Envoy::start(&config);
+    const T5: &str = "8bf92f3577b34da6a3ce929d0e0e4736";
+    const P5: &str = "30f067aa0ba902b7";
+    let traceparent = format!("00-{T5}-{P5}-01");
+    let alice = format!("Bearer {}", common::gateway::unsigned_token("alice", &[]));
+    let response = common::gateway::get(
+        envoy.addr(),
+        "/apis/models/v2/workspaces/default/models",
+        &[("authorization", &alice), ("traceparent", &traceparent)],
+    );
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+
+    // Envoy sends its spans in batches (every 5 s by default): wait for nmp-authz's and for
+    // the Envoy span it names as its parent.
+    let start = Instant::now();
+    let (ours, parent) = loop {
+        let spans = receiver.spans.lock().unwrap().clone();
+        let ours = spans
+            .iter()
+            .find(|s| s.service == "nmp-authz" && s.trace_id == T5)
+            .cloned();
+        let parent = ours.as_ref().and_then(|o| {
+            spans
+                .iter()
+                .find(|s| s.span_id == o.parent_span_id)
+                .cloned()
+        });
+        if let (Some(ours), Some(parent)) = (ours, parent) {
+            break (ours, parent);
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no nmp-authz span under an Envoy span within {DEADLINE:?}: {spans:#?}\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Envoy's ext_authz call (a client span), under its ingress span, under the client's.
+    assert_eq!(parent.service, "envoy-gateway", "{parent:#?}");
+    assert_eq!(
+        parent.name, "async envoy.service.auth.v3.Authorization.Check egress",
+        "{parent:#?}"
+    );
+    let spans = receiver.spans.lock().unwrap().clone();
+    let ingress = spans
+        .iter()
+        .find(|s| s.span_id == parent.parent_span_id)
+        .unwrap_or_else(|| panic!("Envoy's ingress span: {spans:#?}"));
+    assert_eq!(ingress.service, "envoy-gateway");
+    assert_eq!(
+        ingress.parent_span_id, P5,
+        "Envoy continued the client's trace"
+    );
+    assert_eq!(parent.trace_id, T5, "one trace, the client's");
+    assert_ne!(
+        ours.parent_span_id, P5,
+        "under Envoy's span, not the client's"
+    );
+    assert_eq!(
+        ours.attributes
+            .get("nmp_authz.decision")
+            .map(String::as_str),
+        Some("allow")
+    );
+}
+
+/// `config` (a rendered companion config) with Envoy's tracing on: every request traced, its
+/// OpenTelemetry tracer sending OTLP over gRPC to `collector`.
+fn envoy_with_tracing(config: &str, collector: SocketAddr) -> String {
+    let tracing = "                tracing:
+                  random_sampling: { value: 100 }
+                  provider:
+                    name: envoy.tracers.opentelemetry
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                      grpc_service:
+                        envoy_grpc: { cluster_name: otel_collector }
+                        timeout: 1s
+                      service_name: envoy-gateway
+";
+    let cluster = format!(
+        "    - name: otel_collector
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config:
+            http2_protocol_options: {{}}
+      load_assignment:
+        cluster_name: otel_collector
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: {}, port_value: {} }}
+",
+        collector.ip(),
+        collector.port()
+    );
+    let stat_prefix = "                stat_prefix: nmp_gateway\n";
+    assert!(config.contains(stat_prefix) && config.contains("\n  clusters:\n"));
+    config
+        .replacen(stat_prefix, &format!("{stat_prefix}{tracing}"), 1)
+        .replacen("\n  clusters:\n", &format!("\n  clusters:\n{cluster}"), 1)
 }

@@ -148,8 +148,18 @@ impl Traces {
         })
     }
 
-    /// The span of one request, started now as a child of the context `carrier` holds.
+    /// The span of one authorization request, started now as a child of the context
+    /// `carrier` holds.
     pub(crate) fn start_span(&self, carrier: &Carrier<'_>) -> RequestSpan {
+        self.start_named("authorize", carrier)
+    }
+
+    /// The span of one PDP call (NMP's `allow`, `has_permissions`, `has_role`).
+    pub(crate) fn start_pdp_span(&self, carrier: &Carrier<'_>) -> RequestSpan {
+        self.start_named("pdp", carrier)
+    }
+
+    fn start_named(&self, name: &'static str, carrier: &Carrier<'_>) -> RequestSpan {
         let parent = match carrier {
             Carrier::None => None,
             Carrier::Check(headers, metadata) => metadata
@@ -160,7 +170,7 @@ impl Traces {
         .unwrap_or_default();
         let span = self
             .tracer
-            .span_builder("authorize")
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
         RequestSpan {
@@ -276,6 +286,25 @@ impl RequestSpan {
             self.span.set_status(opentelemetry::trace::Status::error(
                 verdict.detail.to_string(),
             ));
+        }
+        self.span.end();
+    }
+}
+
+impl RequestSpan {
+    /// Records a PDP call's entrypoint and answer status (HTTP, or the one gRPC's code
+    /// stands for) and ends the span.
+    pub(crate) fn finish_pdp(mut self, entrypoint: &str, status: u16) {
+        if !self.span.is_recording() {
+            return;
+        }
+        self.span.set_attributes([
+            KeyValue::new("nmp_authz.pdp.entrypoint", entrypoint.to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+        ]);
+        if status >= 500 {
+            self.span
+                .set_status(opentelemetry::trace::Status::error("PDP unavailable"));
         }
         self.span.end();
     }

@@ -19,6 +19,8 @@ use common::process::Server;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use http_body_util::{BodyExt, Full};
+use nmp_authz::pdp_proto::policy_decision_client::PolicyDecisionClient;
+use nmp_authz::pdp_proto::{AllowRequest, PrincipalInput};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -216,6 +218,7 @@ impl Receiver {
 
 struct Authz {
     server: Server,
+    grpc: SocketAddr,
     http: SocketAddr,
     client: AuthorizationClient<tonic::transport::Channel>,
     runtime: tokio::runtime::Runtime,
@@ -253,6 +256,7 @@ impl Authz {
             .unwrap();
         Authz {
             server,
+            grpc,
             http,
             client,
             runtime,
@@ -285,6 +289,10 @@ const T3: &str = "6bf92f3577b34da6a3ce929d0e0e4736";
 const P3: &str = "10f067aa0ba902b7";
 const T4: &str = "7bf92f3577b34da6a3ce929d0e0e4736";
 const P4: &str = "20f067aa0ba902b7";
+const T6: &str = "9bf92f3577b34da6a3ce929d0e0e4736";
+const P6: &str = "40f067aa0ba902b7";
+const T7: &str = "abf92f3577b34da6a3ce929d0e0e4736";
+const P7: &str = "50f067aa0ba902b7";
 
 fn span_of<'a>(spans: &'a [Received], trace: &str) -> &'a Received {
     let of: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace).collect();
@@ -293,8 +301,8 @@ fn span_of<'a>(spans: &'a [Received], trace: &str) -> &'a Received {
 }
 
 /// Over OTLP/gRPC with a ratio of 0: only requests whose context says sampled are traced,
-/// each as a child of the caller's span, on gRPC Checks (W3C and B3) and on the HTTP
-/// authorization endpoint.
+/// each as a child of the caller's span, on gRPC Checks (W3C and B3), on the HTTP
+/// authorization endpoint, and on PDP calls (HTTP and gRPC).
 #[test]
 fn sampled_contexts_are_continued_over_otlp_grpc() {
     let receiver = Receiver::grpc();
@@ -330,9 +338,67 @@ fn sampled_contexts_are_continued_over_otlp_grpc() {
         &[("authorization", &alice), ("traceparent", &w3c)],
     );
     assert_eq!(http.status, 200);
+    // NMP's PDP API, on the HTTP port and over gRPC, called by a service principal.
+    let service = format!(
+        "Bearer {}",
+        common::gateway::unsigned_token("service:evaluator", &[])
+    );
+    let w3c = format!("00-{T6}-{P6}-01");
+    let pdp = common::gateway::request_with_body(
+        authz.http,
+        "POST",
+        "/apis/auth/v2/authz/has_role",
+        &[
+            ("authorization", &service),
+            ("traceparent", &w3c),
+            ("content-type", "application/json"),
+        ],
+        r#"{"input": {"principal_id": "alice", "workspace": "ws1", "role": "Viewer"}}"#,
+    );
+    assert_eq!(pdp.status, 200, "{pdp:?}");
+    let mut grpc_pdp = authz
+        .runtime
+        .block_on(PolicyDecisionClient::connect(format!(
+            "http://{}",
+            authz.grpc
+        )))
+        .unwrap();
+    let mut call = tonic::Request::new(AllowRequest {
+        principal: Some(PrincipalInput {
+            principal_id: Some("alice".into()),
+            ..Default::default()
+        }),
+        method: "GET".into(),
+        path: THINGS.into(),
+        scopes: vec![],
+    });
+    let w3c = format!("00-{T7}-{P7}-01");
+    call.metadata_mut()
+        .insert("traceparent", w3c.parse().unwrap());
+    call.metadata_mut()
+        .insert("authorization", service.parse().unwrap());
+    let allowed = authz.runtime.block_on(grpc_pdp.allow(call)).unwrap();
+    assert!(allowed.get_ref().allowed);
 
-    let spans = receiver.until(&[T1, T3, T4]);
-    assert_eq!(spans.len(), 3, "only the sampled requests: {spans:#?}");
+    let spans = receiver.until(&[T1, T3, T4, T6, T7]);
+    assert_eq!(spans.len(), 5, "only the sampled requests: {spans:#?}");
+    for (trace, parent, entrypoint) in [(T6, P6, "has_role"), (T7, P7, "allow")] {
+        let span = span_of(&spans, trace);
+        assert_eq!(span.name, "pdp");
+        assert_eq!(span.parent_span_id, parent);
+        assert_eq!(
+            span.attributes
+                .get("nmp_authz.pdp.entrypoint")
+                .map(String::as_str),
+            Some(entrypoint)
+        );
+        assert_eq!(
+            span.attributes
+                .get("http.response.status_code")
+                .map(String::as_str),
+            Some("200")
+        );
+    }
     let allowed = span_of(&spans, T1);
     assert_eq!(allowed.parent_span_id, P1, "a child of the caller's span");
     assert_eq!(allowed.name, "authorize");

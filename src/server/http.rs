@@ -211,6 +211,13 @@ fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
 
 /// NMP's PDP over HTTP: `POST` to either PDP path (`pdp::PATH_PREFIXES`).
 async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Response<Full<Bytes>> {
+    let span = state.traces.as_ref().map(|traces| {
+        let span = traces.start_pdp_span(&crate::traces::Carrier::Http(req.headers()));
+        let name = pdp::entrypoint_of(req.uri().path())
+            .unwrap_or("")
+            .to_string();
+        (span, name)
+    });
     let answered = async {
         if req.method() != Method::POST {
             return Err(pdp::Refused::new(405, "Method not allowed"));
@@ -231,7 +238,12 @@ async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Respon
         let entrypoint = pdp::entrypoint(pdp::entrypoint_of(parts.uri.path()).unwrap_or(""))?;
         pdp::answer(&policy, entrypoint, &body)
     };
-    match answered.await {
+    let answered = answered.await;
+    if let Some((span, entrypoint)) = span {
+        let status = answered.as_ref().map_or_else(|r| r.status, |_| 200);
+        span.finish_pdp(&entrypoint, status);
+    }
+    match answered {
         Ok(result) => json(StatusCode::OK, result.to_string()),
         Err(refused) => {
             let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);

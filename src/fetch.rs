@@ -41,8 +41,17 @@ impl std::fmt::Debug for HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(https_connector()),
+        }
+    }
+}
+
+/// HTTPS (rustls, the system's roots) or plain HTTP, HTTP/1.1.
+pub(crate) fn https_connector() -> HttpsConnector<HttpConnector> {
+    {
         let provider = crate::crypto::tls;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider())
             .map(|b| b.https_or_http().enable_http1().build())
             .unwrap_or_else(|e| {
@@ -58,10 +67,7 @@ impl Default for HttpClient {
                     .https_or_http()
                     .enable_http1()
                     .build()
-            });
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
-        }
+            })
     }
 }
 

@@ -23,6 +23,7 @@ pub mod requests;
 pub mod server;
 pub mod sources;
 pub mod telemetry;
+pub mod traces;
 
 /// The project's own PDP service, generated from `proto/nmp_authz/v1/pdp.proto`.
 pub mod pdp_proto {

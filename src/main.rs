@@ -106,7 +106,8 @@ impl ConfigArgs {
 /// Policy files named relative to the config file are read from beside it, wherever the
 /// server is started from.
 fn resolve_relative_sources(config: &mut Config, dir: &Path) {
-    for source in &mut config.policy.sources {
+    let shadow = config.policy.shadow.iter_mut().flat_map(|s| &mut s.sources);
+    for source in config.policy.sources.iter_mut().chain(shadow) {
         if let SourceConfig::File { file } = source
             && file.is_relative()
         {

@@ -96,8 +96,31 @@ pub struct Sources {
 
 impl Sources {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
-        let main = config.policy.sources.iter().map(|c| (c, false));
-        let bootstrap = config.policy.bootstrap.iter().map(|c| (c, true));
+        Self::of(
+            config,
+            &config.policy.sources,
+            &config.policy.bootstrap,
+            "",
+            metrics,
+        )
+    }
+
+    /// The dry-run policy's sources (`policy.shadow.sources`), if configured. Their names
+    /// (in metrics and logs) end in ` (shadow)`.
+    pub fn shadow(config: &Config, metrics: Arc<Metrics>) -> Option<Self> {
+        let shadow = config.policy.shadow.as_ref()?;
+        Some(Self::of(config, &shadow.sources, &[], " (shadow)", metrics))
+    }
+
+    fn of(
+        config: &Config,
+        main: &[SourceConfig],
+        bootstrap: &[SourceConfig],
+        suffix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let main = main.iter().map(|c| (c, false));
+        let bootstrap = bootstrap.iter().map(|c| (c, true));
         let sources = main
             .chain(bootstrap)
             .map(|(config, bootstrap)| Source {
@@ -105,7 +128,7 @@ impl Sources {
                     SourceConfig::Builtin { .. } => "builtin".into(),
                     SourceConfig::File { file } => file.display().to_string(),
                     SourceConfig::BundleUrl { bundle_url, .. } => bundle_url.clone(),
-                } + if bootstrap { " (bootstrap)" } else { "" },
+                } + if bootstrap { " (bootstrap)" } else { suffix },
                 config: config.clone(),
                 current: None,
                 etag: None,

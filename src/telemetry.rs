@@ -1,272 +1,442 @@
-//! Logs and metrics. Counters are plain atomics in a map fixed at start-up, so recording a
-//! decision takes no lock.
+//! Logs and metrics. Metrics are kept and written out (Prometheus text format 0.0.4) by the
+//! `prometheus-client` library. A Check's counters are resolved once at start-up, so recording
+//! one is an atomic add: no lock, no label set built, nothing formatted.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
 use crate::policy::builtin::NMP_RELEASE;
 use nmp_authz_core::verdict::{Outcome, Status};
 
-/// The HTTP statuses a Check can end in.
+/// The `Content-Type` of what [`Metrics::render`] writes.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE as METRICS_CONTENT_TYPE;
+
 /// Upper bounds (seconds) of the Check latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.01, 0.1, 1.0, 2.5,
 ];
 
+/// `nmp_authz_decisions_total`'s labels: result, status, reason (all static strings).
+type DecisionLabels = [(&'static str, &'static str); 3];
+/// A counter by a name (issuer, policy source) and result.
+type ResultLabels = [(&'static str, String); 2];
+/// `nmp_authz_shadow_disagreements_total`'s labels: what the enforced and the shadow policy said.
+type DisagreementLabels = [(&'static str, &'static str); 2];
+
 #[derive(Debug)]
 pub struct Metrics {
-    /// Answers by outcome ([`Outcome::index`]) and status (in [`Status::ALL`] order).
-    decisions: Box<[[AtomicU64; Status::ALL.len()]; Outcome::COUNT]>,
-    policy_loads: AtomicU64,
-    /// How long the last successful load took (read, parse, compile), in nanoseconds.
-    policy_load_nanos: AtomicU64,
-    policy_load_failures: AtomicU64,
-    /// Check latency: counts per bucket (not cumulative), total nanoseconds, count.
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    latency_nanos: AtomicU64,
-    latency_count: AtomicU64,
-    /// (issuer, succeeded) -> count. Fetches are rare: a lock is fine here.
-    jwks_fetches: Mutex<BTreeMap<(String, bool), u64>>,
-    /// (policy source, succeeded) -> reads.
-    source_reads: Mutex<BTreeMap<(String, bool), u64>>,
+    registry: Registry,
+    /// Each reachable (outcome, status) pair's counter, resolved at start-up
+    /// (index: [`Outcome::index`], then the status in [`Status::ALL`] order).
+    decision_counters: Box<[[Option<Counter>; Status::ALL.len()]; Outcome::COUNT]>,
+    /// The family they belong to, for a pair not resolved up front (none is expected).
+    decisions: Family<DecisionLabels, Counter>,
+    latency: Arc<CheckLatency>,
+    policy_loads: Counter,
+    /// How long the last successful load took (read, parse, compile).
+    policy_load_seconds: Gauge<f64, AtomicU64>,
+    policy_load_failures: Counter,
+    /// Rare (key and policy fetches): looked up by label when counted.
+    jwks_fetches: Family<ResultLabels, Counter>,
+    source_reads: Family<ResultLabels, Counter>,
+    /// `[enforced allowed][shadow allowed]` (see `server::shadow`).
+    shadow_disagreements: Family<DisagreementLabels, Counter>,
+    /// What only the server's state knows, set by each scrape.
+    scrape: Arc<ScrapeState>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        let mut registry = Registry::default();
+        // The library adds the help text's full stop, and `_total` to a counter's name.
+        let build_info = Family::<[(&'static str, &'static str); 2], Gauge>::default();
+        build_info
+            .get_or_create(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("builtin_catalog", NMP_RELEASE),
+            ])
+            .set(1);
+        registry.register(
+            "nmp_authz_build_info",
+            "This build: its version and the NMP release of its built-in catalog",
+            build_info,
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let decision_counters = Box::new(std::array::from_fn(|index| {
+            let outcome = Outcome::all().nth(index).expect("Outcome::index is dense");
+            debug_assert_eq!(outcome.index(), index);
+            std::array::from_fn(|s| {
+                let status = Status::ALL[s];
+                debug_assert_eq!(status as usize, s);
+                reachable(outcome, status)
+                    .then(|| decisions.get_or_create_owned(&decision_labels(outcome, status)))
+            })
+        }));
+        registry.register(
+            "nmp_authz_decisions",
+            "Check decisions by HTTP status and reason",
+            decisions.clone(),
+        );
+        let latency = Arc::new(CheckLatency::default());
+        registry.register(
+            "nmp_authz_check_duration_seconds",
+            "Time to answer a Check, in the server",
+            SharedLatency(latency.clone()),
+        );
+        let policy_loads = Counter::default();
+        registry.register(
+            "nmp_authz_policy_loads",
+            "Successful policy loads",
+            policy_loads.clone(),
+        );
+        let policy_load_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "nmp_authz_policy_load_duration_seconds",
+            "Reading, parsing and compiling the policy in use (off the request path)",
+            policy_load_seconds.clone(),
+        );
+        let policy_load_failures = Counter::default();
+        registry.register(
+            "nmp_authz_policy_load_failures",
+            "Failed policy loads",
+            policy_load_failures.clone(),
+        );
+        let jwks_fetches = Family::default();
+        registry.register(
+            "nmp_authz_jwks_fetches",
+            "Signing key fetches by issuer and result",
+            jwks_fetches.clone(),
+        );
+        let source_reads = Family::default();
+        registry.register(
+            "nmp_authz_policy_source_reads",
+            "Policy source reads by source and result",
+            source_reads.clone(),
+        );
+        let shadow_disagreements = Family::default();
+        registry.register(
+            "nmp_authz_shadow_disagreements",
+            "Checks the shadow policy would have answered otherwise, by what each said",
+            shadow_disagreements.clone(),
+        );
+        let scrape = Arc::new(ScrapeState::default());
+        registry.register_collector(Box::new(scrape.clone()));
         Self {
-            decisions: Box::new(std::array::from_fn(|_| Default::default())),
-            policy_loads: AtomicU64::new(0),
-            policy_load_nanos: AtomicU64::new(0),
-            policy_load_failures: AtomicU64::new(0),
-            latency_buckets: Default::default(),
-            latency_nanos: AtomicU64::new(0),
-            latency_count: AtomicU64::new(0),
-            jwks_fetches: Mutex::default(),
-            source_reads: Mutex::default(),
+            registry,
+            decision_counters,
+            decisions,
+            latency,
+            policy_loads,
+            policy_load_seconds,
+            policy_load_failures,
+            jwks_fetches,
+            source_reads,
+            shadow_disagreements,
+            scrape,
         }
     }
 }
 
+/// Whether a Check can end in `outcome` with `status`: those series exist from the start
+/// (at 0), so that `rate()` and alerts see a series before its first increment.
+fn reachable(outcome: Outcome, status: Status) -> bool {
+    outcome.status(true) == status || outcome.status(false) == status
+}
+
+fn decision_labels(outcome: Outcome, status: Status) -> DecisionLabels {
+    let result = if status == Status::Ok {
+        "allow"
+    } else {
+        "deny"
+    };
+    [
+        ("result", result),
+        ("status", http_status_label(status)),
+        ("reason", outcome.as_str()),
+    ]
+}
+
+fn http_status_label(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "200",
+        Status::BadRequest => "400",
+        Status::Unauthorized => "401",
+        Status::Forbidden => "403",
+        Status::Unavailable => "503",
+    }
+}
+
+fn result_label(ok: bool) -> &'static str {
+    if ok { "success" } else { "failure" }
+}
+
 impl Metrics {
     pub(crate) fn record_check(&self, outcome: Outcome, status: Status, took: Duration) {
+        self.latency.observe(took);
+        // `Status` is declared in `Status::ALL` order.
+        match &self.decision_counters[outcome.index()][status as usize] {
+            Some(counter) => {
+                counter.inc();
+            }
+            // Not reachable by `Outcome::status`; counted all the same, through the family.
+            None => {
+                self.decisions
+                    .get_or_create(&decision_labels(outcome, status))
+                    .inc();
+            }
+        }
+    }
+
+    pub(crate) fn jwks_fetched(&self, issuer: &str, ok: bool) {
+        let labels = [
+            ("issuer", issuer.to_string()),
+            ("result", result_label(ok).into()),
+        ];
+        self.jwks_fetches.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn source_read(&self, source: &str, ok: bool) {
+        let labels = [
+            ("source", source.to_string()),
+            ("result", result_label(ok).into()),
+        ];
+        self.source_reads.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn policy_loaded(&self, took: Duration) {
+        self.policy_loads.inc();
+        self.policy_load_seconds.set(took.as_secs_f64());
+    }
+
+    pub(crate) fn policy_load_failed(&self) {
+        self.policy_load_failures.inc();
+    }
+
+    /// The shadow disagreement counters, `[enforced allowed][shadow allowed]`, resolved once
+    /// (when a shadow policy is configured: only then are the series written, from 0).
+    pub(crate) fn shadow_counters(&self) -> [[Counter; 2]; 2] {
+        let result = |allowed: bool| if allowed { "allow" } else { "deny" };
+        std::array::from_fn(|enforced| {
+            std::array::from_fn(|shadow| {
+                let labels = [
+                    ("enforced", result(enforced == 1)),
+                    ("shadow", result(shadow == 1)),
+                ];
+                self.shadow_disagreements.get_or_create_owned(&labels)
+            })
+        })
+    }
+
+    pub(crate) fn shadow_policy_loaded(&self) {
+        self.scrape.shadow_loads.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn shadow_policy_load_failed(&self) {
+        self.scrape.shadow_load_failures.fetch_add(1, Relaxed);
+    }
+
+    /// Prometheus text exposition (format 0.0.4, [`METRICS_CONTENT_TYPE`]).
+    pub fn render(&self, scrape: Scrape) -> String {
+        *lock(&self.scrape.current) = scrape;
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What a scrape reports from the server's state rather than from counters.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape {
+    /// The policy revision in use.
+    pub revision: Option<String>,
+    /// Seconds since the policy in use was installed.
+    pub policy_age_seconds: Option<u64>,
+    /// A policy source has failed for longer than allowed.
+    pub stale: bool,
+    pub ready: bool,
+    /// The shadow policy's revision and age, when a shadow policy is configured.
+    pub shadow_revision: Option<String>,
+    pub shadow_policy_age_seconds: Option<u64>,
+    /// A shadow policy is configured: its metrics are written.
+    pub shadow_configured: bool,
+}
+
+/// The [`Scrape`] being written, read by the library when it encodes the registry.
+#[derive(Debug, Default)]
+struct ScrapeState {
+    current: Mutex<Scrape>,
+    /// Shadow policy load counts (kept here so that they are written only when a shadow
+    /// policy is configured).
+    shadow_loads: AtomicU64,
+    shadow_load_failures: AtomicU64,
+}
+
+impl Collector for ScrapeState {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let scrape = lock(&self.current).clone();
+        if let Some(revision) = &scrape.revision {
+            info(
+                &mut encoder,
+                "nmp_authz_policy_info",
+                "The policy revision in use.",
+                revision,
+            )?;
+        }
+        if let Some(age) = scrape.policy_age_seconds {
+            let age = i64::try_from(age).unwrap_or(i64::MAX);
+            gauge(
+                &mut encoder,
+                "nmp_authz_policy_age_seconds",
+                "Seconds since the policy in use was loaded.",
+                age,
+            )?;
+        }
+        gauge(
+            &mut encoder,
+            "nmp_authz_policy_stale",
+            "1 when a policy source has failed for longer than max_staleness_seconds.",
+            i64::from(scrape.stale),
+        )?;
+        gauge(
+            &mut encoder,
+            "nmp_authz_ready",
+            "1 when the server has valid policy data.",
+            i64::from(scrape.ready),
+        )?;
+        let dropped = ConstCounter::new(log_records_dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "nmp_authz_log_records_dropped",
+            "Log records dropped because stderr did not take them as fast as they came.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        if scrape.shadow_configured {
+            if let Some(revision) = &scrape.shadow_revision {
+                info(
+                    &mut encoder,
+                    "nmp_authz_shadow_policy_info",
+                    "The shadow (dry-run) policy revision in use.",
+                    revision,
+                )?;
+            }
+            if let Some(age) = scrape.shadow_policy_age_seconds {
+                gauge(
+                    &mut encoder,
+                    "nmp_authz_shadow_policy_age_seconds",
+                    "Seconds since the shadow policy in use was loaded.",
+                    i64::try_from(age).unwrap_or(i64::MAX),
+                )?;
+            }
+            for (name, help, value) in [
+                (
+                    "nmp_authz_shadow_policy_loads",
+                    "Successful shadow policy loads.",
+                    &self.shadow_loads,
+                ),
+                (
+                    "nmp_authz_shadow_policy_load_failures",
+                    "Failed shadow policy loads.",
+                    &self.shadow_load_failures,
+                ),
+            ] {
+                let counter = ConstCounter::new(value.load(Relaxed));
+                counter.encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A gauge written once, with no labels.
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A gauge at 1 whose labels say what is in use (`revision`).
+fn info(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    revision: &str,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    let labels = [("revision", revision)];
+    ConstGauge::new(1i64).encode(metric.encode_family(&labels)?)
+}
+
+/// The Check latency histogram: atomics (counts per bucket, not cumulative; total
+/// nanoseconds), so that recording takes no lock. (The library's histogram takes a
+/// lock per observation.) The library writes it out.
+#[derive(Debug, Default)]
+struct CheckLatency {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    nanos: AtomicU64,
+}
+
+impl CheckLatency {
+    fn observe(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
             .position(|le| seconds <= *le)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-        self.latency_nanos
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.nanos
             .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-        self.latency_count.fetch_add(1, Relaxed);
-        self.decisions[outcome.index()][status as usize].fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn jwks_fetched(&self, issuer: &str, ok: bool) {
-        count(&self.jwks_fetches, issuer, ok);
-    }
-
-    pub(crate) fn source_read(&self, source: &str, ok: bool) {
-        count(&self.source_reads, source, ok);
-    }
-
-    pub(crate) fn policy_loaded(&self, took: Duration) {
-        self.policy_loads.fetch_add(1, Relaxed);
-        self.policy_load_nanos
-            .store(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    pub(crate) fn policy_load_failed(&self) {
-        self.policy_load_failures.fetch_add(1, Relaxed);
-    }
-
-    /// Prometheus text exposition.
-    /// `policy_age_seconds`: since the policy in use was installed; `stale`: a source has
-    /// failed for longer than allowed.
-    pub fn render(
-        &self,
-        revision: Option<&str>,
-        policy_age_seconds: Option<u64>,
-        stale: bool,
-        ready: bool,
-    ) -> String {
-        let mut out = String::new();
-        header(
-            &mut out,
-            "nmp_authz_build_info",
-            "gauge",
-            "This build: its version and the NMP release of its built-in catalog.",
-        );
-        let _ = writeln!(
-            out,
-            "nmp_authz_build_info{{version=\"{}\",builtin_catalog=\"{NMP_RELEASE}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        header(
-            &mut out,
-            "nmp_authz_decisions_total",
-            "counter",
-            "Check decisions by HTTP status and reason.",
-        );
-        let mut outcomes: Vec<Outcome> = Outcome::all().collect();
-        outcomes.sort_by_key(|o| o.as_str());
-        for outcome in outcomes {
-            let reason = outcome.as_str();
-            for (status, counter) in Status::ALL.iter().zip(&self.decisions[outcome.index()]) {
-                let n = counter.load(Relaxed);
-                if n > 0 {
-                    let result = if *status == Status::Ok {
-                        "allow"
-                    } else {
-                        "deny"
-                    };
-                    let status = status.http();
-                    let _ = writeln!(
-                        out,
-                        "nmp_authz_decisions_total{{result=\"{result}\",status=\"{status}\",reason=\"{reason}\"}} {n}"
-                    );
-                }
-            }
-        }
-        header(
-            &mut out,
-            "nmp_authz_check_duration_seconds",
-            "histogram",
-            "Time to answer a Check, in the server.",
-        );
-        let mut cumulative = 0;
-        for (i, counter) in self.latency_buckets.iter().enumerate() {
-            cumulative += counter.load(Relaxed);
-            let le = LATENCY_BUCKETS
-                .get(i)
-                .map_or_else(|| "+Inf".to_string(), |le| le.to_string());
-            let _ = writeln!(
-                out,
-                "nmp_authz_check_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let seconds = self.latency_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "nmp_authz_check_duration_seconds_sum {seconds}");
-        let count = self.latency_count.load(Relaxed);
-        let _ = writeln!(out, "nmp_authz_check_duration_seconds_count {count}");
-        let loads = self.policy_loads.load(Relaxed);
-        header(
-            &mut out,
-            "nmp_authz_policy_loads_total",
-            "counter",
-            "Successful policy loads.",
-        );
-        let _ = writeln!(out, "nmp_authz_policy_loads_total {loads}");
-        header(
-            &mut out,
-            "nmp_authz_policy_load_duration_seconds",
-            "gauge",
-            "Reading, parsing and compiling the policy in use (off the request path).",
-        );
-        let took = self.policy_load_nanos.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "nmp_authz_policy_load_duration_seconds {took}");
-        let failures = self.policy_load_failures.load(Relaxed);
-        header(
-            &mut out,
-            "nmp_authz_policy_load_failures_total",
-            "counter",
-            "Failed policy loads.",
-        );
-        let _ = writeln!(out, "nmp_authz_policy_load_failures_total {failures}");
-        header(
-            &mut out,
-            "nmp_authz_policy_info",
-            "gauge",
-            "The policy revision in use.",
-        );
-        if let Some(revision) = revision {
-            let _ = writeln!(out, "nmp_authz_policy_info{{revision=\"{revision}\"}} 1");
-        }
-        header(
-            &mut out,
-            "nmp_authz_jwks_fetches_total",
-            "counter",
-            "Signing key fetches by issuer and result.",
-        );
-        labelled(
-            &mut out,
-            "nmp_authz_jwks_fetches_total",
-            "issuer",
-            &self.jwks_fetches,
-        );
-        header(
-            &mut out,
-            "nmp_authz_policy_source_reads_total",
-            "counter",
-            "Policy source reads by source and result.",
-        );
-        labelled(
-            &mut out,
-            "nmp_authz_policy_source_reads_total",
-            "source",
-            &self.source_reads,
-        );
-        header(
-            &mut out,
-            "nmp_authz_policy_age_seconds",
-            "gauge",
-            "Seconds since the policy in use was loaded.",
-        );
-        if let Some(age) = policy_age_seconds {
-            let _ = writeln!(out, "nmp_authz_policy_age_seconds {age}");
-        }
-        header(
-            &mut out,
-            "nmp_authz_policy_stale",
-            "gauge",
-            "1 when a policy source has failed for longer than max_staleness_seconds.",
-        );
-        let _ = writeln!(out, "nmp_authz_policy_stale {}", u8::from(stale));
-        header(
-            &mut out,
-            "nmp_authz_ready",
-            "gauge",
-            "1 when the server has valid policy data.",
-        );
-        let _ = writeln!(out, "nmp_authz_ready {}", u8::from(ready));
-        header(
-            &mut out,
-            "nmp_authz_log_records_dropped_total",
-            "counter",
-            "Log records dropped because stderr did not take them as fast as they came.",
-        );
-        let dropped = log_records_dropped();
-        let _ = writeln!(out, "nmp_authz_log_records_dropped_total {dropped}");
-        out
     }
 }
 
-fn count(counts: &Mutex<BTreeMap<(String, bool), u64>>, label: &str, ok: bool) {
-    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    *counts.entry((label.to_string(), ok)).or_default() += 1;
+/// [`CheckLatency`] as registered: the registry owns its metrics, the server records into it.
+#[derive(Debug)]
+struct SharedLatency(Arc<CheckLatency>);
+
+impl TypedMetric for SharedLatency {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
-/// One series per (label, result) of a counter kept by [`count`].
-fn labelled(
-    out: &mut String,
-    name: &str,
-    label: &str,
-    counts: &Mutex<BTreeMap<(String, bool), u64>>,
-) {
-    let counts = counts.lock().unwrap_or_else(|e| e.into_inner());
-    for ((value, ok), n) in counts.iter() {
-        let result = if *ok { "success" } else { "failure" };
-        let value = value.replace(['"', '\\', '\n'], "_");
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\",result=\"{result}\"}} {n}");
+impl EncodeMetric for SharedLatency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let latency = &self.0;
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(&latency.buckets)
+            .map(|(le, n)| (le, n.load(Relaxed)))
+            .collect();
+        // The count is the buckets' sum, read in the same pass: a Check recorded while this
+        // is written cannot make the +Inf bucket disagree with the count.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = latency.nanos.load(Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
-}
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 /// Which decisions are logged. Allows: one in `allow_every` (1: all; 0: none), set with
@@ -283,6 +453,9 @@ pub struct DecisionLog {
     /// Each outcome's current second ([`Outcome::index`]). Taken only for denials, briefly,
     /// and never across a write.
     denials: Box<[Mutex<DenialWindow>; Outcome::COUNT]>,
+    /// Keeps the shadow policy's disagreement records (keyed by the shadow's outcome), not
+    /// decision records: said so when what was left out is reported.
+    shadow: bool,
 }
 
 /// Denial records written a second, per reason.
@@ -309,6 +482,16 @@ impl DecisionLog {
             allows: AtomicU64::new(0),
             started: std::time::Instant::now(),
             denials: Box::new(std::array::from_fn(|_| Mutex::default())),
+            shadow: false,
+        }
+    }
+
+    /// The budget of the shadow policy's disagreement records: [`DENIALS_PER_SECOND`] a
+    /// second for each outcome the shadow policy gave.
+    pub(crate) fn for_shadow() -> Self {
+        Self {
+            shadow: true,
+            ..Self::new(0.0)
         }
     }
 
@@ -335,7 +518,7 @@ impl DecisionLog {
         }
         let (log, suppressed) = self.denial_at(outcome, self.started.elapsed().as_secs());
         if suppressed > 0 {
-            report_suppressed(outcome, suppressed);
+            report_suppressed(outcome, suppressed, self.shadow);
         }
         log
     }
@@ -364,20 +547,30 @@ impl DecisionLog {
         for outcome in Outcome::all() {
             let suppressed = std::mem::take(&mut lock(&self.denials[outcome.index()]).suppressed);
             if suppressed > 0 {
-                report_suppressed(outcome, suppressed);
+                report_suppressed(outcome, suppressed, self.shadow);
             }
         }
     }
 }
 
-fn report_suppressed(outcome: Outcome, suppressed: u64) {
-    tracing::info!(
-        target: DECISION_TARGET,
-        reason = outcome.as_str(),
-        suppressed,
-        per_second = DENIALS_PER_SECOND,
-        "denial records left out over the per-reason budget"
-    );
+fn report_suppressed(outcome: Outcome, suppressed: u64, shadow: bool) {
+    if shadow {
+        tracing::info!(
+            target: SHADOW_TARGET,
+            shadow_reason = outcome.as_str(),
+            suppressed,
+            per_second = DENIALS_PER_SECOND,
+            "shadow disagreement records left out over the per-reason budget"
+        );
+    } else {
+        tracing::info!(
+            target: DECISION_TARGET,
+            reason = outcome.as_str(),
+            suppressed,
+            per_second = DENIALS_PER_SECOND,
+            "denial records left out over the per-reason budget"
+        );
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -431,6 +624,102 @@ pub(crate) fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
     output.send(line);
 }
 
+/// What a shadow disagreement record says: the request, and each policy's answer.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct ShadowFacts<'a> {
+    pub method: &'a str,
+    /// Without its query.
+    pub path: &'a str,
+    pub principal_id: &'a str,
+    pub workspace: &'a str,
+    pub enforced_status: u16,
+    pub enforced_reason: &'a str,
+    pub enforced_endpoint: &'a str,
+    pub policy_revision: &'a str,
+    pub shadow_status: u16,
+    pub shadow_reason: &'a str,
+    pub shadow_endpoint: &'a str,
+    pub shadow_revision: &'a str,
+}
+
+/// Queues one shadow disagreement record (never waits on the log's writer; see
+/// [`LogOutput`]). Redacted as decision records are: the decision's facts only.
+pub(crate) fn log_shadow(facts: &ShadowFacts<'_>) {
+    let Some(output) = LOG_OUTPUT.get() else {
+        return;
+    };
+    if !tracing::enabled!(target: SHADOW_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    let mut line = Vec::with_capacity(DECISION_RECORD_BYTES);
+    write_shadow(&mut line, facts, output.json);
+    output.send(line);
+}
+
+const SHADOW_MESSAGE: &str = "shadow policy disagrees";
+
+fn write_shadow(line: &mut Vec<u8>, facts: &ShadowFacts<'_>, json: bool) {
+    #[derive(serde::Serialize)]
+    struct Fields<'a> {
+        message: &'static str,
+        #[serde(flatten)]
+        facts: &'a ShadowFacts<'a>,
+    }
+    if json {
+        let fields = Fields {
+            message: SHADOW_MESSAGE,
+            facts,
+        };
+        write_json_event(line, "INFO", SHADOW_TARGET, &fields);
+    } else {
+        write_text_start(line, "INFO", SHADOW_TARGET, SHADOW_MESSAGE);
+        let mut number = itoa::Buffer::new();
+        for (key, value) in [
+            (&b" method="[..], facts.method),
+            (b" path=", facts.path),
+            (b" principal_id=", facts.principal_id),
+            (b" workspace=", facts.workspace),
+        ] {
+            line.extend_from_slice(key);
+            push_quoted(line, value);
+        }
+        for (prefix, status, reason, endpoint, revision) in [
+            (
+                &b" enforced"[..],
+                facts.enforced_status,
+                facts.enforced_reason,
+                facts.enforced_endpoint,
+                facts.policy_revision,
+            ),
+            (
+                b" shadow",
+                facts.shadow_status,
+                facts.shadow_reason,
+                facts.shadow_endpoint,
+                facts.shadow_revision,
+            ),
+        ] {
+            line.extend_from_slice(prefix);
+            line.extend_from_slice(b"_status=");
+            line.extend_from_slice(number.format(status).as_bytes());
+            line.extend_from_slice(prefix);
+            line.extend_from_slice(b"_reason=");
+            push_quoted(line, reason);
+            line.extend_from_slice(prefix);
+            line.extend_from_slice(b"_endpoint=");
+            push_quoted(line, endpoint);
+            line.extend_from_slice(if prefix == b" enforced" {
+                b" policy_revision="
+            } else {
+                b" shadow_revision="
+            });
+            push_quoted(line, revision);
+        }
+    }
+    line.push(b'\n');
+}
+
+const SHADOW_TARGET: &str = "nmp_authz::shadow";
 const DECISION_TARGET: &str = "nmp_authz::decision";
 /// Room for a typical decision record, so that writing one allocates once.
 const DECISION_RECORD_BYTES: usize = 384;
@@ -1031,6 +1320,15 @@ mod tests {
         humantime::parse_rfc3339(json["timestamp"].as_str().unwrap()).unwrap();
     }
 
+    fn scrape(revision: &str, age: u64) -> Scrape {
+        Scrape {
+            revision: Some(revision.into()),
+            policy_age_seconds: Some(age),
+            ready: true,
+            ..Scrape::default()
+        }
+    }
+
     #[test]
     fn decisions_are_counted_by_result_status_and_reason() {
         let metrics = Metrics::default();
@@ -1044,37 +1342,64 @@ mod tests {
         metrics.jwks_fetched("https://idp.example.com", true);
         metrics.jwks_fetched("https://idp.example.com", false);
         metrics.jwks_fetched("https://idp.example.com", false);
-        metrics.source_read("policy.yaml", false);
-        let text = metrics.render(Some("abc"), Some(7), false, true);
-        assert!(text.contains("nmp_authz_policy_age_seconds 7\n"));
-        assert!(text.contains("nmp_authz_policy_loads_total 0\n"));
+        metrics.source_read("policy \"a\".yaml", false);
+        let text = metrics.render(scrape("abc", 7));
+        assert!(
+            text.contains("\nnmp_authz_policy_age_seconds 7\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nnmp_authz_policy_loads_total 0\n"));
         metrics.policy_loaded(Duration::from_millis(1500));
         metrics.policy_load_failed();
-        let text = metrics.render(Some("abc"), Some(7), false, true);
-        assert!(text.contains("nmp_authz_policy_loads_total 1\n"));
-        assert!(text.contains("nmp_authz_policy_load_duration_seconds 1.5\n"));
-        assert!(text.contains("nmp_authz_policy_load_failures_total 1\n"));
-        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.00001\"} 0\n"));
-        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"0.000025\"} 3\n"));
-        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"2.5\"} 3\n"));
-        assert!(text.contains("nmp_authz_check_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
-        assert!(text.contains("nmp_authz_check_duration_seconds_count 4\n"));
-        assert!(text.contains("nmp_authz_policy_stale 0\n"));
-        assert!(text.contains(
-            "nmp_authz_policy_source_reads_total{source=\"policy.yaml\",result=\"failure\"} 1\n"
-        ));
-        assert!(text.contains(
-            "nmp_authz_jwks_fetches_total{issuer=\"https://idp.example.com\",result=\"failure\"} 2\n"
-        ));
-        assert!(text.contains(
-            "nmp_authz_decisions_total{result=\"deny\",status=\"403\",reason=\"not_permitted\"} 2\n"
-        ));
-        assert!(text.contains(
-            "nmp_authz_decisions_total{result=\"allow\",status=\"200\",reason=\"workspace_permission\"} 1\n"
-        ));
-        assert!(text.contains("reason=\"invalid_identity\"} 1\n"));
-        assert!(text.contains("nmp_authz_policy_info{revision=\"abc\"} 1\n"));
-        assert!(text.contains("nmp_authz_ready 1\n"));
-        assert!(!text.contains("status=\"503\""), "no zero-valued series");
+        let text = metrics.render(scrape("abc", 7));
+        for line in [
+            "# HELP nmp_authz_decisions_total Check decisions by HTTP status and reason.",
+            "# TYPE nmp_authz_decisions_total counter",
+            "nmp_authz_policy_loads_total 1",
+            "nmp_authz_policy_load_duration_seconds 1.5",
+            "nmp_authz_policy_load_failures_total 1",
+            "# TYPE nmp_authz_check_duration_seconds histogram",
+            "nmp_authz_check_duration_seconds_bucket{le=\"1e-05\"} 0",
+            "nmp_authz_check_duration_seconds_bucket{le=\"2.5e-05\"} 3",
+            "nmp_authz_check_duration_seconds_bucket{le=\"2.5\"} 3",
+            "nmp_authz_check_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "nmp_authz_check_duration_seconds_count 4",
+            "nmp_authz_check_duration_seconds_sum 5.00006",
+            "nmp_authz_policy_stale 0",
+            "nmp_authz_policy_source_reads_total{source=\"policy \\\"a\\\".yaml\",result=\"failure\"} 1",
+            "nmp_authz_jwks_fetches_total{issuer=\"https://idp.example.com\",result=\"failure\"} 2",
+            "nmp_authz_jwks_fetches_total{issuer=\"https://idp.example.com\",result=\"success\"} 1",
+            "nmp_authz_decisions_total{result=\"deny\",status=\"403\",reason=\"not_permitted\"} 2",
+            "nmp_authz_decisions_total{result=\"allow\",status=\"200\",reason=\"workspace_permission\"} 1",
+            "nmp_authz_decisions_total{result=\"deny\",status=\"401\",reason=\"invalid_identity\"} 1",
+            // Reachable and not seen yet: there, at 0.
+            "nmp_authz_decisions_total{result=\"deny\",status=\"503\",reason=\"policy_stale\"} 0",
+            "nmp_authz_decisions_total{result=\"deny\",status=\"401\",reason=\"not_permitted\"} 0",
+            "nmp_authz_policy_info{revision=\"abc\"} 1",
+            "nmp_authz_ready 1",
+            "nmp_authz_log_records_dropped_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        // Statuses an outcome never answers with are not written.
+        assert!(!text.contains("status=\"503\",reason=\"not_permitted\""));
+        assert!(!text.contains("status=\"200\",reason=\"not_permitted\""));
+        // No shadow policy: no shadow series.
+        assert!(!text.contains("shadow"), "{text}");
+    }
+
+    #[test]
+    fn every_reachable_decision_series_is_resolved_up_front() {
+        let metrics = Metrics::default();
+        for outcome in Outcome::all() {
+            for identified in [true, false] {
+                let status = outcome.status(identified);
+                let slot = Status::ALL.iter().position(|s| *s == status).unwrap();
+                assert!(
+                    metrics.decision_counters[outcome.index()][slot].is_some(),
+                    "{outcome:?} {status:?}"
+                );
+            }
+        }
     }
 }

@@ -620,6 +620,27 @@ fn doctor_passes_a_hardened_config() {
     assert!(text.contains("0 failed"), "{text}");
 }
 
+/// With traces on, whether spans carry identities is a check of its own.
+#[test]
+fn doctor_flags_identities_in_traces() {
+    let (_dir, config) = hardened_dir();
+    let hardened = std::fs::read_to_string(&config).unwrap();
+    for (record, expected) in [("false", "pass"), ("true", "warn")] {
+        std::fs::write(
+            &config,
+            format!("{hardened}\ntraces:\n  enabled: true\n  record_principal: {record}\n"),
+        )
+        .unwrap();
+        let out = run(&["doctor", "--config", config.to_str().unwrap(), "--json"]);
+        let checks = doctor_json(&out);
+        assert_eq!(
+            status_of(&checks, "identities in traces"),
+            expected,
+            "{checks:?}"
+        );
+    }
+}
+
 #[test]
 fn doctor_fails_the_quickstart_and_flags_each_item() {
     let out = run(&["doctor", "--json"]);

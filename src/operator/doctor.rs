@@ -282,6 +282,21 @@ fn config_checks(config: &Config) -> Vec<Check> {
             ),
         )
     });
+    if config.traces.enabled {
+        checks.push(if config.traces.record_principal {
+            check(
+                "identities in traces",
+                Warn,
+                "traces.record_principal is true: every traced request's principal id goes                  to the trace backend (personal data where ids are emails)",
+            )
+        } else {
+            check(
+                "identities in traces",
+                Pass,
+                "spans carry the principal's kind, not its id",
+            )
+        });
+    }
     checks
 }
 

@@ -60,7 +60,10 @@ struct Explained {
 pub fn run(args: &Args, config: &Config) -> Result<(), String> {
     let requests = requests(args, config)?;
     let policy = crate::sources::load(config).map_err(|e| e.to_string())?;
-    let state = State::new(config, Some(policy));
+    // Explaining is no request served: nothing is traced.
+    let mut config = config.clone();
+    config.traces.enabled = false;
+    let state = State::new(&config, Some(policy));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

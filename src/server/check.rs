@@ -24,6 +24,8 @@ pub struct Request<'a> {
     pub credentials: Result<Credentials<'a>, IdentityError>,
     /// The `jwt_authn` namespace of Envoy's dynamic metadata (gRPC only).
     pub metadata: Option<&'a Struct>,
+    /// Where the request's trace context is (read only when traces are on).
+    pub trace: crate::traces::Carrier<'a>,
 }
 
 /// What a face reports of an answer (metrics, logs, callers).
@@ -99,9 +101,13 @@ pub(crate) async fn decide_recorded<R>(
     render: impl FnOnce(&Verdict<'_>) -> R,
 ) -> R {
     let started = Instant::now();
+    let span = state.traces.as_ref().map(|t| t.start_span(&request.trace));
     decide(state, request, |verdict| {
         let rendered = render(verdict);
         record(state, request, verdict, started.elapsed());
+        if let Some(span) = span {
+            span.finish(request.method, request.path, verdict);
+        }
         rendered
     })
     .await
@@ -112,6 +118,9 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
     state
         .metrics
         .record_check(verdict.outcome, verdict.status, took);
+    if let Some(shadow) = &state.shadow {
+        shadow.compare(request, verdict);
+    }
     if state
         .decision_log
         .should_log(verdict.allowed(), verdict.outcome)
@@ -157,18 +166,35 @@ pub fn request(check: &CheckRequest) -> Request<'_> {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         ),
         metadata: attributes.and_then(identity::jwt_authn_metadata),
+        trace: http.map_or(crate::traces::Carrier::None, |h| {
+            crate::traces::Carrier::Check(&h.headers, None)
+        }),
     }
 }
 
 /// Decides one Check request (counted and logged).
 pub async fn check(state: &State, check: &CheckRequest) -> (EncodedCheckResponse, Answered) {
+    check_with_metadata(state, check, None).await
+}
+
+/// [`check`], with the gRPC call's metadata (where Envoy puts its ext_authz span's trace
+/// context when it traces).
+pub async fn check_with_metadata(
+    state: &State,
+    check: &CheckRequest,
+    grpc_metadata: Option<&tonic::metadata::MetadataMap>,
+) -> (EncodedCheckResponse, Answered) {
     let inbound = check
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
         .map(|h| &h.headers);
-    decide_recorded(state, &request(check), |verdict| {
+    let mut request = request(check);
+    if let crate::traces::Carrier::Check(headers, _) = request.trace {
+        request.trace = crate::traces::Carrier::Check(headers, grpc_metadata);
+    }
+    decide_recorded(state, &request, |verdict| {
         let answered = Answered {
             outcome: verdict.outcome,
             status: verdict.status,

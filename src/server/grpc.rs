@@ -192,7 +192,9 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
-            let (response, _) = check::check(&state, request.get_ref()).await;
+            let (response, _) =
+                check::check_with_metadata(&state, request.get_ref(), Some(request.metadata()))
+                    .await;
             Ok(Response::new(response))
         })
     }
@@ -204,6 +206,13 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
 pub(crate) struct PdpService(pub Arc<State>);
 
 impl PdpService {
+    /// The call's span, when traces are on (its context from the call's metadata).
+    fn span<T>(&self, request: &Request<T>) -> Option<crate::traces::RequestSpan> {
+        let traces = self.0.traces.as_ref()?;
+        let headers = request.metadata().clone().into_headers();
+        Some(traces.start_pdp_span(&crate::traces::Carrier::Http(&headers)))
+    }
+
     async fn authorize<T>(&self, request: &Request<T>) -> Result<pdp::Usable, Status> {
         let headers = request.metadata().clone().into_headers();
         pdp::authorize_caller(&self.0, &headers)
@@ -240,9 +249,59 @@ fn input(principal: Option<PrincipalInput>, fields: &[(&str, Json)]) -> Map<Stri
     input
 }
 
+/// Ends a PDP call's span with the HTTP status its gRPC code stands for.
+fn finish<T>(
+    span: Option<crate::traces::RequestSpan>,
+    entrypoint: &str,
+    answered: &Result<T, Status>,
+) {
+    if let Some(span) = span {
+        let status = match answered {
+            Ok(_) => 200,
+            Err(e) => nmp_authz_core::verdict::Status::ALL
+                .into_iter()
+                .find(|s| s.grpc_code() == e.code() as i32)
+                .map_or(503, |s| s.http()),
+        };
+        span.finish_pdp(entrypoint, status);
+    }
+}
+
 #[tonic::async_trait]
 impl PolicyDecision for PdpService {
     async fn allow(
+        &self,
+        request: Request<AllowRequest>,
+    ) -> Result<Response<AllowResponse>, Status> {
+        let span = self.span(&request);
+        let answered = self.allow_untraced(request).await;
+        finish(span, "allow", &answered);
+        answered
+    }
+
+    async fn has_permissions(
+        &self,
+        request: Request<HasPermissionsRequest>,
+    ) -> Result<Response<HasPermissionsResponse>, Status> {
+        let span = self.span(&request);
+        let answered = self.has_permissions_untraced(request).await;
+        finish(span, "has_permissions", &answered);
+        answered
+    }
+
+    async fn has_role(
+        &self,
+        request: Request<HasRoleRequest>,
+    ) -> Result<Response<HasRoleResponse>, Status> {
+        let span = self.span(&request);
+        let answered = self.has_role_untraced(request).await;
+        finish(span, "has_role", &answered);
+        answered
+    }
+}
+
+impl PdpService {
+    async fn allow_untraced(
         &self,
         request: Request<AllowRequest>,
     ) -> Result<Response<AllowResponse>, Status> {
@@ -266,7 +325,7 @@ impl PolicyDecision for PdpService {
         }))
     }
 
-    async fn has_permissions(
+    async fn has_permissions_untraced(
         &self,
         request: Request<HasPermissionsRequest>,
     ) -> Result<Response<HasPermissionsResponse>, Status> {
@@ -287,7 +346,7 @@ impl PolicyDecision for PdpService {
         }))
     }
 
-    async fn has_role(
+    async fn has_role_untraced(
         &self,
         request: Request<HasRoleRequest>,
     ) -> Result<Response<HasRoleResponse>, Status> {

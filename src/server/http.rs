@@ -14,7 +14,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 
 use super::{State, http_authz, pdp};
-use crate::identity;
 
 /// The routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,19 +135,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/apis/auth/discovery" => json(StatusCode::OK, state.discovery.clone()),
         "/metrics" => {
-            let policy = state.policy.load();
-            let loaded_at = state.policy_loaded_at.load(Ordering::Relaxed);
-            let age = (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at));
-            let body = state.metrics.render(
-                policy.as_ref().map(|p| p.revision()),
-                age,
-                state.stale.load(Ordering::Relaxed),
-                state.ready(),
-            );
+            let body = state.metrics.render(state.scrape());
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                header::HeaderValue::from_static(crate::telemetry::METRICS_CONTENT_TYPE),
             );
             response
         }
@@ -220,6 +211,13 @@ fn health(state: &State, path: &str) -> Response<Full<Bytes>> {
 
 /// NMP's PDP over HTTP: `POST` to either PDP path (`pdp::PATH_PREFIXES`).
 async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Response<Full<Bytes>> {
+    let span = state.traces.as_ref().map(|traces| {
+        let span = traces.start_pdp_span(&crate::traces::Carrier::Http(req.headers()));
+        let name = pdp::entrypoint_of(req.uri().path())
+            .unwrap_or("")
+            .to_string();
+        (span, name)
+    });
     let answered = async {
         if req.method() != Method::POST {
             return Err(pdp::Refused::new(405, "Method not allowed"));
@@ -240,7 +238,12 @@ async fn pdp_answer(state: &State, req: Request<Incoming>, face: Face) -> Respon
         let entrypoint = pdp::entrypoint(pdp::entrypoint_of(parts.uri.path()).unwrap_or(""))?;
         pdp::answer(&policy, entrypoint, &body)
     };
-    match answered.await {
+    let answered = answered.await;
+    if let Some((span, entrypoint)) = span {
+        let status = answered.as_ref().map_or_else(|r| r.status, |_| 200);
+        span.finish_pdp(&entrypoint, status);
+    }
+    match answered {
         Ok(result) => json(StatusCode::OK, result.to_string()),
         Err(refused) => {
             let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);

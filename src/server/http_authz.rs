@@ -74,6 +74,7 @@ pub async fn answer(
                     forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str())),
                 ),
                 metadata: None,
+                trace: crate::traces::Carrier::Http(headers),
             };
             let inbound = forwarded.iter().map(|(k, _)| k.as_str());
             check::decide_recorded(state, &request, |verdict| {
@@ -88,6 +89,7 @@ pub async fn answer(
                 path: rest,
                 credentials: Ok(Credentials::default()),
                 metadata: None,
+                trace: crate::traces::Carrier::None,
             };
             check::record(state, &request, &verdict, started.elapsed());
             http_answer(&verdict, std::iter::empty(), ForwardedForm::Envoy)

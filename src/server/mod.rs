@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_authz;
 pub mod pdp;
+pub mod shadow;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,6 +58,10 @@ pub struct State {
     pub source_status: ArcSwap<Vec<SourceStatus>>,
     /// The HTTP authorization endpoint's settings.
     pub http_authz: HttpAuthzConfig,
+    /// The dry-run policy (`policy.shadow`), when configured.
+    pub shadow: Option<shadow::Shadow>,
+    /// Span export (`traces.enabled`).
+    pub traces: Option<crate::traces::Traces>,
 }
 
 impl State {
@@ -99,7 +104,6 @@ impl State {
             auth_enabled: config.auth.enabled,
             identity: config.identity_settings(),
             keys: Arc::new(keys),
-            metrics,
             discovery: discovery.to_string(),
             stale: AtomicBool::new(false),
             bootstrapping: AtomicBool::new(false),
@@ -108,6 +112,19 @@ impl State {
             decision_log: DecisionLog::from_env(),
             source_status: ArcSwap::default(),
             http_authz: config.http_authz.clone(),
+            // Started inside the server's runtime (its exporter runs there); a failure to start
+            // is logged and leaves traces off, never the server down.
+            traces: config.traces.enabled.then(|| {
+                crate::traces::Traces::start(&config.traces)
+                    .map_err(|e| tracing::error!(error = %e, "traces: cannot start the OTLP exporter; traces are off"))
+                    .ok()
+            }).flatten(),
+            shadow: config
+                .policy
+                .shadow
+                .as_ref()
+                .map(|_| shadow::Shadow::new(&metrics)),
+            metrics,
         }
     }
 
@@ -184,6 +201,32 @@ impl State {
         }
     }
 
+    /// What `/metrics` reports from the state (rather than from counters).
+    pub fn scrape(&self) -> crate::telemetry::Scrape {
+        let age = |loaded_at: u64| {
+            (loaded_at > 0).then(|| identity::unix_now().saturating_sub(loaded_at))
+        };
+        crate::telemetry::Scrape {
+            revision: self
+                .policy
+                .load()
+                .as_ref()
+                .map(|p| p.revision().to_string()),
+            policy_age_seconds: age(self.policy_loaded_at.load(Ordering::Relaxed)),
+            stale: self.stale.load(Ordering::Relaxed),
+            ready: self.ready(),
+            shadow_configured: self.shadow.is_some(),
+            shadow_revision: self.shadow.as_ref().and_then(|shadow| {
+                let policy = shadow.policy.load();
+                policy.as_ref().map(|p| p.revision().to_string())
+            }),
+            shadow_policy_age_seconds: self
+                .shadow
+                .as_ref()
+                .and_then(|shadow| age(shadow.loaded_at.load(Ordering::Relaxed))),
+        }
+    }
+
     /// Ready when a current policy with endpoints is loaded (or authorization is off), and
     /// not shutting down.
     pub fn ready(&self) -> bool {
@@ -250,6 +293,12 @@ impl Running {
                 tracing::warn!("no policy data yet: answering 503 until it loads")
             }
         }
+        // The dry run's policy: its failure is logged and counted, never fatal (it answers
+        // nothing), and the reload loop keeps trying.
+        let mut shadow_sources = Sources::shadow(&config, state.metrics.clone());
+        if let (Some(sources), Some(shadow)) = (&mut shadow_sources, &state.shadow) {
+            refresh_shadow(sources, shadow, &state.metrics).await;
+        }
         let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
         // Before the first Check: a policy compiled without a source that never loaded must
         // not decide one.
@@ -283,6 +332,20 @@ impl Running {
             TaskKind::Background,
             reload_loop(config.clone(), sources, state.clone(), shutdown_rx.clone()),
         );
+        if let Some(shadow_sources) = shadow_sources {
+            // A loop of its own: a shadow source that hangs must not hold up the enforced
+            // policy's reloads.
+            tasks.spawn(
+                "shadow policy reload",
+                TaskKind::Background,
+                shadow_reload_loop(
+                    config.clone(),
+                    shadow_sources,
+                    state.clone(),
+                    shutdown_rx.clone(),
+                ),
+            );
+        }
         let keys = state.keys.clone().run(shutdown_rx.clone());
         tasks.spawn("signing keys refresh", TaskKind::Background, async move {
             keys.await;
@@ -340,6 +403,19 @@ impl Running {
             let _ = std::fs::remove_file(path);
         }
         self.state.decision_log.report_suppressed();
+        if let Some(shadow) = &self.state.shadow {
+            shadow.report_suppressed();
+        }
+        if self.state.traces.is_some() {
+            // The last spans sent (bounded): blocking, so off the runtime's threads.
+            let state = self.state.clone();
+            let flushed = tokio::task::spawn_blocking(move || {
+                if let Some(traces) = &state.traces {
+                    traces.shutdown();
+                }
+            });
+            let _ = flushed.await;
+        }
         match failure {
             Some(failure) => Err(failure),
             None => drained,
@@ -515,6 +591,43 @@ async fn reload_loop(
             }
         }
         state.observe(&sources, max_staleness);
+    }
+}
+
+/// The dry-run policy's reload loop: [`reload_loop`]'s schedule (the refresh interval, and
+/// soon after a shadow policy file changes), without staleness: the shadow answers nothing.
+async fn shadow_reload_loop(
+    config: Config,
+    mut sources: Sources,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(shadow) = &state.shadow else {
+        return Ok(());
+    };
+    let interval = Duration::from_secs(config.auth.policy_data_refresh_interval.max(1));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let _watcher = sources::watch_files(&sources.files(), changed.clone());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = changed.notified() => tokio::time::sleep(FILE_EVENT_SETTLE).await,
+            _ = shutdown.changed() => return Ok(()),
+        }
+        refresh_shadow(&mut sources, shadow, &state.metrics).await;
+    }
+}
+
+/// Refreshes the dry-run policy's sources and installs what compiles. A failure keeps the
+/// last good shadow policy (or none): it is logged and counted, and changes no answer.
+async fn refresh_shadow(sources: &mut Sources, shadow: &shadow::Shadow, metrics: &Metrics) {
+    match sources.refresh().await {
+        Refresh::Compiled(policy, _) => shadow.install(*policy, metrics),
+        Refresh::Unchanged => {}
+        Refresh::Failed(e) => {
+            tracing::error!(error = %e, "shadow policy load failed; keeping the last good shadow policy");
+            metrics.shadow_policy_load_failed();
+        }
     }
 }
 

@@ -35,6 +35,55 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub http_authz: HttpAuthzConfig,
     pub pdp: PdpConfig,
+    pub traces: TracesConfig,
+}
+
+/// `traces`: a span per authorization request, exported over OTLP (README "Traces").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    pub enabled: bool,
+    /// The OTLP receiver: `http://host:4317` for gRPC; the full URL for HTTP
+    /// (`http://host:4318/v1/traces`).
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// The fraction of requests without a trace context that start a sampled trace; a
+    /// request's own sampled flag is always followed.
+    pub sample_ratio: f64,
+    pub service_name: String,
+    /// Put the principal id in the span (`nmp_authz.principal.id`); off: only its kind.
+    pub record_principal: bool,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            sample_ratio: 1.0,
+            service_name: "nmp-authz".into(),
+            record_principal: false,
+        }
+    }
+}
+
+/// How spans are sent: OTLP over gRPC, or OTLP/HTTP with protobuf bodies.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
 }
 
 /// NMP's own `auth:` keys, with NMP's names and meanings.
@@ -230,6 +279,18 @@ pub struct PolicyConfig {
     pub bootstrap: Vec<SourceConfig>,
     /// After this long without a good load, deny with 503 (fail closed).
     pub max_staleness_seconds: u64,
+    /// A candidate policy evaluated beside the enforced one on every Check, without affecting
+    /// any answer (a dry run): where they disagree is counted and logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `policy.shadow`: the dry-run policy's sources, of the same kinds as `policy.sources`,
+/// merged in order, loaded and reloaded as they are.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for PolicyConfig {
@@ -238,6 +299,7 @@ impl Default for PolicyConfig {
             sources: vec![SourceConfig::Builtin { builtin: true }],
             bootstrap: Vec::new(),
             max_staleness_seconds: 300,
+            shadow: None,
         }
     }
 }
@@ -759,8 +821,44 @@ impl Config {
                 "must list at least one source (`- builtin: true` for the built-in catalog)",
             ));
         }
-        for (i, source) in self.policy.sources.iter().enumerate() {
-            let key = format!("policy.sources[{i}]");
+        let traces = &self.traces;
+        check_url("traces.endpoint", &traces.endpoint)?;
+        if traces.protocol == OtlpProtocol::Grpc && traces.endpoint.starts_with("https://") {
+            // The gRPC exporter is built without TLS; HTTP/protobuf has it (rustls).
+            return Err(ConfigError::key(
+                "traces.endpoint",
+                "an https:// endpoint needs traces.protocol: http/protobuf (OTLP over gRPC is \
+                 plaintext here: a collector beside the server, or a sidecar)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&traces.sample_ratio) {
+            return Err(ConfigError::key(
+                "traces.sample_ratio",
+                format!("must be between 0 and 1 (got {})", traces.sample_ratio),
+            ));
+        }
+        if traces.service_name.is_empty() {
+            return Err(ConfigError::key("traces.service_name", "must not be empty"));
+        }
+        check_sources("policy.sources", &self.policy.sources)?;
+        if let Some(shadow) = &self.policy.shadow {
+            if shadow.sources.is_empty() {
+                return Err(ConfigError::key(
+                    "policy.shadow.sources",
+                    "must list at least one source (remove policy.shadow to turn the dry run off)",
+                ));
+            }
+            check_sources("policy.shadow.sources", &shadow.sources)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks each source of the list at `list` (`policy.sources`, `policy.shadow.sources`).
+fn check_sources(list: &str, sources: &[SourceConfig]) -> Result<(), ConfigError> {
+    {
+        for (i, source) in sources.iter().enumerate() {
+            let key = format!("{list}[{i}]");
             match source {
                 SourceConfig::Builtin { builtin: false } => {
                     return Err(ConfigError::key(
@@ -1377,6 +1475,66 @@ policy:
             msg.contains("at policy.bootstrap[0]: must be local"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn traces_keys() {
+        let c = yaml("").unwrap();
+        assert!(!c.traces.enabled, "off by default");
+        let c = yaml(
+            "traces:\n  enabled: true\n  endpoint: http://collector:4318/v1/traces\n  \
+             protocol: http/protobuf\n  sample_ratio: 0.25\n",
+        )
+        .unwrap();
+        assert_eq!(c.traces.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.traces.sample_ratio, 0.25);
+        for (text, named) in [
+            ("traces:\n  sample_ratio: 1.5\n", "traces.sample_ratio"),
+            ("traces:\n  endpoint: collector:4317\n", "traces.endpoint"),
+            (
+                "traces:\n  endpoint: https://collector:4317\n",
+                "traces.endpoint",
+            ),
+            ("traces:\n  protocol: zipkin\n", "traces.protocol"),
+            ("traces:\n  ratio: 1\n", "ratio"),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn shadow_policy_keys() {
+        assert!(
+            yaml("").unwrap().policy.shadow.is_none(),
+            "no dry run by default"
+        );
+        let c = yaml("policy:\n  shadow:\n    sources:\n      - file: candidate.yaml\n").unwrap();
+        assert_eq!(
+            c.policy.shadow.unwrap().sources,
+            vec![SourceConfig::File {
+                file: "candidate.yaml".into()
+            }]
+        );
+        for (text, named) in [
+            (
+                "policy:\n  shadow:\n    sources: []\n",
+                "policy.shadow.sources",
+            ),
+            ("policy:\n  shadow: {}\n", "policy.shadow.sources"),
+            ("policy:\n  shadow:\n    source: []\n", "source"),
+            (
+                "policy:\n  shadow:\n    sources:\n      - bundle_url: ftp://x\n",
+                "policy.shadow.sources[0].bundle_url",
+            ),
+            (
+                "policy:\n  shadow:\n    sources:\n      - builtin: false\n",
+                "policy.shadow.sources[0]",
+            ),
+        ] {
+            let error = yaml(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -84,6 +84,9 @@ impl Sources {
         if !config.policy.bootstrap.is_empty() {
             return Err("policy.bootstrap is not supported by the Envoy module".into());
         }
+        if config.policy.shadow.is_some() {
+            return Err("policy.shadow (the dry run) is not supported by the Envoy module".into());
+        }
         let mut sources = Vec::new();
         for (i, source) in config.policy.sources.iter().enumerate() {
             let kind = match source {

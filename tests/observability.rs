@@ -26,7 +26,6 @@ use common::bundle::{BundleServer, Serve, THINGS, bundle, document};
 use common::check_request;
 use common::process::{Server, http_get};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use serde_json::{Value, json};
 
 /// Rounds (scrapes) per scenario: enough for the longest rule (a 5-minute window, then 5
@@ -242,11 +241,7 @@ impl Running {
             .block_on(self.client.check(request))
             .unwrap()
             .into_inner();
-        match response.http_response {
-            Some(HttpResponse::OkResponse(_)) => 200,
-            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-            _ => 0,
-        }
+        common::http_status(&response)
     }
 
     /// Polls `/metrics` until `until` holds of it, within [`DEADLINE`].

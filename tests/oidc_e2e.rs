@@ -60,11 +60,7 @@ impl Gateway {
     }
 
     fn status(&mut self, token: &str) -> i32 {
-        match self.check(token, "GET", MODELS).http_response {
-            Some(HttpResponse::OkResponse(_)) => 200,
-            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-            _ => 0,
-        }
+        common::http_status(&self.check(token, "GET", MODELS))
     }
 
     /// Asks until the token is allowed, within a bound; returns how long that took.

@@ -61,11 +61,7 @@ impl Running {
             .block_on(self.client.check(request))
             .unwrap()
             .into_inner();
-        match response.http_response {
-            Some(HttpResponse::OkResponse(_)) => 200,
-            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-            _ => 0,
-        }
+        common::http_status(&response)
     }
 
     /// Asks until alice's request gets `status`, within [`CHANGE_DEADLINE`].

@@ -17,7 +17,6 @@ use common::gateway::{
 use common::process::{Server, cpu_time, fd_count, http_get, rss_kib, thread_count};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use tonic::transport::Channel;
 
 const ALLOWED: &str = "/apis/models/v2/workspaces/default/models";
@@ -47,11 +46,7 @@ async fn status(
         .await
         .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
         .into_inner();
-    Ok(match response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-        _ => 0,
-    })
+    Ok(common::http_status(&response))
 }
 
 fn alice() -> String {

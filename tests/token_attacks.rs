@@ -588,15 +588,6 @@ fn quickstart_state() -> State {
     State::new(&config, Some(policy(DECISION_POLICY)))
 }
 
-fn status(response: &CheckResponse) -> i32 {
-    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code),
-        _ => 0,
-    }
-}
-
 const MODELS: &str = "/apis/models/v2/workspaces/ws1/models";
 
 #[tokio::test]
@@ -699,7 +690,11 @@ async fn control_characters_in_check_headers_deny_and_never_reach_upstream_heade
     for (headers, expected) in cases {
         let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (response, _) = check(&state, &check_request("GET", MODELS, None, &pairs)).await;
-        assert_eq!(status(&response), expected, "{headers:?}: {response:?}");
+        assert_eq!(
+            http_status(&response),
+            expected,
+            "{headers:?}: {response:?}"
+        );
         expect_denied(&response, expected, &format!("{headers:?}")).unwrap();
     }
     // A control character in a header nmp-authz does not read changes nothing; one in an

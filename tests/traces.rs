@@ -17,7 +17,6 @@ use common::bundle::{THINGS, document};
 use common::check_request;
 use common::process::Server;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use http_body_util::{BodyExt, Full};
 use nmp_authz::pdp_proto::policy_decision_client::PolicyDecisionClient;
 use nmp_authz::pdp_proto::{AllowRequest, PrincipalInput};
@@ -274,11 +273,7 @@ impl Authz {
             .block_on(self.client.check(request))
             .unwrap()
             .into_inner();
-        match response.http_response {
-            Some(HttpResponse::OkResponse(_)) => 200,
-            Some(HttpResponse::DeniedResponse(d)) => d.status.map_or(0, |s| s.code),
-            _ => 0,
-        }
+        common::http_status(&response)
     }
 }
 

@@ -237,6 +237,16 @@ pub fn header<'a>(headers: &'a [HeaderValueOption], name: &str) -> Option<&'a st
 }
 
 /// A string field of the response's dynamic metadata.
+/// The HTTP status Envoy answers a client with for `response`: 200 for an allow, the denial's
+/// status, 0 for neither.
+pub fn http_status(response: &CheckResponse) -> i32 {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => 200,
+        Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(0, |s| s.code),
+        _ => 0,
+    }
+}
+
 pub fn metadata<'a>(response: &'a CheckResponse, key: &str) -> Option<&'a str> {
     match response
         .dynamic_metadata

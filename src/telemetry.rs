@@ -162,19 +162,9 @@ fn decision_labels(outcome: Outcome, status: Status) -> DecisionLabels {
     };
     [
         ("result", result),
-        ("status", http_status_label(status)),
+        ("status", status.http_label()),
         ("reason", outcome.as_str()),
     ]
-}
-
-fn http_status_label(status: Status) -> &'static str {
-    match status {
-        Status::Ok => "200",
-        Status::BadRequest => "400",
-        Status::Unauthorized => "401",
-        Status::Forbidden => "403",
-        Status::Unavailable => "503",
-    }
 }
 
 fn result_label(ok: bool) -> &'static str {

@@ -39,6 +39,17 @@ impl Status {
         }
     }
 
+    /// [`Self::http`] as text, for metric labels and stats names (no formatting per request).
+    pub fn http_label(self) -> &'static str {
+        match self {
+            Status::Ok => "200",
+            Status::BadRequest => "400",
+            Status::Unauthorized => "401",
+            Status::Forbidden => "403",
+            Status::Unavailable => "503",
+        }
+    }
+
     /// The `google.rpc.Code` that says the same: OK, INVALID_ARGUMENT, UNAUTHENTICATED,
     /// PERMISSION_DENIED, UNAVAILABLE.
     pub fn grpc_code(self) -> i32 {
@@ -309,6 +320,14 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Outcome::COUNT, "a name used twice");
+    }
+
+    #[test]
+    fn status_labels_are_the_http_codes() {
+        for status in Status::ALL {
+            assert_eq!(status.http_label(), status.http().to_string());
+            assert_eq!(Status::from_http(status.http()), Some(status));
+        }
     }
 
     #[test]

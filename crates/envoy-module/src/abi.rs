@@ -349,7 +349,7 @@ unsafe fn act(filter_envoy: EnvoyPtr, config: &FilterConfig, answer: &Answer) ->
     }
     if let Some(id) = config.decisions {
         let mut labels = [
-            ModuleBuffer::of(status_label(answer.status)),
+            ModuleBuffer::of(answer.status.http_label()),
             ModuleBuffer::of(answer.outcome.as_str()),
         ];
         unsafe {
@@ -463,16 +463,6 @@ fn decision_record(answer: &Answer) -> String {
         }
     }
     record
-}
-
-fn status_label(status: Status) -> &'static str {
-    match status {
-        Status::Ok => "200",
-        Status::BadRequest => "400",
-        Status::Unauthorized => "401",
-        Status::Forbidden => "403",
-        Status::Unavailable => "503",
-    }
 }
 
 fn unix_now() -> u64 {

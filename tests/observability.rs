@@ -204,14 +204,7 @@ impl Running {
         }
         let config = dir.path().join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let mut server = Server::start(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]);
+        let mut server = Server::start_with_config(&config);
         let (grpc, http) = server.addresses();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -31,14 +31,7 @@ impl Running {
     fn start(config_yaml: &str, dir: &std::path::Path) -> Running {
         let config = dir.join("config.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let mut server = Server::start(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]);
+        let mut server = Server::start_with_config(&config);
         let (grpc, http) = server.addresses();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let client = runtime

@@ -240,14 +240,7 @@ impl Authz {
             ),
         )
         .unwrap();
-        let mut server = Server::start(&[
-            "--config",
-            config.to_str().unwrap(),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]);
+        let mut server = Server::start_with_config(&config);
         let (grpc, http) = server.addresses();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let client = runtime

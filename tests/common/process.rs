@@ -160,6 +160,18 @@ impl Server {
         Self::start_with_env(args, &[])
     }
 
+    /// `serve --config CONFIG` on ephemeral loopback ports (see [`Server::addresses`]).
+    pub fn start_with_config(config: &std::path::Path) -> Self {
+        Self::start(&[
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+    }
+
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = nmp_authz()

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md (3): latency ext_authz adds through Envoy, over Envoy with jwt_authn alone, at
-# fixed rates and at saturation. One Envoy with four listeners that differ only by authorization
-# (none, ext_authz to nmp-authz, ext_authz to the do-nothing server, nmp-authz's dynamic module
-# inside Envoy; benches/envoy-bench.yaml), nmp-authz in quickstart mode, and oha as the HTTP load generator
-# (through Envoy every answer is a real HTTP status, so a generic tool counts correctly).
+# BENCHMARKS.md (3): latency and throughput authorization adds through Envoy, over Envoy with
+# jwt_authn alone, at fixed rates and at saturation. One Envoy with five listeners that differ
+# only by authorization (none, ext_authz to nmp-authz, ext_authz to the do-nothing server,
+# nmp-authz's dynamic module inside Envoy, Envoy's native RBAC; benches/envoy-bench.yaml),
+# nmp-authz in quickstart mode, and oha as the HTTP load generator (through Envoy every answer
+# is a real HTTP status, so a generic tool counts correctly).
 # Loopback only; every run is bounded in time.
-#   ./scripts/bench-envoy.sh [SECONDS_PER_RUN]
+#   ./scripts/bench-envoy.sh [SECONDS_PER_RUN] [ROUNDS]   (default 10 s, 3 rounds: ~9 minutes)
 # Needs Envoy (`./scripts/test.sh` installs it into .venv) and oha (installed here into
 # target/bench-tools with cargo on first use) and openssl (signs the bench token).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seconds=${1:-15}
+seconds=${1:-10}
+rounds=${2:-3}
 oha_version=1.16.0
 cargo build --release --locked --bin nmp-authz --example noop_authz
 cargo build --release --locked -p nmp-authz-envoy-module  # target/release/libnmp_authz_envoy.so
@@ -49,9 +51,21 @@ for _ in $(seq 100); do  # bounded readiness poll
     sleep 0.1
 done
 path=/apis/models/v2/workspaces/default/models
-for port in 18080 18081 18082 18083; do  # all answer 200 for this token before anything is measured
+ports=(18080 18081 18082 18083 18084)
+for port in "${ports[@]}"; do  # all answer 200 for this token before anything is measured
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$port$path")
     [ "$code" = 200 ] || { echo "listener $port answered $code, not 200" >&2; cat "$work/envoy.log" >&2; exit 1; }
+done
+# The authorizing listeners also refuse what they should: no token, and a workspace the token's
+# subject has no binding in (the RBAC rule must be as narrow as the policy, not "allow all").
+for port in 18081 18083 18084; do
+    none=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port$path")
+    other=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" \
+        "http://127.0.0.1:$port/apis/models/v2/workspaces/other/models")
+    case "$none $other" in
+        4??" "403) ;;
+        *) echo "listener $port answered $none without a token and $other for another workspace" >&2; exit 1 ;;
+    esac
 done
 
 run() {  # PORT RATE(0 = saturation) -> oha JSON
@@ -60,35 +74,50 @@ run() {  # PORT RATE(0 = saturation) -> oha JSON
     "$oha" "http://127.0.0.1:$1$path" -H "authorization: Bearer $token" -z "${seconds}s" \
         -c 50 "${rate[@]}" --no-tui --output-format json
 }
+# Rounds interleave the listeners, so a slow minute of this shared VM lands on all of them; the
+# added cost is the median over rounds of (listener - jwt_authn only) within a round.
 report=$(mktemp)
 for rate in 1000 5000 0; do
-    run 18080 "$rate" >/dev/null 2>&1 || true  # warm-up is the first second of each run
-    for port in 18080 18081 18082 18083; do
-        echo "$rate $port $(run "$port" "$rate" | tr -d '\n')" >>"$report"
+    run 18080 "$rate" >/dev/null 2>&1 || true  # warm-up
+    for round in $(seq "$rounds"); do
+        for port in "${ports[@]}"; do
+            echo "$rate $round $port $(run "$port" "$rate" | tr -d '\n')" >>"$report"
+        done
     done
 done
 python3 - "$report" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    rate, port, body = line.split(" ", 2)
-    rows[(rate, port)] = json.loads(body)
-def figures(r):
+    rate, round_, port, body = line.split(" ", 3)
+    r = json.loads(body)
     p = r["latencyPercentiles"]
-    codes = r["statusCodeDistribution"]
-    return (r["summary"]["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3, codes)
-print(f"{'load':>10}  {'listener':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  status codes")
+    codes = {k: v for k, v in r["statusCodeDistribution"].items()}
+    rows.setdefault((rate, port), []).append(
+        (r["summary"]["requestsPerSec"], p["p50"] * 1e3, p["p99"] * 1e3, codes))
+listeners = (("18080", "jwt_authn only"), ("18081", "+ ext_authz: nmp-authz"),
+             ("18082", "+ ext_authz: do-nothing"), ("18083", "+ module (in Envoy)"),
+             ("18084", "+ Envoy RBAC"))
+med = statistics.median
+print(f"{'load':>10}  {'listener':<30} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  status codes (all rounds)")
 for rate in ("1000", "5000", "0"):
     name = "saturation" if rate == "0" else f"{rate}/s"
-    base = figures(rows[(rate, "18080")])
-    authz = figures(rows[(rate, "18081")])
-    noop = figures(rows[(rate, "18082")])
-    module = figures(rows[(rate, "18083")])
-    for label, f in (("jwt_authn only", base), ("+ ext_authz: nmp-authz", authz),
-                     ("+ ext_authz: do-nothing", noop), ("+ module (in Envoy)", module)):
-        print(f"{name:>10}  {label:<24} {f[0]:8.0f} {f[1]:8.2f} {f[2]:8.2f}  {f[3]}")
-    for label, f in (("added: nmp-authz", authz), ("added: do-nothing", noop),
-                     ("added: module", module)):
-        print(f"{'':>10}  {label:<24} {f[0] / base[0]:8.0%} {f[1] - base[1]:+8.2f} {f[2] - base[2]:+8.2f}")
+    base = rows[(rate, "18080")]
+    for port, label in listeners:
+        runs = rows[(rate, port)]
+        codes = {}
+        for run in runs:
+            for k, v in run[3].items():
+                codes[k] = codes.get(k, 0) + v
+        print(f"{name:>10}  {label:<30} {med(r[0] for r in runs):8.0f} "
+              f"{med(r[1] for r in runs):8.2f} {med(r[2] for r in runs):8.2f}  {codes}")
+    for port, label in listeners[1:]:
+        runs = rows[(rate, port)]
+        ratio = med(r[0] / b[0] for r, b in zip(runs, base))
+        p50 = [r[1] - b[1] for r, b in zip(runs, base)]
+        p99 = [r[2] - b[2] for r, b in zip(runs, base)]
+        rounds = " ".join(f"{a:+.2f}/{b:+.2f}" for a, b in zip(p50, p99))
+        print(f"{'':>10}  {'added: ' + label[2:]:<30} {ratio:8.0%} {med(p50):+8.2f} {med(p99):+8.2f}"
+              f"  rounds p50/p99: {rounds}")
 PY
 rm -f "$report"

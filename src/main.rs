@@ -103,14 +103,23 @@ impl ConfigArgs {
     }
 }
 
-/// Policy files named relative to the config file are read from beside it, wherever the
-/// server is started from.
+/// Files a configuration names with a relative path (policy files of every source list, a
+/// bundle's `bearer_token_file`) are read from beside the config file, wherever the server is
+/// started from.
 fn resolve_relative_sources(config: &mut Config, dir: &Path) {
-    let shadow = config.policy.shadow.iter_mut().flat_map(|s| &mut s.sources);
-    for source in config.policy.sources.iter_mut().chain(shadow) {
-        if let SourceConfig::File { file } = source
-            && file.is_relative()
-        {
+    let policy = &mut config.policy;
+    let shadow = policy.shadow.iter_mut().flat_map(|s| &mut s.sources);
+    let sources = policy.sources.iter_mut().chain(&mut policy.bootstrap);
+    for source in sources.chain(shadow) {
+        let file = match source {
+            SourceConfig::File { file } => file,
+            SourceConfig::BundleUrl {
+                bearer_token_file: Some(file),
+                ..
+            } => file,
+            _ => continue,
+        };
+        if file.is_relative() {
             *file = dir.join(&*file);
         }
     }
@@ -199,5 +208,48 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Token { config, args } => operator::token::run(&args, &config.load()?),
         Command::Members { config, command } => operator::members::run(&command, &config.load()?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_a_config_names_relatively_is_read_from_beside_it() {
+        let text = "policy:
+  sources:
+    - file: policy.yaml
+    - file: /etc/nmp/absolute.yaml
+    - bundle_url: http://auth:8000/bundle.tar.gz
+      bearer_token_file: secrets/token
+    - builtin: true
+  bootstrap: [{file: bootstrap.yaml}]
+  shadow: {sources: [{file: ../candidate.yaml}]}
+";
+        let mut config = nmp_authz_core::config::parse(text, "test", []).unwrap();
+        resolve_relative_sources(&mut config, Path::new("/srv/nmp-authz"));
+        let file = |path: &str| SourceConfig::File { file: path.into() };
+        assert_eq!(
+            config.policy.sources,
+            [
+                file("/srv/nmp-authz/policy.yaml"),
+                file("/etc/nmp/absolute.yaml"),
+                SourceConfig::BundleUrl {
+                    bundle_url: "http://auth:8000/bundle.tar.gz".into(),
+                    principal_id: None,
+                    bearer_token_file: Some("/srv/nmp-authz/secrets/token".into()),
+                },
+                SourceConfig::Builtin { builtin: true },
+            ]
+        );
+        assert_eq!(
+            config.policy.bootstrap,
+            [file("/srv/nmp-authz/bootstrap.yaml")]
+        );
+        assert_eq!(
+            config.policy.shadow.unwrap().sources,
+            [file("/srv/nmp-authz/../candidate.yaml")]
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nmp_authz_core::policy::builtin::NMP_RELEASE;
 
@@ -382,11 +382,6 @@ fn policy_errors_name_the_document_path() {
 }
 
 /// Errors found when compiling the merged document must still say which file they came from.
-// BUG: src/sources.rs reports every compile-stage error (unknown role, includes cycle, bad
-// pattern, method key, permission/scope syntax, unknown method-entry key) as
-// `policy source (merged): ...`, so the operator is not told which file holds the mistake.
-// E.g. `policy.yaml` = `authz: {endpoints: {/apis/x: {GETT: {permissions: [models.read]}}}}`
-// gives `nmp-authz: policy source (merged): authz.endpoints["/apis/x"].GETT: unknown method key`.
 #[test]
 fn policy_compile_errors_name_the_file() {
     let mut failures = Vec::new();
@@ -407,10 +402,6 @@ fn policy_compile_errors_name_the_file() {
 }
 
 /// DESIGN §1: every subcommand exits non-zero with a one-line reason on bad input.
-// BUG: an invalid YAML policy file is reported with serde-saphyr's multi-line source snippet
-// (`--> <input>:2:19`, the offending lines, a caret): src/policy/document.rs parses with
-// `serde_saphyr::from_str` instead of options with `with_snippet: false` as src/config.rs does.
-// Input: policy.yaml = "authz:\n  endpoints: {/a: [\n".
 #[test]
 fn policy_errors_are_one_line() {
     let mut cases: Vec<(String, String)> = bad_policies()
@@ -633,7 +624,6 @@ fn serve_end_to_end_with_config() {
     );
 }
 
-// BUG: intermittent for the same reason as `serve_end_to_end_with_config`.
 #[test]
 fn serve_quickstart_says_development() {
     let mut server = Server::start(&EPHEMERAL);
@@ -661,10 +651,6 @@ fn build_info() -> String {
 }
 
 /// Once `listening` is logged, SIGTERM must mean a graceful exit 0.
-// BUG: fails because the SIGTERM handler is installed only after the `listening` log line (see
-// `serve_end_to_end_with_config`). Reproduce: `nmp-authz serve --grpc-addr 127.0.0.1:0
-// --http-addr 127.0.0.1:0`, send SIGTERM as soon as stderr shows `listening`: most runs end
-// killed by signal 15 instead of exiting 0. Installing the handler before binding fixes it.
 #[test]
 fn sigterm_right_after_listening_exits_cleanly() {
     let w = Workdir::new();
@@ -704,6 +690,47 @@ fn sigterm_right_after_listening_exits_cleanly() {
         failures.is_empty(),
         "SIGTERM right after `listening` did not exit 0:\n{}",
         failures.join("\n")
+    );
+}
+
+/// A client that opened a connection and never answers (no reads, no PING acknowledgement)
+/// cannot hold shutdown open: after `server.shutdown_grace_seconds` the server closes what is
+/// left, says so, and exits 0.
+#[test]
+fn sigterm_closes_connections_left_open_after_the_grace_period() {
+    let w = Workdir::new();
+    w.write("policy.yaml", &fixture("policy.yaml"));
+    let config = w.config(
+        &fixture("config.yaml").replace("server:\n", "server:\n  shutdown_grace_seconds: 1\n"),
+    );
+    let mut args = vec!["--config", config.as_str()];
+    args.extend(EPHEMERAL);
+    let mut server = Server::start(&args);
+    let (grpc, http) = server.addresses();
+    let mut silent = Vec::new();
+    for port in [grpc, http] {
+        let mut stream = TcpStream::connect_timeout(&port, Duration::from_secs(10)).unwrap();
+        // The HTTP/2 preface and an empty SETTINGS frame (an HTTP/1 server reads it as a bad
+        // request line and answers; either way the client then goes silent).
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        silent.push(stream);
+    }
+    let started = Instant::now();
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.output());
+    assert!(
+        server
+            .output()
+            .contains("closing the connections still open"),
+        "{}",
+        server.output()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        started.elapsed()
     );
 }
 

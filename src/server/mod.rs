@@ -264,6 +264,7 @@ struct Running {
     grpc_addr: std::net::SocketAddr,
     http_addr: std::net::SocketAddr,
     unix_socket: Option<std::path::PathBuf>,
+    shutdown_grace: Duration,
 }
 
 impl Running {
@@ -376,6 +377,7 @@ impl Running {
             grpc_addr,
             http_addr,
             unix_socket: config.pdp.unix_socket.clone(),
+            shutdown_grace: Duration::from_secs(config.server.shutdown_grace_seconds),
         })
     }
 
@@ -398,7 +400,18 @@ impl Running {
         };
         self.state.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        let drained = self.tasks.drain().await;
+        let drained = tokio::time::timeout(self.shutdown_grace, self.tasks.drain()).await;
+        let drained = match drained {
+            Ok(drained) => drained,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = self.shutdown_grace.as_secs(),
+                    "shutdown grace period over: closing the connections still open"
+                );
+                self.tasks.set.shutdown().await;
+                Ok(())
+            }
+        };
         if let Some(path) = &self.unix_socket {
             let _ = std::fs::remove_file(path);
         }

@@ -166,6 +166,10 @@ impl Default for OidcConfig {
 pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// After SIGTERM, how long in-flight requests and open connections are given to finish
+    /// before the server closes them and exits: a client that never answers the HTTP/2
+    /// shutdown handshake must not hold the process until it is killed.
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -173,6 +177,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9191)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            shutdown_grace_seconds: 10,
         }
     }
 }

@@ -214,11 +214,15 @@ impl Metrics {
     }
 
     /// The shadow disagreement counters, `[enforced allowed][shadow allowed]`, resolved once
-    /// (when a shadow policy is configured: only then are the series written, from 0).
+    /// (when a shadow policy is configured: only then are the series written, from 0). Two
+    /// allows cannot disagree (both are a 200), so that cell is a counter no series shows.
     pub(crate) fn shadow_counters(&self) -> [[Counter; 2]; 2] {
         let result = |allowed: bool| if allowed { "allow" } else { "deny" };
         std::array::from_fn(|enforced| {
             std::array::from_fn(|shadow| {
+                if enforced == 1 && shadow == 1 {
+                    return Counter::default();
+                }
                 let labels = [
                     ("enforced", result(enforced == 1)),
                     ("shadow", result(shadow == 1)),

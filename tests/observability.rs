@@ -880,6 +880,17 @@ fn a_shadow_policy_counts_and_logs_disagreements_without_changing_answers() {
     assert_eq!(disagreements(&samples, "allow", "deny"), 6.0);
     assert_eq!(disagreements(&samples, "deny", "allow"), 0.0);
     assert_eq!(disagreements(&samples, "deny", "deny"), 0.0);
+    let series = |enforced: &str, shadow: &str| {
+        samples.iter().any(|s| {
+            s.name == "nmp_authz_shadow_disagreements_total"
+                && s.labels.get("enforced").map(String::as_str) == Some(enforced)
+                && s.labels.get("shadow").map(String::as_str) == Some(shadow)
+        })
+    };
+    assert!(
+        series("deny", "allow") && series("deny", "deny") && !series("allow", "allow"),
+        "the reachable series from 0, and no allow/allow series: two allows never disagree"
+    );
     assert_eq!(
         value(&samples, "nmp_authz_shadow_policy_loads_total", &[]),
         1.0

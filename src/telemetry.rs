@@ -52,6 +52,7 @@ pub struct Metrics {
     source_reads: Family<ResultLabels, Counter>,
     /// `[enforced allowed][shadow allowed]` (see `server::shadow`).
     shadow_disagreements: Family<DisagreementLabels, Counter>,
+    groups_dropped: Counter,
     /// What only the server's state knows, set by each scrape.
     scrape: Arc<ScrapeState>,
 }
@@ -130,6 +131,13 @@ impl Default for Metrics {
             "Checks the shadow policy would have answered otherwise, by what each said",
             shadow_disagreements.clone(),
         );
+        let groups_dropped = Counter::default();
+        registry.register(
+            "nmp_authz_principal_groups_dropped",
+            "Groups named by callers' claims that x-nmp-principal-groups cannot carry, left out \
+             of their decisions",
+            groups_dropped.clone(),
+        );
         let scrape = Arc::new(ScrapeState::default());
         registry.register_collector(Box::new(scrape.clone()));
         Self {
@@ -143,6 +151,7 @@ impl Default for Metrics {
             jwks_fetches,
             source_reads,
             shadow_disagreements,
+            groups_dropped,
             scrape,
         }
     }
@@ -230,6 +239,10 @@ impl Metrics {
                 self.shadow_disagreements.get_or_create_owned(&labels)
             })
         })
+    }
+
+    pub(crate) fn groups_dropped(&self, count: usize) {
+        self.groups_dropped.inc_by(count as u64);
     }
 
     pub(crate) fn shadow_policy_loaded(&self) {

@@ -568,6 +568,14 @@ fn metrics_pass_promtool_lint() {
         &[],
     );
     running.check("/apis/models/v2/workspaces/default/models", None);
+    // Two groups no `x-nmp-principal-groups` header can carry (a space, a comma), one it can.
+    let groups = json!(["two words", "a,b", "carried"]);
+    let token = common::gateway::unsigned_token("carol", &[("groups", groups)]);
+    let status = running.check(
+        "/apis/models/v2/workspaces/default/models",
+        Some(&format!("Bearer {token}")),
+    );
+    assert_eq!(status, 200);
     let (status, body) = http_get(running.http, "/metrics");
     assert_eq!(status, 200);
     let mut lint = Command::new(promtool)
@@ -612,6 +620,7 @@ fn metrics_pass_promtool_lint() {
         "nmp_authz_shadow_disagreements_total",
         "nmp_authz_shadow_policy_info",
         "nmp_authz_shadow_policy_loads_total",
+        "nmp_authz_principal_groups_dropped_total",
     ] {
         assert!(samples.iter().any(|s| s.name == name), "{name}:\n{body}");
     }
@@ -626,6 +635,11 @@ fn metrics_pass_promtool_lint() {
             &[("status", "401"), ("reason", "no_identity")]
         ),
         1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&samples, "nmp_authz_principal_groups_dropped_total", &[]),
+        2.0,
         "{body}"
     );
 }

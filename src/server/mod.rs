@@ -152,6 +152,22 @@ impl State {
         credentials: &identity::Credentials<'_>,
         metadata: Option<&Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
+        let identity = self
+            .identify_once_more_on_unknown_key(credentials, metadata)
+            .await;
+        if let Ok(Some(identity)) = &identity
+            && identity.dropped_groups > 0
+        {
+            self.metrics.groups_dropped(identity.dropped_groups);
+        }
+        identity
+    }
+
+    async fn identify_once_more_on_unknown_key(
+        &self,
+        credentials: &identity::Credentials<'_>,
+        metadata: Option<&Struct>,
+    ) -> Result<Option<Identity>, IdentityError> {
         let verifier = self.keys.verifier();
         match identity::identify(
             &self.identity,

@@ -82,6 +82,18 @@ pub fn start_envoy(config: &str) -> Envoy {
     Envoy::start_with_env(config, &module_env())
 }
 
+/// Envoy running `config` with the module in `library` on its search path, `env` set and
+/// the module's log lines at info level (Envoy's own at warning), for its decision records.
+pub fn start_envoy_logging(config: &str, library: &Path, env: &[(&str, &OsStr)]) -> Envoy {
+    let mut all = vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", library.as_os_str())];
+    all.extend_from_slice(env);
+    Envoy::start_with_env_args(
+        config,
+        &all,
+        &["--component-log-level", "dynamic_modules:info"],
+    )
+}
+
 /// A module config rendered for loopback: the listener on 127.0.0.1, ports 0, the API at
 /// `api`, the identity provider (production config only), and `authz_config` (nmp-authz's
 /// YAML) as the module's configuration.

@@ -769,3 +769,69 @@ fn module_decision_records_are_the_servers_redacted_and_within_the_budget() {
     );
     assert!(written_at_end < flood);
 }
+
+/// Every hook runs under `catch_unwind`: a panic while deciding is a 503 with nmp-authz's JSON
+/// (`nmp_authz_internal_error`), never an allow, and Envoy goes on serving. The module is built
+/// with the `test-panic` feature (a request header that makes the request hook panic) into a
+/// target directory of its own; the library every other test loads has no such header.
+#[test]
+fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
+    let built = std::time::Instant::now();
+    let library = module::test_panic_library_dir();
+    eprintln!("the test-panic library: {:?}", built.elapsed());
+    let upstream = Upstream::start();
+    let config = module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    );
+    let mut envoy = module::start_envoy_logging(&config, library, &[]);
+    let pid = envoy.pid();
+    let bob = bearer(&unsigned_token("bob", &[]));
+    let poisoned = [
+        ("Authorization", bob.as_str()),
+        ("nmp-authz-test-panic", "1"),
+    ];
+    // Allowed without the header (bob may read in default): the panic, not the policy, answers.
+    for _ in 0..3 {
+        let response = get(envoy.addr(), MODELS_DEFAULT, &poisoned);
+        assert_nmp_denial(&response, 503, "a panic while deciding");
+        assert_eq!(
+            response.json(),
+            serde_json::json!({"detail": "Authorization is unavailable: internal error"}),
+            "{response:?}"
+        );
+    }
+    // The same Envoy goes on deciding: an allow forwarded, a denial answered.
+    let response = get(envoy.addr(), MODELS_DEFAULT, &[("Authorization", &bob)]);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+    assert_nmp_denial(&get(envoy.addr(), MODELS_DEFAULT, &[]), 401, "no token");
+    assert!(envoy.is_running());
+    assert_eq!(envoy.pid(), pid);
+    let received = upstream.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received[0].values("nmp-authz-test-panic").is_empty(),
+        "{received:?}"
+    );
+    let log = envoy.log();
+    assert_eq!(
+        log.matches("nmp-authz: deciding a request panicked: 503")
+            .count(),
+        3,
+        "{log}"
+    );
+
+    // The library the other tests load (and operators build) has no such header.
+    let upstream = Upstream::start();
+    let config = module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    );
+    let envoy = start_envoy(&config);
+    let response = get(envoy.addr(), MODELS_DEFAULT, &poisoned);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+}

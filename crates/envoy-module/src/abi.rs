@@ -322,6 +322,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         // SAFETY: Envoy's header buffers, valid until a header is changed (in `act`, after the
         // last use of `headers`).
         let headers = unsafe { header_bytes(&raw) };
+        #[cfg(feature = "test-panic")]
+        panic_on_request(&headers);
         let answer = config.gate.decide(&headers, unix_now());
         if let Some(started) = started {
             let dropped = config.records.decision(&answer, &headers, started);
@@ -385,6 +387,19 @@ unsafe fn header_bytes(raw: &[HttpHeader]) -> Vec<(&[u8], &[u8])> {
             )
         })
         .collect()
+}
+
+/// A header that makes the request hook panic, for the test of the 503 a panic answers
+/// (`tests/envoy_module.rs`). Only in builds with the `test-panic` feature, which the test
+/// builds into a target directory of its own: never in the library operators build.
+#[cfg(feature = "test-panic")]
+fn panic_on_request(headers: &[(&[u8], &[u8])]) {
+    if headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(b"nmp-authz-test-panic"))
+    {
+        panic!("nmp-authz-test-panic: a panic while deciding, on request");
+    }
 }
 
 /// Adds `value` to the counter `id` (if Envoy defined it) with `labels`.

@@ -754,6 +754,14 @@ fn module_decision_records_are_the_servers_redacted_and_within_the_budget() {
     }
     eprintln!("{flood} denials in {:?}", started.elapsed());
     drop(client);
+    // Nothing dropped (the writer keeps up), and Envoy has the counter that would say so.
+    let stats = get(envoy.admin(), "/stats?filter=decision_records_dropped", &[]).body;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l == "dynamicmodulescustom.decision_records_dropped: 0"),
+        "{stats}"
+    );
     let (written, noted) = reason_counts(&envoy.log(), "no_identity");
     // Shut down: what was left out and not noted yet is noted as the records stop.
     let status = envoy

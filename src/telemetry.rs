@@ -17,6 +17,9 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::policy::builtin::NMP_RELEASE;
+use nmp_authz_core::record::{
+    self, DENIALS_PER_SECOND, DecisionRecord, SAMPLE_VARIABLE, Sampler, push_quoted,
+};
 use nmp_authz_core::verdict::{Outcome, Status};
 
 /// The `Content-Type` of what [`Metrics::render`] writes.
@@ -446,49 +449,24 @@ impl EncodeMetric for SharedLatency {
     }
 }
 
-/// Which decisions are logged. Allows: one in `allow_every` (1: all; 0: none), set with
-/// `NMP_AUTHZ_DECISION_LOG_SAMPLE`, the fraction of allows to log (default 1). Denials: up to
-/// [`DENIALS_PER_SECOND`] a second for each reason, so a flood of one kind (401s from a
-/// client without a token) neither floods the log nor hides the other kinds; what is left out
-/// is counted and the count logged with the reason's next record after the second, and at
-/// shutdown.
+/// Which decisions are logged: the core's [`Sampler`] (a fraction of allows, set with
+/// `NMP_AUTHZ_DECISION_LOG_SAMPLE`, default 1; up to [`DENIALS_PER_SECOND`] denials a second
+/// for each reason, what is left out counted and logged with the reason's next record after the
+/// second, and at shutdown) on the server's clock.
 #[derive(Debug)]
 pub struct DecisionLog {
-    allow_every: u64,
-    allows: AtomicU64,
+    sampler: Sampler,
     started: std::time::Instant,
-    /// Each outcome's current second ([`Outcome::index`]). Taken only for denials, briefly,
-    /// and never across a write.
-    denials: Box<[Mutex<DenialWindow>; Outcome::COUNT]>,
     /// Keeps the shadow policy's disagreement records (keyed by the shadow's outcome), not
     /// decision records: said so when what was left out is reported.
     shadow: bool,
 }
 
-/// Denial records written a second, per reason.
-pub(crate) const DENIALS_PER_SECOND: u32 = 100;
-
-/// One reason's denials in the current second.
-#[derive(Debug, Default)]
-struct DenialWindow {
-    second: u64,
-    written: u32,
-    /// Left out since the last report.
-    suppressed: u64,
-}
-
 impl DecisionLog {
     pub fn new(allow_fraction: f64) -> Self {
-        let allow_every = if allow_fraction <= 0.0 || allow_fraction.is_nan() {
-            0
-        } else {
-            (1.0 / allow_fraction.min(1.0)).round() as u64
-        };
         Self {
-            allow_every,
-            allows: AtomicU64::new(0),
+            sampler: Sampler::new(allow_fraction),
             started: std::time::Instant::now(),
-            denials: Box::new(std::array::from_fn(|_| Mutex::default())),
             shadow: false,
         }
     }
@@ -504,9 +482,9 @@ impl DecisionLog {
 
     /// From `NMP_AUTHZ_DECISION_LOG_SAMPLE`; an unreadable value logs every allow (and says so).
     pub(crate) fn from_env() -> Self {
-        let fraction = match std::env::var("NMP_AUTHZ_DECISION_LOG_SAMPLE") {
+        let fraction = match std::env::var(SAMPLE_VARIABLE) {
             Err(_) => 1.0,
-            Ok(text) => text.trim().parse::<f64>().unwrap_or_else(|_| {
+            Ok(text) => Sampler::parse_fraction(&text).unwrap_or_else(|| {
                 tracing::warn!(value = %text, "NMP_AUTHZ_DECISION_LOG_SAMPLE is not a number; logging every decision");
                 1.0
             }),
@@ -517,45 +495,21 @@ impl DecisionLog {
     /// Whether to log an answer: `allowed`, or a denial for `outcome`.
     pub(crate) fn should_log(&self, allowed: bool, outcome: Outcome) -> bool {
         if allowed {
-            return self.allow_every > 0
-                && self
-                    .allows
-                    .fetch_add(1, Relaxed)
-                    .is_multiple_of(self.allow_every);
+            return self.sampler.allow();
         }
-        let (log, suppressed) = self.denial_at(outcome, self.started.elapsed().as_secs());
-        if suppressed > 0 {
-            report_suppressed(outcome, suppressed, self.shadow);
+        let denial = self
+            .sampler
+            .denial(outcome, self.started.elapsed().as_secs());
+        if denial.suppressed > 0 {
+            report_suppressed(outcome, denial.suppressed, self.shadow);
         }
-        log
-    }
-
-    /// Whether a denial for `outcome` in `second` is within its budget, and how many of that
-    /// outcome's records were left out in earlier seconds and not reported yet.
-    fn denial_at(&self, outcome: Outcome, second: u64) -> (bool, u64) {
-        let mut window = lock(&self.denials[outcome.index()]);
-        let mut suppressed = 0;
-        if window.second != second {
-            suppressed = std::mem::take(&mut window.suppressed);
-            window.second = second;
-            window.written = 0;
-        }
-        if window.written < DENIALS_PER_SECOND {
-            window.written += 1;
-            (true, suppressed)
-        } else {
-            window.suppressed += 1;
-            (false, suppressed)
-        }
+        denial.write
     }
 
     /// Logs the counts of denial records left out and not reported yet (at shutdown).
     pub(crate) fn report_suppressed(&self) {
-        for outcome in Outcome::all() {
-            let suppressed = std::mem::take(&mut lock(&self.denials[outcome.index()]).suppressed);
-            if suppressed > 0 {
-                report_suppressed(outcome, suppressed, self.shadow);
-            }
+        for (outcome, suppressed) in self.sampler.take_suppressed() {
+            report_suppressed(outcome, suppressed, self.shadow);
         }
     }
 }
@@ -575,7 +529,8 @@ fn report_suppressed(outcome: Outcome, suppressed: u64, shadow: bool) {
             reason = outcome.as_str(),
             suppressed,
             per_second = DENIALS_PER_SECOND,
-            "denial records left out over the per-reason budget"
+            "{}",
+            record::SUPPRESSED_MESSAGE
         );
     }
 }
@@ -584,50 +539,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One structured decision record. Redacted by construction: no header value, no token, no
-/// query string (it can carry credentials) is ever logged; only the decision's facts.
+/// Queues one decision record (the core's [`DecisionRecord`]: redacted by construction).
 ///
 /// Written straight into the log buffer, in the shape the rest of the log has (text or JSON),
 /// rather than through the generic formatter, which cost several microseconds per record: on
 /// a Check path of about twenty, that was most of what separated nmp-authz from a do-nothing
 /// server (BENCHMARKS.md). `RUST_LOG` still decides whether records are written.
-/// What a decision record says, as the face that answered knows it.
-#[derive(Debug)]
-pub(crate) struct DecisionFacts<'a> {
-    pub allowed: bool,
-    pub status: u16,
-    pub reason: &'a str,
-    pub method: &'a str,
-    /// Without its query.
-    pub path: &'a str,
-    pub principal_id: &'a str,
-    pub workspace: &'a str,
-    pub endpoint: &'a str,
-    pub policy_revision: &'a str,
-}
-
-pub(crate) fn log_decision(facts: &DecisionFacts<'_>, took: Duration) {
+pub(crate) fn log_decision(record: &DecisionRecord<'_>) {
     let Some(output) = LOG_OUTPUT.get() else {
         return;
     };
     if !tracing::enabled!(target: DECISION_TARGET, tracing::Level::INFO) {
         return;
     }
-    let record = DecisionRecord {
-        message: "decision",
-        allowed: facts.allowed,
-        status: facts.status,
-        reason: facts.reason,
-        method: facts.method,
-        path: facts.path,
-        principal_id: facts.principal_id,
-        workspace: facts.workspace,
-        endpoint: facts.endpoint,
-        policy_revision: facts.policy_revision,
-        micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-    };
     let mut line = Vec::with_capacity(DECISION_RECORD_BYTES);
-    record.write(&mut line, output.json);
+    write_decision(&mut line, record, output.json);
     output.send(line);
 }
 
@@ -734,56 +660,16 @@ const DECISION_RECORD_BYTES: usize = 384;
 /// Where log records go, once [`init_logging`] has run (never in library tests).
 static LOG_OUTPUT: std::sync::OnceLock<LogOutput> = std::sync::OnceLock::new();
 
-#[derive(serde::Serialize)]
-struct DecisionRecord<'a> {
-    message: &'static str,
-    allowed: bool,
-    status: u16,
-    reason: &'a str,
-    method: &'a str,
-    path: &'a str,
-    principal_id: &'a str,
-    workspace: &'a str,
-    endpoint: &'a str,
-    policy_revision: &'a str,
-    micros: u64,
-}
-
-impl DecisionRecord<'_> {
-    /// One line as the subscriber's formatter writes events: JSON with the fields under
-    /// `fields`, or text with strings quoted and escaped.
-    fn write(&self, line: &mut Vec<u8>, json: bool) {
-        if json {
-            write_json_event(line, "INFO", DECISION_TARGET, self);
-        } else {
-            // The fields one by one rather than through `write!`: its formatting machinery was
-            // most of a record's cost.
-            write_text_start(line, "INFO", DECISION_TARGET, self.message);
-            let mut number = itoa::Buffer::new();
-            line.extend_from_slice(if self.allowed {
-                b" allowed=true"
-            } else {
-                b" allowed=false"
-            });
-            line.extend_from_slice(b" status=");
-            line.extend_from_slice(number.format(self.status).as_bytes());
-            for (key, value) in [
-                (&b" reason="[..], self.reason),
-                (b" method=", self.method),
-                (b" path=", self.path),
-                (b" principal_id=", self.principal_id),
-                (b" workspace=", self.workspace),
-                (b" endpoint=", self.endpoint),
-                (b" policy_revision=", self.policy_revision),
-            ] {
-                line.extend_from_slice(key);
-                push_quoted(line, value);
-            }
-            line.extend_from_slice(b" micros=");
-            line.extend_from_slice(number.format(self.micros).as_bytes());
-        }
-        line.push(b'\n');
+/// One line as the subscriber's formatter writes events: JSON with the fields under
+/// `fields`, or text with strings quoted and escaped.
+fn write_decision(line: &mut Vec<u8>, record: &DecisionRecord<'_>, json: bool) {
+    if json {
+        write_json_event(line, "INFO", DECISION_TARGET, record);
+    } else {
+        write_text_start(line, "INFO", DECISION_TARGET, record.message);
+        record.write_fields(line);
     }
+    line.push(b'\n');
 }
 
 /// A note the log writer adds when records were dropped: how many since the last note, and
@@ -874,21 +760,6 @@ fn timestamp_now() -> [u8; 27] {
         micros /= 10;
     }
     out
-}
-
-/// `value` as `{:?}` writes it (quoted, escaped), without the formatting machinery in the
-/// usual case of nothing to escape.
-fn push_quoted(line: &mut Vec<u8>, value: &str) {
-    if value
-        .bytes()
-        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
-    {
-        line.push(b'"');
-        line.extend_from_slice(value.as_bytes());
-        line.push(b'"');
-    } else {
-        let _ = write!(line, "{value:?}");
-    }
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `NMP_AUTHZ_LOG_FORMAT=json` for JSON.
@@ -1107,7 +978,7 @@ mod tests {
     #[test]
     fn decision_records_are_one_line_each_in_both_formats() {
         let record = DecisionRecord {
-            message: "decision",
+            message: record::DECISION_MESSAGE,
             allowed: false,
             status: 403,
             reason: "not_permitted",
@@ -1120,7 +991,7 @@ mod tests {
             micros: 12,
         };
         let mut line = Vec::new();
-        record.write(&mut line, true);
+        write_decision(&mut line, &record, true);
         let text = String::from_utf8(line.clone()).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -1130,7 +1001,7 @@ mod tests {
         assert_eq!(json["fields"]["status"], 403);
         assert_eq!(json["fields"]["path"], "/a\"b\nc");
         line.clear();
-        record.write(&mut line, false);
+        write_decision(&mut line, &record, false);
         let text = String::from_utf8(line).unwrap();
         assert_eq!(text.matches('\n').count(), 1, "{text}");
         assert!(
@@ -1165,27 +1036,6 @@ mod tests {
     }
 
     #[test]
-    fn quoted_values_are_written_as_debug_formatting_writes_them() {
-        for value in [
-            "",
-            "plain /apis/x?y=1",
-            "quote\"",
-            "back\\slash",
-            "tab\t",
-            "nl\n",
-            "nul\0",
-            "é",
-            "\u{7f}",
-            "\u{200b}",
-            "~ and space",
-        ] {
-            let mut line = Vec::new();
-            push_quoted(&mut line, value);
-            assert_eq!(String::from_utf8(line).unwrap(), format!("{value:?}"));
-        }
-    }
-
-    #[test]
     fn allows_are_sampled() {
         let allowed = Outcome::Decided(Reason::WorkspacePermission);
         let count = |log: &DecisionLog| (0..100).filter(|_| log.should_log(true, allowed)).count();
@@ -1194,31 +1044,8 @@ mod tests {
         assert_eq!(count(&DecisionLog::new(0.0)), 0);
     }
 
-    #[test]
-    fn denials_have_a_budget_per_reason_and_second_and_what_is_left_out_is_counted() {
-        let refused = Outcome::Early(nmp_authz_core::verdict::Early::InvalidIdentity);
-        let forbidden = Outcome::Decided(Reason::NotPermitted);
-        // The allow sample does not apply to denials.
-        let log = DecisionLog::new(0.0);
-        let budget = DENIALS_PER_SECOND as usize;
-        let flood = (0..budget + 50).filter(|_| log.denial_at(refused, 0).0);
-        assert_eq!(flood.count(), budget);
-        // Another kind of denial in the same second is still logged.
-        assert_eq!(log.denial_at(forbidden, 0), (true, 0));
-        // The flood's next second: logged again, with the count left out before.
-        assert_eq!(log.denial_at(refused, 1), (true, 50));
-        assert_eq!(log.denial_at(refused, 1), (true, 0));
-        // Second 1 in all: the budget and 7 more.
-        for _ in 2..budget + 7 {
-            log.denial_at(refused, 1);
-        }
-        let left_out = |log: &DecisionLog| lock(&log.denials[refused.index()]).suppressed;
-        assert_eq!(left_out(&log), 7);
-        // Reported once: the report at shutdown takes the count.
-        log.report_suppressed();
-        assert_eq!(left_out(&log), 0);
-        assert_eq!(log.denial_at(refused, 5), (true, 0));
-    }
+    // The denial budget itself is the core's (nmp_authz_core::record, tested with explicit
+    // seconds); the server's end of it is tests/observability.rs.
 
     /// A sink whose first write blocks until the test releases it, as a stderr nobody reads
     /// does; it says when the writer is stuck in it.

@@ -601,3 +601,245 @@ policy:
     server.set(served("alice", "r3"));
     becomes(200, "a good bundle again");
 }
+
+/// The module's decision records in Envoy's log, one line each.
+fn records(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter_map(|l| l.split_once("nmp_authz::decision: ").map(|(_, r)| r))
+        .collect()
+}
+
+/// How many `decision` records of `reason`, and how many of them left out and noted.
+fn reason_counts(log: &str, reason: &str) -> (u64, u64) {
+    let field = format!(" reason=\"{reason}\" ");
+    let mut written = 0;
+    let mut noted = 0;
+    for record in records(log) {
+        if record.starts_with("decision ") && record.contains(&field) {
+            written += 1;
+        } else if let Some(note) =
+            record.strip_prefix("denial records left out over the per-reason budget")
+            && note.contains(&field)
+        {
+            noted += note
+                .split(" suppressed=")
+                .nth(1)
+                .and_then(|n| n.split(' ').next()?.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("a note without its count: {record}"));
+        }
+    }
+    (written, noted)
+}
+
+/// The module writes the server's decision records into Envoy's log at info level: denials
+/// with their facts and never a token or a query; allows not at all with
+/// `NMP_AUTHZ_DECISION_LOG_SAMPLE=0`; at most 100 denials of one reason a second, the rest
+/// counted and noted: once Envoy has shut down (promptly on SIGTERM, the records' writer
+/// thread with it), every denial of a flood is either written or counted in a note.
+#[test]
+fn module_decision_records_are_the_servers_redacted_and_within_the_budget() {
+    let upstream = Upstream::start();
+    let config = module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    );
+    let sample = std::ffi::OsStr::new("0");
+    let mut envoy = module::start_envoy_logging(
+        &config,
+        module::library_dir(),
+        &[("NMP_AUTHZ_DECISION_LOG_SAMPLE", sample)],
+    );
+
+    // An allow first: with the sample at 0 it is not recorded (the writer keeps the order, so
+    // once the denials after it are in the log, its record would be too).
+    let bob = bearer(&unsigned_token("bob", &[]));
+    let secret_query = "access_token=query-secret-123";
+    let response = get(
+        envoy.addr(),
+        &format!("{MODELS_DEFAULT}?{secret_query}"),
+        &[("Authorization", &bob)],
+    );
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+    let forged = "Bearer header-secret-456";
+    let response = get(
+        envoy.addr(),
+        &format!("{MODELS_DEFAULT}?{secret_query}"),
+        &[("Authorization", forged)],
+    );
+    assert_nmp_denial(&response, 401, "a token that is not one");
+    let response = request(
+        envoy.addr(),
+        "POST",
+        &format!("{MODELS_SYSTEM}?{secret_query}"),
+        &[("Authorization", &bob)],
+    );
+    assert_nmp_denial(&response, 403, "bob writes in system");
+    let (log, _) = poll_until(POLICY_LIMIT, || {
+        let log = envoy.log();
+        let found = records(&log)
+            .iter()
+            .filter(|r| r.contains("reason=\"invalid_identity\"") || r.contains("method=\"POST\""))
+            .count();
+        (found == 2).then_some(log.clone()).ok_or(log)
+    })
+    .unwrap_or_else(|e| panic!("no records of the two denials: {e}"));
+    let written = records(&log);
+    let forbidden = written
+        .iter()
+        .find(|r| r.contains("method=\"POST\""))
+        .unwrap();
+    let revision = forbidden
+        .split(" policy_revision=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    assert!(!revision.is_empty(), "{forbidden}");
+    assert!(
+        forbidden.starts_with(&format!(
+            "decision allowed=false status=403 reason=\"not_permitted\" method=\"POST\" \
+             path=\"{MODELS_SYSTEM}\" principal_id=\"bob\" workspace=\"system\" \
+             endpoint=\"/apis/models/v2/workspaces/{{workspace}}/models\" \
+             policy_revision=\"{revision}\" micros="
+        )),
+        "{forbidden}"
+    );
+    let refused = written
+        .iter()
+        .find(|r| r.contains("reason=\"invalid_identity\""))
+        .unwrap();
+    assert!(
+        refused.starts_with(&format!(
+            "decision allowed=false status=401 reason=\"invalid_identity\" method=\"GET\" \
+             path=\"{MODELS_DEFAULT}\" principal_id=\"\" workspace=\"\" endpoint=\"\" \
+             policy_revision=\"\" micros="
+        )),
+        "{refused}"
+    );
+    // Info level, Envoy's dynamic_modules component.
+    let line = log.lines().find(|l| l.contains(refused)).unwrap();
+    assert!(
+        line.contains("[info]") && line.contains("[dynamic_modules]"),
+        "{line}"
+    );
+    assert!(
+        written.iter().all(|r| !r.contains("allowed=true")),
+        "an allow recorded with the sample at 0: {written:?}"
+    );
+    for secret in ["query-secret-123", "header-secret-456", "access_token", "?"] {
+        assert!(
+            written.iter().all(|r| !r.contains(secret)),
+            "{secret} in {written:?}"
+        );
+    }
+    assert!(
+        !log.contains("header-secret-456"),
+        "a token in Envoy's log:\n{log}"
+    );
+
+    // A flood of one reason. Denials sent within t seconds fall in at most floor(t) + 2 of the
+    // budget's seconds: past 100 for each of those, at least one of them was over its 100.
+    // Bounded: 1,000 requests at most (the rate this needs is over 100 a second).
+    let mut client = common::gateway::KeepAlive::new(envoy.addr());
+    let started = std::time::Instant::now();
+    let mut flood = 0u64;
+    while flood <= 100 * (started.elapsed().as_secs() + 2) {
+        assert!(flood < 1000, "{flood} denials in {:?}", started.elapsed());
+        let response = client
+            .get(MODELS_DEFAULT, &[])
+            .expect("a keep-alive answer");
+        assert_eq!(response.status, 401, "{response:?}");
+        flood += 1;
+    }
+    eprintln!("{flood} denials in {:?}", started.elapsed());
+    drop(client);
+    // Nothing dropped (the writer keeps up), and Envoy has the counter that would say so.
+    let stats = get(envoy.admin(), "/stats?filter=decision_records_dropped", &[]).body;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l == "dynamicmodulescustom.decision_records_dropped: 0"),
+        "{stats}"
+    );
+    let (written, noted) = reason_counts(&envoy.log(), "no_identity");
+    // Shut down: what was left out and not noted yet is noted as the records stop.
+    let status = envoy
+        .terminate(common::gateway::DEADLINE)
+        .unwrap_or_else(|e| panic!("Envoy did not exit on SIGTERM: {e}\n{}", envoy.log()));
+    let log = envoy.log();
+    let (written_at_end, noted_at_end) = reason_counts(&log, "no_identity");
+    assert!(noted_at_end > 0, "nothing left out of {flood}:\n{log}");
+    assert_eq!(
+        written_at_end + noted_at_end,
+        flood,
+        "every denial written or noted ({written}/{noted} before the exit); exit {status}"
+    );
+    assert!(written_at_end < flood);
+}
+
+/// Every hook runs under `catch_unwind`: a panic while deciding is a 503 with nmp-authz's JSON
+/// (`nmp_authz_internal_error`), never an allow, and Envoy goes on serving. The module is built
+/// with the `test-panic` feature (a request header that makes the request hook panic) into a
+/// target directory of its own; the library every other test loads has no such header.
+#[test]
+fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
+    let built = std::time::Instant::now();
+    let library = module::test_panic_library_dir();
+    eprintln!("the test-panic library: {:?}", built.elapsed());
+    let upstream = Upstream::start();
+    let config = module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    );
+    let mut envoy = module::start_envoy_logging(&config, library, &[]);
+    let pid = envoy.pid();
+    let bob = bearer(&unsigned_token("bob", &[]));
+    let poisoned = [
+        ("Authorization", bob.as_str()),
+        ("nmp-authz-test-panic", "1"),
+    ];
+    // Allowed without the header (bob may read in default): the panic, not the policy, answers.
+    for _ in 0..3 {
+        let response = get(envoy.addr(), MODELS_DEFAULT, &poisoned);
+        assert_nmp_denial(&response, 503, "a panic while deciding");
+        assert_eq!(
+            response.json(),
+            serde_json::json!({"detail": "Authorization is unavailable: internal error"}),
+            "{response:?}"
+        );
+    }
+    // The same Envoy goes on deciding: an allow forwarded, a denial answered.
+    let response = get(envoy.addr(), MODELS_DEFAULT, &[("Authorization", &bob)]);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+    assert_nmp_denial(&get(envoy.addr(), MODELS_DEFAULT, &[]), 401, "no token");
+    assert!(envoy.is_running());
+    assert_eq!(envoy.pid(), pid);
+    let received = upstream.requests();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received[0].values("nmp-authz-test-panic").is_empty(),
+        "{received:?}"
+    );
+    let log = envoy.log();
+    assert_eq!(
+        log.matches("nmp-authz: deciding a request panicked: 503")
+            .count(),
+        3,
+        "{log}"
+    );
+
+    // The library the other tests load (and operators build) has no such header.
+    let upstream = Upstream::start();
+    let config = module::render(
+        &template(QUICKSTART_MODULE),
+        upstream.addr(),
+        None,
+        QUICKSTART_AUTHZ,
+    );
+    let envoy = start_envoy(&config);
+    let response = get(envoy.addr(), MODELS_DEFAULT, &poisoned);
+    assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());
+}

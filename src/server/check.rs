@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::google::protobuf::Struct;
+use nmp_authz_core::record::DecisionRecord;
 use nmp_authz_core::verdict::{self, Admission, Early, Outcome, Status, Verdict};
 
 use crate::identity::{self, Credentials, IdentityError};
@@ -125,27 +126,13 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
         .decision_log
         .should_log(verdict.allowed(), verdict.outcome)
     {
-        let decision = verdict.decision.as_ref();
-        crate::telemetry::log_decision(
-            &crate::telemetry::DecisionFacts {
-                allowed: verdict.allowed(),
-                status: verdict.status.http(),
-                reason: verdict.outcome.as_str(),
-                method: request.method,
-                path: request.path.split('?').next().unwrap_or_default(),
-                principal_id: verdict
-                    .principal
-                    .as_ref()
-                    .and_then(|p| p.id.as_deref())
-                    .unwrap_or_default(),
-                workspace: decision
-                    .and_then(|d| d.workspace.as_deref())
-                    .unwrap_or_default(),
-                endpoint: decision.and_then(|d| d.endpoint).unwrap_or_default(),
-                policy_revision: verdict.policy.map_or("", |p| p.revision()),
-            },
-            took,
-        );
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        crate::telemetry::log_decision(&DecisionRecord::of(
+            verdict,
+            request.method,
+            request.path,
+            micros,
+        ));
     }
 }
 

@@ -285,6 +285,16 @@ impl Envoy {
 
     /// [`Envoy::start`] with `env` set for Envoy (e.g. where its dynamic modules are).
     pub fn start_with_env(config: &str, env: &[(&str, &std::ffi::OsStr)]) -> Envoy {
+        Self::start_with_env_args(config, env, &[])
+    }
+
+    /// [`Envoy::start_with_env`] with more command-line arguments (e.g. a component's log
+    /// level).
+    pub fn start_with_env_args(
+        config: &str,
+        env: &[(&str, &std::ffi::OsStr)],
+        args: &[&str],
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("temporary directory for Envoy");
         let config_path = dir.path().join("envoy.yaml");
         fs::write(&config_path, config).expect("write the Envoy config");
@@ -304,6 +314,7 @@ impl Envoy {
                 "-l",
                 "warning",
             ])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
@@ -363,6 +374,25 @@ impl Envoy {
     /// Envoy's process id (to show it was not restarted).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Asks Envoy to shut down (SIGTERM, as an orchestrator does) and waits at most `limit` for
+    /// it to exit: its exit status, or Err when it is still running.
+    pub fn terminate(&mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .map_err(|e| format!("run kill: {e}"))?;
+        if !sent.success() {
+            return Err(format!("kill -TERM: {sent}"));
+        }
+        poll_until(limit, || {
+            self.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "still running".to_string())
+        })
+        .map(|(status, _)| status)
     }
 
     /// Whether the process is still running.

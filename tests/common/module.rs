@@ -26,7 +26,32 @@ const CONFIG_END: &str = "# nmp-authz-config: end";
 /// no target directory layout is assumed.
 pub fn library_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_library(&[]))
+}
+
+/// The directory holding a `libnmp_authz_envoy.so` built with the `test-panic` feature (a
+/// header that makes the request hook panic), in a target directory of its own
+/// (`target/module-test-panic`): the library the other tests load is never replaced by it.
+/// Without debuginfo, which it does not need, to keep its build short.
+pub fn test_panic_library_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/module-test-panic");
+        let target = target.to_str().expect("a UTF-8 path");
+        build_library(&[
+            ("--features", "test-panic"),
+            ("--target-dir", target),
+            ("--config", "profile.dev.debug=false"),
+            ("--config", "profile.release.debug=false"),
+        ])
+    })
+}
+
+/// Builds the module's library with `args` (option, value) and returns its directory. Cargo
+/// names the file it built (`--message-format json`), so no target directory layout is
+/// assumed.
+fn build_library(args: &[(&str, &str)]) -> PathBuf {
+    {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -38,6 +63,9 @@ pub fn library_dir() -> &'static Path {
             "--message-format",
             "json",
         ]);
+        for (option, value) in args {
+            command.args([option, value]);
+        }
         if !cfg!(debug_assertions) {
             command.arg("--release");
         }
@@ -66,7 +94,7 @@ pub fn library_dir() -> &'static Path {
             .find(|f| f.extension().is_some_and(|e| e == "so"))
             .expect("cargo built no libnmp_authz_envoy.so");
         library.parent().expect("a directory").to_path_buf()
-    })
+    }
 }
 
 /// The environment Envoy needs to find the module.
@@ -80,6 +108,18 @@ pub fn module_env() -> [(&'static str, &'static OsStr); 1] {
 /// Envoy running `config` with the module on its search path.
 pub fn start_envoy(config: &str) -> Envoy {
     Envoy::start_with_env(config, &module_env())
+}
+
+/// Envoy running `config` with the module in `library` on its search path, `env` set and
+/// the module's log lines at info level (Envoy's own at warning), for its decision records.
+pub fn start_envoy_logging(config: &str, library: &Path, env: &[(&str, &OsStr)]) -> Envoy {
+    let mut all = vec![("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", library.as_os_str())];
+    all.extend_from_slice(env);
+    Envoy::start_with_env_args(
+        config,
+        &all,
+        &["--component-log-level", "dynamic_modules:info"],
+    )
 }
 
 /// A module config rendered for loopback: the listener on 127.0.0.1, ports 0, the API at

@@ -2,8 +2,10 @@
 //! onto a principal the `x-nmp-*` headers can carry), what is allowed ([`policy`]: NMP's
 //! authorization document, compiled once per load, and the pure decisions over it), the path a
 //! request is decided on ([`request_path`]), the one answer every face renders ([`verdict`]),
-//! the configuration's keys and their validation ([`config`]) and YAML reading ([`yaml`]). No I/O, no clock, no async runtime: any host
-//! can embed it (the server, an in-process proxy filter), and it builds for `wasm32-wasip1`.
+//! the configuration's keys and their validation ([`config`]), YAML reading ([`yaml`]), and
+//! which decisions are logged and what their records say ([`record`]). No I/O, no clock, no
+//! async runtime: any host can embed it (the server, an in-process proxy filter), and it builds
+//! for `wasm32-wasip1`.
 
 /// Defines a fieldless enum from one table whose rows give each variant its stable name, a
 /// value of `$kind` and a short sentence, with `ALL` (table order), `as_str`, `kind` and
@@ -52,6 +54,7 @@ pub mod answer;
 pub mod config;
 pub mod identity;
 pub mod policy;
+pub mod record;
 pub mod request_path;
 pub mod verdict;
 pub mod yaml;

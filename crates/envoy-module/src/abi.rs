@@ -14,11 +14,12 @@
 
 use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use nmp_authz_core::verdict::Status;
+use std::sync::Arc;
+use std::time::Instant;
 
 use crate::gate::{Action, Answer, Gate, METADATA_NAMESPACE};
 use crate::policy::Severity;
+use crate::record::{Level, Records};
 
 /// The ABI version this module was written against (Envoy 1.40 expects `v0.2.0`; Envoy only
 /// warns on a mismatch, so a module loaded by another Envoy version must be rebuilt and
@@ -79,9 +80,9 @@ const REQUEST_HEADER: u32 = 0;
 const CONTINUE: u32 = 0;
 /// `..._request_headers_status_StopIteration`.
 const STOP_ITERATION: u32 = 1;
-/// `envoy_dynamic_module_type_log_level`: Debug, Info, Error.
-const LOG_DEBUG: u32 = 1;
+/// `envoy_dynamic_module_type_log_level`: Info, Warn, Error.
 const LOG_INFO: u32 = 2;
+const LOG_WARN: u32 = 3;
 const LOG_ERROR: u32 = 4;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: u32 = 0;
@@ -153,12 +154,28 @@ fn log_policy(severity: Severity, message: &str) {
     );
 }
 
-/// What a filter configuration holds: the gate, and its counter when Envoy defined one.
+/// The decision records' lines, to Envoy's log.
+fn log_record(level: Level, line: &str) {
+    log(
+        match level {
+            Level::Info => LOG_INFO,
+            Level::Warn => LOG_WARN,
+        },
+        line,
+    );
+}
+
+/// What a filter configuration holds: the gate, the process's decision records, and its
+/// counters when Envoy defined them.
 #[derive(Debug)]
 struct FilterConfig {
     gate: Gate,
+    records: Arc<Records>,
     /// `<metrics_namespace>.decisions` with labels status and reason.
     decisions: Option<usize>,
+    /// `<metrics_namespace>.decision_records_dropped`: records the writer's queue had no room
+    /// for.
+    records_dropped: Option<usize>,
 }
 
 const COUNTER_LABELS: [&str; 2] = ["status", "reason"];
@@ -203,7 +220,25 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             )
         };
         let decisions = (defined == METRICS_SUCCESS).then_some(id);
-        Ok::<_, String>(Box::new(FilterConfig { gate, decisions }))
+        let mut dropped_id = 0usize;
+        // SAFETY: as above; no labels.
+        let defined = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                config_envoy,
+                ModuleBuffer::of("decision_records_dropped"),
+                std::ptr::null_mut(),
+                0,
+                &mut dropped_id,
+            )
+        };
+        let records_dropped = (defined == METRICS_SUCCESS).then_some(dropped_id);
+        let records = Records::shared(Arc::new(log_record))?;
+        Ok::<_, String>(Box::new(FilterConfig {
+            gate,
+            records,
+            decisions,
+            records_dropped,
+        }))
     }));
     match created {
         Ok(Ok(config)) => Box::into_raw(config).cast_const().cast(),
@@ -232,7 +267,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     // SAFETY: made by Box::into_raw in config_new; Envoy destroys a configuration once, after
     // every filter made from it (each holds the configuration alive).
     let config = unsafe { Box::from_raw(config.cast_mut().cast::<FilterConfig>()) };
-    // Stops and joins the policy thread.
+    // Stops and joins the policy thread, and the record writer with the last configuration.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(config)));
 }
 
@@ -278,8 +313,26 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     let decided = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `filter` is a FilterConfig from config_new, alive while its filters are.
         let config = unsafe { &*filter.cast::<FilterConfig>() };
+        // The clock is read only when a record may be written: Envoy writes info lines.
+        // SAFETY: no arguments.
+        let started =
+            unsafe { envoy_dynamic_module_callback_log_enabled(LOG_INFO) }.then(Instant::now);
         // SAFETY: a live filter in its request-headers hook.
-        let answer = unsafe { decide(filter_envoy, &config.gate) };
+        let raw = unsafe { request_headers(filter_envoy) };
+        // SAFETY: Envoy's header buffers, valid until a header is changed (in `act`, after the
+        // last use of `headers`).
+        let headers = unsafe { header_bytes(&raw) };
+        #[cfg(feature = "test-panic")]
+        panic_on_request(&headers);
+        let answer = config.gate.decide(&headers, unix_now());
+        if let Some(started) = started {
+            let dropped = config.records.decision(&answer, &headers, started);
+            if dropped > 0 {
+                // SAFETY: a live filter.
+                unsafe { count(filter_envoy, config.records_dropped, &mut [], dropped) };
+            }
+        }
+        drop(headers);
         // SAFETY: as above; `answer` owns everything it holds, so the header buffers Envoy
         // lent for the decision are no longer referred to when headers change.
         unsafe { act(filter_envoy, config, &answer) }
@@ -290,11 +343,11 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     })
 }
 
-/// The request's headers as byte pairs, handed to the gate.
+/// The request's headers as Envoy lends them.
 ///
 /// # Safety
 /// `filter_envoy` is a live filter in a request hook.
-unsafe fn decide(filter_envoy: EnvoyPtr, gate: &Gate) -> Answer {
+unsafe fn request_headers(filter_envoy: EnvoyPtr) -> Vec<HttpHeader> {
     // SAFETY: a live filter.
     let size = unsafe {
         envoy_dynamic_module_callback_http_get_headers_size(filter_envoy, REQUEST_HEADER)
@@ -317,18 +370,60 @@ unsafe fn decide(filter_envoy: EnvoyPtr, gate: &Gate) -> Answer {
     if !read {
         raw.clear();
     }
-    let headers: Vec<(&[u8], &[u8])> = raw
-        .iter()
-        // SAFETY: Envoy's header buffers, valid until a header is changed; `headers` is dropped
-        // before any is (the answer owns its strings).
+    raw
+}
+
+/// `raw` as byte pairs, handed to the gate.
+///
+/// # Safety
+/// `raw` holds Envoy's header buffers, unchanged while the pairs are used.
+unsafe fn header_bytes(raw: &[HttpHeader]) -> Vec<(&[u8], &[u8])> {
+    raw.iter()
+        // SAFETY: the caller's promise.
         .map(|h| unsafe {
             (
                 bytes(h.key_ptr, h.key_length),
                 bytes(h.value_ptr, h.value_length),
             )
         })
-        .collect();
-    gate.decide(&headers, unix_now())
+        .collect()
+}
+
+/// A header that makes the request hook panic, for the test of the 503 a panic answers
+/// (`tests/envoy_module.rs`). Only in builds with the `test-panic` feature, which the test
+/// builds into a target directory of its own: never in the library operators build.
+#[cfg(feature = "test-panic")]
+fn panic_on_request(headers: &[(&[u8], &[u8])]) {
+    if headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case(b"nmp-authz-test-panic"))
+    {
+        panic!("nmp-authz-test-panic: a panic while deciding, on request");
+    }
+}
+
+/// Adds `value` to the counter `id` (if Envoy defined it) with `labels`.
+///
+/// # Safety
+/// `filter_envoy` is a live filter.
+unsafe fn count(
+    filter_envoy: EnvoyPtr,
+    id: Option<usize>,
+    labels: &mut [ModuleBuffer],
+    value: u64,
+) {
+    if let Some(id) = id {
+        // SAFETY: the label buffers live across the call; a live filter.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                filter_envoy,
+                id,
+                labels.as_mut_ptr(),
+                labels.len(),
+                value,
+            );
+        }
+    }
 }
 
 /// Carries out `answer`; the hook's status.
@@ -347,25 +442,11 @@ unsafe fn act(filter_envoy: EnvoyPtr, config: &FilterConfig, answer: &Answer) ->
             );
         }
     }
-    if let Some(id) = config.decisions {
-        let mut labels = [
-            ModuleBuffer::of(answer.status.http_label()),
-            ModuleBuffer::of(answer.outcome.as_str()),
-        ];
-        unsafe {
-            envoy_dynamic_module_callback_http_filter_increment_counter(
-                filter_envoy,
-                id,
-                labels.as_mut_ptr(),
-                labels.len(),
-                1,
-            );
-        }
-    }
-    // SAFETY: no arguments.
-    if unsafe { envoy_dynamic_module_callback_log_enabled(LOG_DEBUG) } {
-        log(LOG_DEBUG, &decision_record(answer));
-    }
+    let mut labels = [
+        ModuleBuffer::of(answer.status.http_label()),
+        ModuleBuffer::of(answer.outcome.as_str()),
+    ];
+    unsafe { count(filter_envoy, config.decisions, &mut labels, 1) };
     match &answer.action {
         Action::Continue { set, remove } => {
             for (key, value) in set {
@@ -446,23 +527,6 @@ unsafe fn internal_error(filter_envoy: EnvoyPtr) -> u32 {
         );
     }
     STOP_ITERATION
-}
-
-/// A decision record, as the server's log has it (at debug level: enable with Envoy's
-/// `--component-log-level dynamic_modules:debug`).
-fn decision_record(answer: &Answer) -> String {
-    let mut record = format!(
-        "nmp-authz decision: allowed={} status={} reason={}",
-        answer.status == Status::Ok,
-        answer.status.http(),
-        answer.outcome.as_str()
-    );
-    for (key, value) in &answer.facts {
-        if *key != "reason" {
-            record.push_str(&format!(" {key}={value}"));
-        }
-    }
-    record
 }
 
 fn unix_now() -> u64 {

@@ -6,6 +6,8 @@
 //! - [`gate`]: the request entry in safe Rust (headers in, an [`gate::Answer`] out), fuzzed and
 //!   unit-tested without Envoy;
 //! - [`policy`]: the process-wide compiled policy, refreshed on a background thread;
+//! - [`record`]: decision records, as the server writes them, on a writer thread of the
+//!   module's;
 //! - `abi`: the C ABI Envoy calls, the crate's only `unsafe` (built with the default `envoy-abi`
 //!   feature).
 
@@ -14,3 +16,4 @@
 mod abi;
 pub mod gate;
 pub mod policy;
+pub mod record;

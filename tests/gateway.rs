@@ -424,6 +424,36 @@ fn bypass_paths_are_those_nmp_serves_without_asking_its_pdp() {
     assert_eq!(listed("bypass_prefixes"), sorted(&bypass::UNDER));
 }
 
+/// A query string can carry credentials (`?access_token=`): every access log the project
+/// ships writes the path without it, as nmp-authz's own decision records do.
+#[test]
+fn access_logs_leave_the_query_out() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<_> = std::fs::read_dir(repo.join("envoy"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.push(repo.join("deploy/kubernetes/envoy-config.yaml"));
+    // Command operators that print a path: `%PATH(NQ...)%` leaves the query out; `%PATH%`,
+    // `%PATH(WQ...)%` and `%REQ(...:PATH)%` keep it.
+    let operator = regex::Regex::new(r"%[A-Z_]+(\([^)%]*\))?%").unwrap();
+    let mut paths = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for found in operator.find_iter(&text).map(|m| m.as_str()) {
+            if found.contains("PATH") {
+                assert!(found.starts_with("%PATH(NQ"), "{}: {found}", file.display());
+                paths += 1;
+            }
+        }
+    }
+    assert!(
+        paths >= 6,
+        "the access logs print no path any more? ({paths})"
+    );
+}
+
 #[test]
 fn configs_pass_envoy_validate_as_written_and_rendered() {
     let dir = tempfile::tempdir().unwrap();
@@ -927,4 +957,20 @@ fn quickstart_gateway_accepts_unsigned_tokens_and_denies_without_one() {
     assert_eq!(response.status, 404);
     assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
     check_bypass(envoy.addr(), &upstream, "quickstart");
+
+    // The access log has the path, not its query (which can carry a credential).
+    let probe = format!("{MODELS_DEFAULT}/query-probe");
+    let response = get(envoy.addr(), &format!("{probe}?access_token=leaked"), &[]);
+    assert_nmp_denial(&response, 401, "quickstart, a token in the query is none");
+    let logged = format!("\"GET {probe} HTTP/1.1\" 401");
+    let deadline = Instant::now() + RECOVERY_LIMIT;
+    while !envoy.log().contains(&logged) {
+        assert!(
+            Instant::now() < deadline,
+            "no access log line {logged}:\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!envoy.log().contains("leaked"), "{}", envoy.log());
 }

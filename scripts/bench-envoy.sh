@@ -43,7 +43,10 @@ target/release/nmp-authz serve \
 pids+=($!)
 target/release/examples/noop_authz 127.0.0.1:19793 2>/dev/null &
 pids+=($!)
-"$envoy" -c "$work/envoy.yaml" --concurrency 2 --log-level warn 2>"$work/envoy.log" &
+# The module's decision records at info, as nmp-authz (default logging) writes its own: both
+# listeners pay for their records.
+"$envoy" -c "$work/envoy.yaml" --concurrency 2 --log-level warn \
+    --component-log-level dynamic_modules:info 2>"$work/envoy.log" &
 pids+=($!)
 for _ in $(seq 100); do  # bounded readiness poll
     curl -fsS http://127.0.0.1:19792/health/ready >/dev/null 2>&1 &&

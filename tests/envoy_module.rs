@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::bundle::{BundleServer, Serve, THINGS, bundle, document};
 use common::bypass::check_bypass;
 use common::gateway::{
-    Idp, Recorded, Response, Upstream, get, poll_until, request, template, unsigned_token,
+    Envoy, Idp, Recorded, Response, Upstream, get, poll_until, request, template, unsigned_token,
 };
 use common::module::{self, MODULE, QUICKSTART_MODULE, start_envoy};
 use common::oidc::{API_AUDIENCE, API_RESOURCE, KeyDir, OTHER_RESOURCE, Options, Provider};
@@ -526,6 +526,200 @@ policy:
     );
     assert!(started.elapsed() < Duration::from_secs(2), "no waiting");
     assert!(envoy.is_running());
+}
+
+/// A file served over https on 127.0.0.1 (re-read for every request, whatever the path) by
+/// node's own `https` module, with a certificate for 127.0.0.1 issued by a CA the openssl
+/// command line makes for the test. Killed on drop.
+struct HttpsFile {
+    child: std::process::Child,
+    url: String,
+    /// The CA's certificate (PEM), for `SSL_CERT_FILE`.
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpsFile {
+    fn start(file: &std::path::Path) -> HttpsFile {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(dir.path())
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=nmp-authz test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "leaf.key",
+                    "-out",
+                    "leaf.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        fs::write(
+            at("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ]);
+        const SERVER: &str = "const fs = require('node:fs');
+const [key, cert, file] = process.argv.slice(1);
+require('node:https')
+  .createServer({ key: fs.readFileSync(key), cert: fs.readFileSync(cert) }, (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(fs.readFileSync(file));
+  })
+  .listen(0, '127.0.0.1', function () { console.log(`PORT ${this.address().port}`); });";
+        let mut child = std::process::Command::new("node")
+            .arg("-e")
+            .arg(SERVER)
+            .args([at("leaf.key"), at("leaf.pem"), file.to_path_buf()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run node");
+        // The port line is the readiness signal; node exiting first closes stdout (no line).
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .unwrap_or_else(|| panic!("the https server did not start: {line:?}"));
+        HttpsFile {
+            child,
+            url: format!("https://127.0.0.1:{port}/jwks"),
+            ca: at("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for HttpsFile {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The module fetches keys over https (a configured `jwks_uri`), trusting the roots of
+/// `SSL_CERT_FILE` as the server does: with the test CA there, the provider's tokens are
+/// accepted; without it (the system's roots), the certificate is refused, no keys are fetched
+/// and the same token is 401.
+#[test]
+fn module_fetches_keys_over_https_trusting_the_roots_of_ssl_cert_file() {
+    let keys = KeyDir::new();
+    let provider = Provider::start(&[keys.rsa("k1")], Options::default());
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    fs::write(&jwks, provider.jwks().to_string()).unwrap();
+    let https = HttpsFile::start(&jwks);
+    let authz = format!(
+        "auth:
+  oidc:
+    enabled: true
+    issuer: {}
+    jwks_uri: {}
+    audience: {API_AUDIENCE}
+policy:
+  sources:
+    - builtin: true
+",
+        provider.issuer(),
+        https.url
+    );
+    let upstream = Upstream::start();
+    let config = module::render(&template(QUICKSTART_MODULE), upstream.addr(), None, &authz);
+    let token = bearer(&provider.token("alice", "", API_RESOURCE));
+
+    let mut env = module::module_env().to_vec();
+    env.push(("SSL_CERT_FILE", https.ca.as_os_str()));
+    let trusting = Envoy::start_with_env(&config, &env);
+    poll_until(KEYS_LIMIT, || {
+        let response = get(
+            trusting.addr(),
+            MODELS_DEFAULT,
+            &[("Authorization", &token)],
+        );
+        (response.status == 200)
+            .then_some(())
+            .ok_or(format!("{response:?}"))
+    })
+    .unwrap_or_else(|e| panic!("keys over https: {e}\n{}", trusting.log()));
+    drop(trusting);
+
+    let system_roots = Envoy::start_with_env(&config, &module::module_env());
+    let response = get(
+        system_roots.addr(),
+        MODELS_DEFAULT,
+        &[("Authorization", &token)],
+    );
+    assert_invalid_token(&response, "the test CA is not among the system's roots");
+    let log = system_roots.log();
+    assert!(
+        log.contains("not fetched") && log.contains(&https.url),
+        "the refused certificate is logged:\n{log}"
+    );
 }
 
 /// A policy file the module watches: a change applies without restarting Envoy; a missing or

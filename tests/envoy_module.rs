@@ -14,7 +14,7 @@
 //! missing or broken policy fails closed (503) once stale and recovers; a configuration the
 //! module cannot honour keeps Envoy from starting; with `auth.oidc` the module verifies the
 //! provider's signed tokens itself (keys fetched off the request path, an IdP down at start and
-//! a key rotation survived without an Envoy restart).
+//! a key rotation survived without an Envoy restart), its keys over https too.
 
 mod common;
 

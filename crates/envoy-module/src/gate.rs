@@ -486,6 +486,63 @@ mod tests {
     }
 
     #[test]
+    fn signed_tokens_are_verified_with_the_issuers_keys() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        use nmp_authz_tokens::IssuerKeys;
+        use nmp_authz_tokens::fetching::keys_from_jwks;
+
+        const ISSUER: &str = "https://idp.example.com/realms/nmp";
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/../../tests/fixtures/keys/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+        issuer.replace(keys_from_jwks(&fixture("jwks.json")).unwrap());
+        let verifier = Arc::new(TokenVerifier::new(vec![issuer], None, 60));
+        let config = format!("auth: {{oidc: {{enabled: true, issuer: \"{ISSUER}\"}}}}\n");
+        let mut signed = gate(&config, Some(POLICY));
+        signed.verifier = verifier;
+        let key = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+        let token = |kid: &str| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.into());
+            let claims = json!({"iss": ISSUER, "sub": "alice", "iat": NOW, "exp": NOW + 600,
+                                "groups": ["team-a"]});
+            format!("Bearer {}", encode(&header, &claims, &key).unwrap())
+        };
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let answer = decide(&signed, "GET", path, &[("authorization", &token("rsa-1"))]);
+        let Action::Continue { set, .. } = &answer.action else {
+            panic!("{answer:?}");
+        };
+        assert!(
+            set.contains(&("x-nmp-principal-id", "alice".into())),
+            "{set:?}"
+        );
+        assert!(
+            set.contains(&("x-nmp-principal-groups", "team-a".into())),
+            "{set:?}"
+        );
+        // A kid the issuer does not publish: refused now (no keys thread here to wake).
+        let (status, _, body) = respond(&decide(
+            &signed,
+            "GET",
+            path,
+            &[("authorization", &token("rsa-9"))],
+        ));
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"detail": "Token signing key is not known for its issuer"})
+            )
+        );
+    }
+
+    #[test]
     fn configurations_with_the_same_text_share_one_policy() {
         fn quiet(_: crate::policy::Severity, _: &str) {}
         let text = "auth: {allow_unsigned_jwt: true}\n";

@@ -9,22 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use jsonwebtoken::jwk::JwkSet;
-use serde_json::Value as Json;
+use nmp_authz_tokens::fetching::{
+    FETCH_TIMEOUT, MAX_BODY_BYTES, REFETCH_INTERVAL, discovery_url, jwks_uri_from_discovery,
+    keys_from_jwks, next_refresh,
+};
 use tokio::sync::{Mutex, watch};
 
-use super::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use super::signed::{IssuerKeys, TokenVerifier};
 use crate::fetch::{FetchError, HttpClient};
 use crate::telemetry::Metrics;
-
-/// A token signed with an unknown key refetches an issuer's keys at most this often.
-pub(crate) const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
-/// Bound on one discovery or JWKS request, connection included.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on a discovery document or JWKS body.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// After a failed scheduled refresh, try again this soon (never later than the cache TTL).
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
 
 /// An issuer's fetch history.
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,13 +76,9 @@ impl KeyFetcher {
             refreshers.spawn(async move {
                 loop {
                     let ok = fetcher.fetch_serialized(&issuer, false).await;
-                    let wait = if ok {
-                        fetcher.cache_ttl
-                    } else {
-                        RETRY_AFTER_FAILURE.min(fetcher.cache_ttl)
-                    };
+                    let wait = next_refresh(ok, fetcher.cache_ttl);
                     tokio::select! {
-                        _ = tokio::time::sleep(wait.max(Duration::from_secs(1))) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.wait_for(|stop| *stop) => return,
                     }
                 }
@@ -160,12 +149,10 @@ impl KeyFetcher {
             Some(uri) => uri.clone(),
             None => self.discover_jwks_uri(&issuer.issuer).await?,
         };
-        let set: JwkSet =
-            serde_json::from_slice(&self.get(&jwks_uri).await?).map_err(|e| FetchError {
-                url: jwks_uri.clone(),
-                reason: format!("not a JWKS: {e}"),
-            })?;
-        let keys = usable_keys(&set);
+        let keys = keys_from_jwks(&self.get(&jwks_uri).await?).map_err(|reason| FetchError {
+            url: jwks_uri.clone(),
+            reason,
+        })?;
         let count = keys.len();
         if issuer.replace(keys) {
             // A key was withdrawn: tokens it signed must not live on in the cache.
@@ -175,30 +162,9 @@ impl KeyFetcher {
     }
 
     async fn discover_jwks_uri(&self, issuer: &str) -> Result<String, FetchError> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
-        );
+        let url = discovery_url(issuer);
         let body = self.get(&url).await?;
-        let document: Json = serde_json::from_slice(&body).map_err(|e| FetchError {
-            url: url.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
-        // OpenID Connect Discovery: the document must name the issuer it was fetched for.
-        if document.get("issuer").and_then(Json::as_str) != Some(issuer) {
-            return Err(FetchError {
-                url,
-                reason: format!("its issuer is not {issuer:?}"),
-            });
-        }
-        document
-            .get("jwks_uri")
-            .and_then(Json::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| FetchError {
-                url,
-                reason: "no jwks_uri".into(),
-            })
+        jwks_uri_from_discovery(issuer, &body).map_err(|reason| FetchError { url, reason })
     }
 
     async fn get(&self, url: &str) -> Result<Bytes, FetchError> {

@@ -13,39 +13,44 @@ use std::sync::{Arc, Mutex, Weak};
 use nmp_authz_core::answer::{allow_headers, denial_headers, detail_body, headers_to_remove};
 use nmp_authz_core::config::Config;
 use nmp_authz_core::identity::{
-    self, AcceptedToken, Credentials, Identity, IdentityError, IdentitySettings, Rejection,
-    TokenVerification, Verified,
+    self, Credentials, Identity, IdentityError, IdentitySettings, Verified,
 };
 use nmp_authz_core::verdict::{self, Admission, Early, Outcome, Status, Verdict};
+use nmp_authz_tokens::TokenVerifier;
 use serde_json::{Map, Value as Json};
 
+use crate::keys::Keys;
 use crate::policy::{Log, PolicyCell, Refresher};
 
 /// The dynamic metadata namespace the decision facts go under (access logs:
 /// `%DYNAMIC_METADATA(nmp_authz:reason)%`).
 pub const METADATA_NAMESPACE: &str = "nmp_authz";
 
-/// One filter configuration: its settings and the policy its thread keeps current.
+/// One filter configuration: its settings, the policy its thread keeps current, and the signed
+/// tokens' verifier.
 #[derive(Debug)]
 pub struct Gate {
     auth_enabled: bool,
     identity: IdentitySettings,
     cell: Arc<PolicyCell>,
-    /// The policy's refresh thread, shared with every gate of the same configuration, stopped
-    /// when the last of them goes (`None` for a gate over a fixed policy).
-    _loaded: Option<Arc<Loaded>>,
+    verifier: Arc<TokenVerifier>,
+    /// The policy's refresh thread and the keys' thread, shared with every gate of the same
+    /// configuration, stopped when the last of them goes (`None` for a gate over a fixed
+    /// policy).
+    loaded: Option<Arc<Loaded>>,
 }
 
-/// A policy and the thread that keeps it current.
+/// A policy and the thread that keeps it current; the issuers' keys and theirs (`auth.oidc`).
 #[derive(Debug)]
 struct Loaded {
     cell: Arc<PolicyCell>,
     _refresher: Refresher,
+    keys: Option<Keys>,
 }
 
-/// Filter configurations with the same text (and environment) share one compiled policy and
-/// one refresh thread: one copy per Envoy process, however many listeners or configuration
-/// updates use it.
+/// Filter configurations with the same text (and environment) share one compiled policy, one
+/// key set and their threads: one copy per Envoy process, however many listeners or
+/// configuration updates use it.
 static LOADED: Mutex<Vec<(String, Weak<Loaded>)>> = Mutex::new(Vec::new());
 
 /// What to do with a request.
@@ -88,14 +93,6 @@ impl Gate {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let config = nmp_authz_core::config::parse(text, "the filter configuration", env.clone())
             .map_err(|e| e.to_string())?;
-        if config.auth.oidc.enabled {
-            return Err(
-                "config error at auth.oidc.enabled: the Envoy module does not verify \
-                 signed tokens; verify them with Envoy's jwt_authn filter (claim_to_headers) and \
-                 set identity.trust_principal_headers, or run nmp-authz over ext_authz"
-                    .into(),
-            );
-        }
         let key = format!("{env:?}\n{text}");
         let mut shared = LOADED
             .lock()
@@ -110,9 +107,15 @@ impl Gate {
             None => {
                 let cell = Arc::new(PolicyCell::default());
                 let refresher = Refresher::start(&config, cell.clone(), log)?;
+                let keys = if config.auth.oidc.enabled {
+                    Some(Keys::start(&config, log)?)
+                } else {
+                    None
+                };
                 let loaded = Arc::new(Loaded {
                     cell,
                     _refresher: refresher,
+                    keys,
                 });
                 shared.push((key, Arc::downgrade(&loaded)));
                 loaded
@@ -120,17 +123,32 @@ impl Gate {
         };
         drop(shared);
         let mut gate = Self::new(&config, loaded.cell.clone());
-        gate._loaded = Some(loaded);
+        if let Some(keys) = &loaded.keys {
+            gate.verifier = keys.verifier().clone();
+        }
+        gate.loaded = Some(loaded);
         Ok(gate)
     }
 
-    /// A gate over `cell`, a policy its owner keeps current.
+    /// A gate over `cell`, a policy its owner keeps current, trusting no issuer of signed
+    /// tokens.
     pub fn new(config: &Config, cell: Arc<PolicyCell>) -> Self {
+        Self::with_verifier(config, cell, Arc::new(TokenVerifier::none()))
+    }
+
+    /// A gate over `cell` verifying signed tokens with `verifier`, whose keys its owner keeps
+    /// current.
+    pub fn with_verifier(
+        config: &Config,
+        cell: Arc<PolicyCell>,
+        verifier: Arc<TokenVerifier>,
+    ) -> Self {
         Self {
             auth_enabled: config.auth.enabled,
             identity: config.identity_settings(),
             cell,
-            _loaded: None,
+            verifier,
+            loaded: None,
         }
     }
 
@@ -192,9 +210,23 @@ impl Gate {
         now_unix: u64,
     ) -> Result<Option<Identity>, IdentityError> {
         // Envoy's jwt_authn payload cannot be read by a 1.40 module (nested metadata): claims
-        // come as the headers jwt_authn's claim_to_headers sets, or an (unsigned) bearer token.
+        // come as the headers jwt_authn's claim_to_headers sets, or a bearer token verified
+        // here (signed, with auth.oidc) or unsigned (auth.allow_unsigned_jwt).
         let verified = Verified::<Map<String, Json>>::Nothing;
-        identity::identify(&self.identity, &Unverified, credentials, verified, now_unix)
+        let found = identity::identify(
+            &self.identity,
+            &*self.verifier,
+            credentials,
+            verified,
+            now_unix,
+        );
+        if let Err(IdentityError::UnknownSigningKey { issuer }) = &found
+            && let Some(keys) = self.loaded.as_ref().and_then(|l| l.keys.as_ref())
+        {
+            // Refused now (hooks never wait on I/O); the keys' thread refetches.
+            keys.unknown_key(issuer);
+        }
+        found
     }
 }
 
@@ -241,31 +273,6 @@ fn facts(verdict: &Verdict<'_>) -> Vec<(&'static str, String)> {
         facts.push(("endpoint", endpoint.to_owned()));
     }
     facts
-}
-
-/// Signed bearer tokens are not verified in the module (no JWKS fetching inside Envoy yet): no
-/// issuer is trusted, so a signed token is refused exactly as by a server without OIDC, and only
-/// unsigned quickstart tokens (`auth.allow_unsigned_jwt`) and gateway-set principal headers
-/// identify anyone.
-#[derive(Debug)]
-struct Unverified;
-
-impl TokenVerification for Unverified {
-    fn remembered(&self, _token: &str) -> Option<Arc<AcceptedToken>> {
-        None
-    }
-
-    fn remember(&self, _token: &str, _accepted: Arc<AcceptedToken>) {}
-
-    fn verify(
-        &self,
-        _token: &str,
-        header: &Map<String, Json>,
-        _claims: &Map<String, Json>,
-    ) -> Result<Map<String, Json>, Rejection> {
-        identity::signing_algorithm(header)?;
-        Err(Rejection::Invalid(identity::UNTRUSTED_ISSUER))
-    }
 }
 
 #[cfg(test)]
@@ -470,11 +477,68 @@ mod tests {
         let strict = quickstart();
         let (status, headers, _) =
             respond(&decide(&strict, "GET", path, &[("authorization", signed)]));
-        assert_eq!(status, 401, "signed tokens are not verified in the module");
+        assert_eq!(status, 401, "no issuer is trusted without auth.oidc");
         assert!(
             headers
                 .iter()
                 .any(|(k, v)| *k == "www-authenticate" && v.contains("invalid_token"))
+        );
+    }
+
+    #[test]
+    fn signed_tokens_are_verified_with_the_issuers_keys() {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+        use nmp_authz_tokens::IssuerKeys;
+        use nmp_authz_tokens::fetching::keys_from_jwks;
+
+        const ISSUER: &str = "https://idp.example.com/realms/nmp";
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/../../tests/fixtures/keys/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+        issuer.replace(keys_from_jwks(&fixture("jwks.json")).unwrap());
+        let verifier = Arc::new(TokenVerifier::new(vec![issuer], None, 60));
+        let config = format!("auth: {{oidc: {{enabled: true, issuer: \"{ISSUER}\"}}}}\n");
+        let mut signed = gate(&config, Some(POLICY));
+        signed.verifier = verifier;
+        let key = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+        let token = |kid: &str| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some(kid.into());
+            let claims = json!({"iss": ISSUER, "sub": "alice", "iat": NOW, "exp": NOW + 600,
+                                "groups": ["team-a"]});
+            format!("Bearer {}", encode(&header, &claims, &key).unwrap())
+        };
+        let path = "/apis/models/v2/workspaces/ws1/models";
+        let answer = decide(&signed, "GET", path, &[("authorization", &token("rsa-1"))]);
+        let Action::Continue { set, .. } = &answer.action else {
+            panic!("{answer:?}");
+        };
+        assert!(
+            set.contains(&("x-nmp-principal-id", "alice".into())),
+            "{set:?}"
+        );
+        assert!(
+            set.contains(&("x-nmp-principal-groups", "team-a".into())),
+            "{set:?}"
+        );
+        // A kid the issuer does not publish: refused now (no keys thread here to wake).
+        let (status, _, body) = respond(&decide(
+            &signed,
+            "GET",
+            path,
+            &[("authorization", &token("rsa-9"))],
+        ));
+        assert_eq!(
+            (status, body),
+            (
+                401,
+                json!({"detail": "Token signing key is not known for its issuer"})
+            )
         );
     }
 

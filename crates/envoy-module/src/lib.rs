@@ -6,6 +6,8 @@
 //! - [`gate`]: the request entry in safe Rust (headers in, an [`gate::Answer`] out), fuzzed and
 //!   unit-tested without Envoy;
 //! - [`policy`]: the process-wide compiled policy, refreshed on a background thread;
+//! - [`keys`]: signed bearer tokens, verified with the server's verifier against issuers' keys
+//!   fetched on a background thread;
 //! - [`record`]: decision records, as the server writes them, on a writer thread of the
 //!   module's;
 //! - `abi`: the C ABI Envoy calls, the crate's only `unsafe` (built with the default `envoy-abi`
@@ -15,5 +17,7 @@
 #[allow(unsafe_code)]
 mod abi;
 pub mod gate;
+mod http;
+pub mod keys;
 pub mod policy;
 pub mod record;

@@ -1,5 +1,5 @@
 //! The module's policy: compiled from the configured sources (the built-in catalog, policy
-//! files, NMP's OPA bundles over `http://`) into one [`CompiledPolicy`], swapped whole (arc-swap) so that request hooks on every
+//! files, NMP's OPA bundles over http or https) into one [`CompiledPolicy`], swapped whole (arc-swap) so that request hooks on every
 //! Envoy worker read it without waiting, and refreshed on a background thread of the module's
 //! own every `auth.policy_data_refresh_interval` seconds. A refresh that fails keeps the last
 //! good policy; after `policy.max_staleness_seconds` without a good one, [`PolicyCell::stale`]
@@ -78,9 +78,10 @@ enum Kind {
 }
 
 impl Sources {
-    /// The sources of `config`. Bundles are not read by the module (yet): refused here, so that
-    /// a configuration naming one is rejected when Envoy loads it, not silently half-used.
-    pub(crate) fn new(config: &Config) -> Result<Self, String> {
+    /// The sources of `config`. What the module does not do (bootstrap sources, the dry run) is
+    /// refused here, so that a configuration naming it is rejected when Envoy loads it, not
+    /// silently half-used.
+    pub(crate) fn new(config: &Config, log: Log) -> Result<Self, String> {
         if !config.policy.bootstrap.is_empty() {
             return Err("policy.bootstrap is not supported by the Envoy module".into());
         }
@@ -88,7 +89,7 @@ impl Sources {
             return Err("policy.shadow (the dry run) is not supported by the Envoy module".into());
         }
         let mut sources = Vec::new();
-        for (i, source) in config.policy.sources.iter().enumerate() {
+        for source in &config.policy.sources {
             let kind = match source {
                 SourceConfig::Builtin { .. } => Kind::Builtin,
                 SourceConfig::File { file } => Kind::File(file.clone()),
@@ -96,22 +97,12 @@ impl Sources {
                     bundle_url,
                     principal_id,
                     bearer_token_file,
-                } => {
-                    // No TLS stack inside Envoy's process: bundles come over the cluster's
-                    // network, as NMP serves them.
-                    if !bundle_url.starts_with("http://") {
-                        return Err(format!(
-                            "config error at policy.sources[{i}].bundle_url: the Envoy module \
-                             fetches bundles over http:// only (got {bundle_url:?})"
-                        ));
-                    }
-                    Kind::Bundle {
-                        url: bundle_url.clone(),
-                        principal_id: principal_id.clone(),
-                        bearer_token_file: bearer_token_file.clone(),
-                        etag: None,
-                    }
-                }
+                } => Kind::Bundle {
+                    url: bundle_url.clone(),
+                    principal_id: principal_id.clone(),
+                    bearer_token_file: bearer_token_file.clone(),
+                    etag: None,
+                },
             };
             sources.push(Source {
                 kind,
@@ -119,12 +110,7 @@ impl Sources {
             });
         }
         let max_staleness = Duration::from_secs(config.policy.max_staleness_seconds);
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(BUNDLE_TIMEOUT.min(max_staleness)))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
+        let http = crate::http::agent(BUNDLE_TIMEOUT.min(max_staleness), log);
         Ok(Self {
             sources,
             http,
@@ -223,43 +209,33 @@ impl Source {
                 bearer_token_file,
                 etag,
             } => {
-                let context = |e: String| format!("bundle {url}: {e}");
-                let mut request = http.get(url.as_str());
+                let context = |e: String| format!("bundle {e}");
+                let mut headers: Vec<(&str, String)> = Vec::new();
                 // How the bundle request identifies itself, as the server's does.
                 if let Some(id) = principal_id {
-                    request = request.header("x-nmp-principal-id", id.as_str());
+                    headers.push(("x-nmp-principal-id", id.clone()));
                 }
                 if let Some(file) = bearer_token_file {
                     let token = std::fs::read_to_string(&*file).map_err(|e| {
-                        context(format!("bearer_token_file {}: {e}", file.display()))
+                        format!("bundle {url}: bearer_token_file {}: {e}", file.display())
                     })?;
-                    request = request.header("authorization", format!("Bearer {}", token.trim()));
+                    headers.push(("authorization", format!("Bearer {}", token.trim())));
                 }
                 if let (Some(_), Some(tag)) = (&self.current, etag.as_deref()) {
-                    request = request.header("if-none-match", tag);
+                    headers.push(("if-none-match", tag.to_owned()));
                 }
-                let mut response = request.call().map_err(|e| context(e.to_string()))?;
-                match response.status().as_u16() {
-                    304 => return Ok(()),
-                    200 => {}
-                    status => return Err(context(format!("HTTP {status}"))),
-                }
-                let tag = response
-                    .headers()
-                    .get("etag")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let body = response
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_BUNDLE_BYTES)
-                    .read_to_vec()
-                    .map_err(|e| context(e.to_string()))?;
+                let headers: Vec<(&str, &str)> =
+                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let Some(crate::http::Fetched { body, etag: tag }) =
+                    crate::http::get(http, url, &headers, MAX_BUNDLE_BYTES).map_err(context)?
+                else {
+                    return Ok(());
+                };
                 let mut print = std::collections::hash_map::DefaultHasher::new();
                 body.hash(&mut print);
                 let print = print.finish();
                 if self.current.as_ref().is_none_or(|(_, p)| *p != print) {
-                    let document = parse_bundle(&body).map_err(context)?;
+                    let document = parse_bundle(&body).map_err(|e| format!("bundle {url}: {e}"))?;
                     self.current = Some((document, print));
                 }
                 *etag = tag;
@@ -288,7 +264,7 @@ impl Refresher {
     /// not compile, are a configuration error; a bundle that cannot be fetched yet is not:
     /// every request is a 503 until it loads.
     pub fn start(config: &Config, cell: Arc<PolicyCell>, log: Log) -> Result<Self, String> {
-        let mut sources = Sources::new(config)?;
+        let mut sources = Sources::new(config, log)?;
         match sources.refresh() {
             Ok(Some(policy)) => install(&cell, policy, log),
             Ok(None) => return Err("no policy data".into()),
@@ -403,7 +379,7 @@ mod tests {
             "auth: {{bootstrap_bindings: false}}\npolicy:\n  sources: [{{file: {}}}]\n",
             file.display()
         ));
-        let mut sources = Sources::new(&config).unwrap();
+        let mut sources = Sources::new(&config, quiet).unwrap();
         let cell = PolicyCell::default();
         refresh_once(&mut sources, &cell, quiet);
         let first = cell.policy.load_full().expect("loaded");
@@ -429,12 +405,8 @@ mod tests {
     }
 
     #[test]
-    fn https_bundles_are_refused_with_the_key() {
+    fn https_bundles_are_accepted() {
         let config = config("policy:\n  sources: [{bundle_url: https://auth:8000/b.tar.gz}]\n");
-        let error = Sources::new(&config).unwrap_err();
-        assert!(
-            error.starts_with("config error at policy.sources[0].bundle_url"),
-            "{error}"
-        );
+        assert!(Sources::new(&config, quiet).is_ok());
     }
 }

@@ -244,7 +244,7 @@ fn line_of(answer: &Answer, headers: &[(&[u8], &[u8])], micros: u64) -> Vec<u8> 
 fn pseudo<'h>(headers: &[(&[u8], &'h [u8])], name: &str) -> Cow<'h, str> {
     let mut values = headers.iter().filter(|(k, _)| *k == name.as_bytes());
     match (values.next(), values.next()) {
-        (Some((_, v)), None) => String::from_utf8_lossy(v),
+        (Some((_, v)), None) => crate::gate::text(v),
         _ => Cow::Borrowed(""),
     }
 }

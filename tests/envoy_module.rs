@@ -58,6 +58,12 @@ policy:
     - builtin: true
 ";
 
+/// The quickstart module config (`envoy/quickstart-module.yaml`) with `authz` as the module's
+/// configuration and `upstream` as the API.
+fn quickstart_module(upstream: std::net::SocketAddr, authz: &str) -> String {
+    module::render(&template(QUICKSTART_MODULE), upstream, None, authz)
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
@@ -189,12 +195,7 @@ fn module_configs_validate_and_keep_the_gateway_shape() {
 #[test]
 fn quickstart_module_decides_strips_spoofed_headers_and_forwards_only_allowed_requests() {
     let upstream = Upstream::start();
-    let envoy = start_envoy(&module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        QUICKSTART_AUTHZ,
-    ));
+    let envoy = start_envoy(&quickstart_module(upstream.addr(), QUICKSTART_AUTHZ));
 
     // Allowed: the principal set, exactly once, and nothing the client sent as x-nmp-*.
     let token = unsigned_token(
@@ -287,12 +288,7 @@ fn quickstart_module_decides_strips_spoofed_headers_and_forwards_only_allowed_re
 #[test]
 fn internal_paths_never_reach_the_upstream_through_the_module() {
     let upstream = Upstream::start();
-    let envoy = start_envoy(&module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        QUICKSTART_AUTHZ,
-    ));
+    let envoy = start_envoy(&quickstart_module(upstream.addr(), QUICKSTART_AUTHZ));
     let alice = bearer(&unsigned_token("alice", &[]));
     let cases: &[(&str, u16)] = &[
         ("/internal/x", 404),
@@ -428,12 +424,7 @@ policy:
         provider.issuer()
     );
     let upstream = Upstream::start();
-    let mut envoy = start_envoy(&module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        &authz,
-    ));
+    let mut envoy = start_envoy(&quickstart_module(upstream.addr(), &authz));
     let answer = |authorization: &str| {
         get(
             envoy.addr(),
@@ -689,7 +680,7 @@ policy:
         https.url
     );
     let upstream = Upstream::start();
-    let config = module::render(&template(QUICKSTART_MODULE), upstream.addr(), None, &authz);
+    let config = quickstart_module(upstream.addr(), &authz);
     let token = bearer(&provider.token("alice", "", API_RESOURCE));
 
     let mut env = module::module_env().to_vec();
@@ -757,12 +748,7 @@ policy:
         file.display()
     );
     let upstream = Upstream::start();
-    let mut envoy = start_envoy(&module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        &authz,
-    ));
+    let mut envoy = start_envoy(&quickstart_module(upstream.addr(), &authz));
     let pid = envoy.pid();
     let path = "/apis/models/v2/workspaces/ws1/models";
     let alice = bearer(&unsigned_token("alice", &[]));
@@ -816,12 +802,7 @@ fn a_configuration_the_module_cannot_honour_keeps_envoy_from_starting() {
             "/nonexistent/policy.yaml",
         ),
     ] {
-        let config = module::render(
-            &template(QUICKSTART_MODULE),
-            "127.0.0.1:9".parse().unwrap(),
-            None,
-            authz,
-        );
+        let config = quickstart_module("127.0.0.1:9".parse().unwrap(), authz);
         let path = dir.path().join("envoy.yaml");
         fs::write(&path, &config).unwrap();
         let log_path = dir.path().join("envoy.log");
@@ -890,12 +871,7 @@ policy:
         server.url
     );
     let upstream = Upstream::start();
-    let envoy = start_envoy(&module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        &authz,
-    ));
+    let envoy = start_envoy(&quickstart_module(upstream.addr(), &authz));
     let alice = bearer(&unsigned_token("alice", &[]));
     let status = || get(envoy.addr(), THINGS, &[("Authorization", &alice)]).status;
     let becomes = |want: u16, what: &str| {
@@ -970,12 +946,7 @@ fn reason_counts(log: &str, reason: &str) -> (u64, u64) {
 #[test]
 fn module_decision_records_are_the_servers_redacted_and_within_the_budget() {
     let upstream = Upstream::start();
-    let config = module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        QUICKSTART_AUTHZ,
-    );
+    let config = quickstart_module(upstream.addr(), QUICKSTART_AUTHZ);
     let sample = std::ffi::OsStr::new("0");
     let mut envoy = module::start_envoy_logging(
         &config,
@@ -1119,12 +1090,7 @@ fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
     let library = module::test_panic_library_dir();
     eprintln!("the test-panic library: {:?}", built.elapsed());
     let upstream = Upstream::start();
-    let config = module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        QUICKSTART_AUTHZ,
-    );
+    let config = quickstart_module(upstream.addr(), QUICKSTART_AUTHZ);
     let mut envoy = module::start_envoy_logging(&config, library, &[]);
     let pid = envoy.pid();
     let bob = bearer(&unsigned_token("bob", &[]));
@@ -1164,12 +1130,7 @@ fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
 
     // The library the other tests load (and operators build) has no such header.
     let upstream = Upstream::start();
-    let config = module::render(
-        &template(QUICKSTART_MODULE),
-        upstream.addr(),
-        None,
-        QUICKSTART_AUTHZ,
-    );
+    let config = quickstart_module(upstream.addr(), QUICKSTART_AUTHZ);
     let envoy = start_envoy(&config);
     let response = get(envoy.addr(), MODELS_DEFAULT, &poisoned);
     assert_eq!(response.status, 200, "{response:?}\n{}", envoy.log());

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, HttpAuthzConfig};
 use crate::identity::jwks::KeyFetcher;
-use crate::identity::signed::{IssuerKeys, TokenVerifier};
+use crate::identity::signed::TokenVerifier;
 use crate::identity::{self, Identity, IdentityError, IdentitySettings};
 use crate::policy::CompiledPolicy;
 use crate::sources::{self, Refresh, SourceStatus, Sources};
@@ -68,23 +68,7 @@ impl State {
     pub fn new(config: &Config, policy: Option<CompiledPolicy>) -> Self {
         let oidc = &config.auth.oidc;
         let metrics = Arc::new(Metrics::default());
-        let verifier = if oidc.enabled {
-            let primary = oidc
-                .issuer
-                .iter()
-                .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), oidc.jwks_uri.clone())));
-            let additional = oidc
-                .additional_issuers
-                .iter()
-                .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), None)));
-            TokenVerifier::new(
-                primary.chain(additional).collect(),
-                oidc.audience.clone(),
-                oidc.leeway_seconds,
-            )
-        } else {
-            TokenVerifier::none()
-        };
+        let verifier = TokenVerifier::for_config(oidc);
         let keys = KeyFetcher::new(
             Arc::new(verifier),
             Duration::from_secs(oidc.discovery_cache_ttl),

@@ -161,10 +161,8 @@ impl Gate {
     pub fn decide(&self, headers: &[(&[u8], &[u8])], now_unix: u64) -> Answer {
         // Header names are ASCII tokens; a value that is not UTF-8 is read with replacement
         // characters, which no credential, method or path rule accepts.
-        let headers: Vec<(Cow<'_, str>, Cow<'_, str>)> = headers
-            .iter()
-            .map(|(k, v)| (text(k), text(v)))
-            .collect();
+        let headers: Vec<(Cow<'_, str>, Cow<'_, str>)> =
+            headers.iter().map(|(k, v)| (text(k), text(v))).collect();
         let pseudo = |name: &str| {
             let mut values = headers.iter().filter(|(k, _)| k == name);
             match (values.next(), values.next()) {

@@ -26,29 +26,6 @@ use crate::policy::{Log, Severity};
 /// them anyway), so a flood of such tokens costs the hooks no allocation growth or waiting.
 const WAKE_QUEUE: usize = 64;
 
-/// The verifier for `config`'s trusted issuers (`auth.oidc.issuer`, with `jwks_uri` when
-/// configured, and the `additional_issuers` through discovery), as the server builds it; one
-/// that trusts nobody when `auth.oidc.enabled` is false.
-pub fn verifier(config: &Config) -> TokenVerifier {
-    let oidc = &config.auth.oidc;
-    if !oidc.enabled {
-        return TokenVerifier::none();
-    }
-    let primary = oidc
-        .issuer
-        .iter()
-        .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), oidc.jwks_uri.clone())));
-    let additional = oidc
-        .additional_issuers
-        .iter()
-        .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), None)));
-    TokenVerifier::new(
-        primary.chain(additional).collect(),
-        oidc.audience.clone(),
-        oidc.leeway_seconds,
-    )
-}
-
 /// A verifier and the thread that keeps its keys current. Dropping it stops the thread and
 /// waits for it (Envoy may unload the module once its configurations are gone).
 #[derive(Debug)]
@@ -64,7 +41,7 @@ impl Keys {
     /// every `discovery_cache_ttl` on a thread. A provider that cannot be reached now is no
     /// configuration error, as for the server: its tokens are 401 until its keys are fetched.
     pub fn start(config: &Config, log: Log) -> Result<Self, String> {
-        let verifier = Arc::new(verifier(config));
+        let verifier = Arc::new(TokenVerifier::for_config(&config.auth.oidc));
         let issuers: Vec<Arc<IssuerKeys>> = verifier.issuers().cloned().collect();
         let http = crate::http::agent(FETCH_TIMEOUT, log);
         let ttl = Duration::from_secs(config.auth.oidc.discovery_cache_ttl);

@@ -18,6 +18,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value as Json};
 
+use nmp_authz_core::config::OidcConfig;
 use nmp_authz_core::identity::{
     AcceptedToken, Rejection, SigningAlgorithm, TokenVerification, UNTRUSTED_ISSUER,
     signing_algorithm,
@@ -182,6 +183,28 @@ impl TokenVerifier {
     /// A verifier that trusts nobody: every signed token is refused.
     pub fn none() -> Self {
         Self::new(Vec::new(), None, 0)
+    }
+
+    /// The verifier `auth.oidc` describes: `issuer` (its keys at `jwks_uri` when configured,
+    /// else through discovery) and each of `additional_issuers` (through discovery); one that
+    /// trusts nobody when OIDC is off.
+    pub fn for_config(oidc: &OidcConfig) -> Self {
+        if !oidc.enabled {
+            return Self::none();
+        }
+        let primary = oidc
+            .issuer
+            .iter()
+            .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), oidc.jwks_uri.clone())));
+        let additional = oidc
+            .additional_issuers
+            .iter()
+            .map(|issuer| Arc::new(IssuerKeys::new(issuer.clone(), None)));
+        Self::new(
+            primary.chain(additional).collect(),
+            oidc.audience.clone(),
+            oidc.leeway_seconds,
+        )
     }
 
     pub fn issuer(&self, issuer: &str) -> Option<&Arc<IssuerKeys>> {

@@ -1127,6 +1127,14 @@ fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
         3,
         "{log}"
     );
+    // Counted with the other answers.
+    let stats = get(envoy.admin(), "/stats?filter=decisions", &[]).body;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l == "dynamicmodulescustom.decisions.status.503.reason.internal_error: 3"),
+        "{stats}"
+    );
 
     // The library the other tests load (and operators build) has no such header.
     let upstream = Upstream::start();

@@ -338,10 +338,21 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         unsafe { act(filter_envoy, config, &answer) }
     }));
     decided.unwrap_or_else(|_| {
+        // Counted as every answer is (`decisions`, status 503, reason `internal_error`).
+        let _ = catch_unwind(|| {
+            // SAFETY: as above.
+            let config = unsafe { &*filter.cast::<FilterConfig>() };
+            let mut labels = [ModuleBuffer::of("503"), ModuleBuffer::of(INTERNAL_ERROR)];
+            // SAFETY: a live filter.
+            unsafe { count(filter_envoy, config.decisions, &mut labels, 1) };
+        });
         // SAFETY: as above.
         unsafe { internal_error(filter_envoy) }
     })
 }
+
+/// The reason of a 503 answered because deciding panicked.
+const INTERNAL_ERROR: &str = "internal_error";
 
 /// The request's headers as Envoy lends them.
 ///

@@ -844,22 +844,28 @@ fn dashboard_matches_grafanas_schema() {
 
 // ---- the dry run ----
 
-/// A shadow policy that denies what the enforced one allows: every answer is the enforced
-/// policy's, on gRPC and on the HTTP authorization endpoint, and each disagreement is counted
-/// and logged; agreements are not. A change to the shadow file is picked up.
-#[test]
-fn a_shadow_policy_counts_and_logs_disagreements_without_changing_answers() {
+/// A server enforcing `policy.json` (alice may read the things) with `shadow.json` (nobody
+/// may) as its dry run; both files reloaded every second.
+fn with_shadow_policy() -> Running {
     let dir_files = [
         ("policy.json", document("alice")),
         ("shadow.json", document("")),
     ];
     let files: Vec<(&str, &str)> = dir_files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let mut running = Running::start(
+    Running::start(
         "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
          policy_data_refresh_interval: 1\npolicy:\n  sources:\n    - file: {policy.json}\n  \
          shadow:\n    sources:\n      - file: {shadow.json}\n",
         &files,
-    );
+    )
+}
+
+/// A shadow policy that denies what the enforced one allows: every answer is the enforced
+/// policy's, on gRPC and on the HTTP authorization endpoint, and each disagreement is counted
+/// and logged; agreements are not. A change to the shadow file is picked up.
+#[test]
+fn a_shadow_policy_counts_and_logs_disagreements_without_changing_answers() {
+    let mut running = with_shadow_policy();
     let alice = format!("Bearer {}", unsigned_token("alice"));
     let bob = format!("Bearer {}", unsigned_token("bob"));
     for _ in 0..5 {
@@ -960,17 +966,7 @@ fn a_shadow_policy_counts_and_logs_disagreements_without_changing_answers() {
 /// and the disagreements stop.
 #[test]
 fn a_changed_shadow_policy_is_reloaded() {
-    let dir_files = [
-        ("policy.json", document("alice")),
-        ("shadow.json", document("")),
-    ];
-    let files: Vec<(&str, &str)> = dir_files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let mut running = Running::start(
-        "auth:\n  allow_unsigned_jwt: true\n  bootstrap_bindings: false\n  \
-         policy_data_refresh_interval: 1\npolicy:\n  sources:\n    - file: {policy.json}\n  \
-         shadow:\n    sources:\n      - file: {shadow.json}\n",
-        &files,
-    );
+    let mut running = with_shadow_policy();
     let alice = format!("Bearer {}", unsigned_token("alice"));
     assert_eq!(running.check(THINGS, Some(&alice)), 200);
     let count = |s: &[Sample]| {

@@ -5,7 +5,6 @@
 //! a request with no trace context starts one with `traces.sample_ratio`. Off by default; off,
 //! `State::traces` is `None` and a request pays one branch.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -54,7 +53,7 @@ pub enum Carrier<'a> {
     None,
     /// The CheckRequest's headers (lower-case names), and the gRPC call's metadata.
     Check(
-        &'a HashMap<String, String>,
+        &'a [crate::server::check_request::Header],
         Option<&'a tonic::metadata::MetadataMap>,
     ),
     /// The HTTP authorization request's headers.
@@ -62,15 +61,18 @@ pub enum Carrier<'a> {
 }
 
 /// The CheckRequest's headers (Envoy sends lower-case names).
-struct MapHeaders<'a>(&'a HashMap<String, String>);
+struct MapHeaders<'a>(&'a [crate::server::check_request::Header]);
 
 impl Extractor for MapHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        use crate::server::check_request::text;
+        let header = self.0.iter().rev().find(|h| h.name == key.as_bytes())?;
+        Some(text(&header.value))
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        use crate::server::check_request::text;
+        self.0.iter().map(|h| text(&h.name)).collect()
     }
 }
 

@@ -16,15 +16,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::gateway::unsigned_token;
 use common::*;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use envoy_types::pb::google::protobuf::Struct;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use nmp_authz::config::Config;
 use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
-use nmp_authz::identity::{
-    Credentials, Identity, IdentityError, IdentitySettings, identify, struct_from_json,
-};
+use nmp_authz::identity::{Credentials, Identity, IdentityError, IdentitySettings, identify};
 use nmp_authz::server::State;
 use nmp_authz::server::check::Answered;
+use nmp_authz::server::check_request::Struct;
 use nmp_authz_core::identity::Rejection;
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -269,7 +267,7 @@ fn duplicate_keys_in_header_or_claims_are_refused() {
     );
     // Next to verified jwt_authn claims, a bearer token with duplicate keys is refused too:
     // Envoy and we could read different subjects out of it.
-    let metadata = struct_from_json(
+    let metadata = Struct::from_json(
         json!({"jwt_payload": {"sub": "alice"}})
             .as_object()
             .unwrap(),
@@ -430,7 +428,7 @@ fn non_string_subjects_are_never_an_identity() {
             &format!("unsigned sub {sub}"),
         );
         // The same subjects in jwt_authn metadata.
-        let metadata = struct_from_json(
+        let metadata = Struct::from_json(
             json!({"jwt_payload": {"sub": serde_json::from_str::<Value>(sub).unwrap()}})
                 .as_object()
                 .unwrap(),
@@ -539,7 +537,7 @@ fn control_characters_in_principal_attributes_are_400() {
             None,
             &text,
         );
-        let metadata = struct_from_json(
+        let metadata = Struct::from_json(
             json!({"jwt_payload": Value::Object(claims)})
                 .as_object()
                 .unwrap(),

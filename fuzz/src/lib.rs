@@ -19,6 +19,7 @@ use nmp_authz::config::Config;
 use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
 use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
 use nmp_authz::server::State;
+use nmp_authz::server::check_request::CheckRequest as WireRequest;
 use nmp_authz_core::policy::decide::HEALTH_PATHS;
 use nmp_authz_core::policy::pdp::{self, Answer, Entrypoint};
 use nmp_authz_core::policy::{
@@ -473,9 +474,37 @@ pub fn check_request(data: &[u8]) {
     let which = usize::from(input.byte()) % checks.states.len();
     let state = &checks.states[which];
     let request = if input.byte() % 2 == 0 {
-        match CheckRequest::decode(input.rest()) {
-            Ok(r) => r,
-            Err(_) => return,
+        let bytes = input.rest();
+        // The gRPC face reads Envoy's bytes with a decoder of its own (only the fields it
+        // needs): it must accept whatever envoy-types' message accepts.
+        let wire = WireRequest::decode(bytes)
+            .ok()
+            .filter(|w| w.check_text().is_ok());
+        match CheckRequest::decode(bytes) {
+            Ok(r) => {
+                assert!(
+                    wire.is_some(),
+                    "envoy-types decodes what the gRPC face refuses"
+                );
+                r
+            }
+            Err(_) => {
+                // What only the face's decoder accepts (a bad field it skips) is still
+                // answered, and never allowed without a method and a path.
+                if let Some(wire) = wire {
+                    let (_, answered) =
+                        checks
+                            .runtime
+                            .block_on(nmp_authz::server::check::check_with_metadata(
+                                state, &wire, None,
+                            ));
+                    let http = wire.http();
+                    if http.is_none_or(|h| h.method().is_empty() || !h.path().starts_with('/')) {
+                        assert_eq!(answered.status.http(), 400, "{answered:?}");
+                    }
+                }
+                return;
+            }
         }
     } else {
         built_request(&mut input)

@@ -10,6 +10,7 @@ use serde_json::{Map, Value as Json};
 pub mod jwks;
 pub mod signed;
 
+use crate::server::check_request as wire;
 use nmp_authz_core::identity::{self as rules, Verified};
 pub use nmp_authz_core::identity::{
     AcceptedToken, Claim, Claims, Credentials, Identity, IdentityError, IdentitySettings,
@@ -57,17 +58,17 @@ pub fn identify(
     settings: &IdentitySettings,
     verifier: &TokenVerifier,
     headers: &Credentials<'_>,
-    metadata: Option<&Struct>,
+    metadata: Option<&wire::Struct>,
     now_unix: u64,
 ) -> Result<Option<Identity>, IdentityError> {
     // No entry under the key: jwt_authn verified nothing (e.g. `allow_missing`).
     let found = metadata
-        .and_then(|m| m.fields.get(&settings.jwt_authn_metadata_key))
+        .and_then(|m| m.get(&settings.jwt_authn_metadata_key))
         .map(|v| v.kind.as_ref());
     let claims;
     let verified = match found {
         None | Some(None) => Verified::Nothing,
-        Some(Some(Kind::StructValue(found))) => {
+        Some(Some(wire::Kind::Struct(found))) => {
             claims = StructClaims(found);
             Verified::Claims(&claims)
         }
@@ -85,19 +86,19 @@ pub fn identify(
 }
 
 /// Claims as `jwt_authn` hands them over: a protobuf `Struct`, read in place.
-struct StructClaims<'a>(&'a Struct);
+struct StructClaims<'a>(&'a wire::Struct);
 
 impl Claims for StructClaims<'_> {
     fn claim(&self, name: &str) -> Claim<'_> {
-        match self.0.fields.get(name).map(|v| v.kind.as_ref()) {
+        match self.0.get(name).map(|v| v.kind.as_ref()) {
             None => Claim::Missing,
-            Some(None | Some(Kind::NullValue(_))) => Claim::Null,
-            Some(Some(Kind::StringValue(s))) => Claim::Str(s),
-            Some(Some(Kind::ListValue(list))) => list
+            Some(None | Some(wire::Kind::Null(_))) => Claim::Null,
+            Some(Some(wire::Kind::String(s))) => Claim::Str(wire::text(s)),
+            Some(Some(wire::Kind::List(list))) => list
                 .values
                 .iter()
                 .map(|v| match &v.kind {
-                    Some(Kind::StringValue(s)) => Some(s.as_str()),
+                    Some(wire::Kind::String(s)) => Some(wire::text(s)),
                     _ => None,
                 })
                 .collect::<Option<Vec<_>>>()
@@ -135,12 +136,12 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000;
 
-    fn to_struct(j: &Json) -> Struct {
-        struct_from_json(j.as_object().unwrap())
+    fn to_struct(j: &Json) -> wire::Struct {
+        wire::Struct::from_json(j.as_object().unwrap())
     }
 
     /// The jwt_authn namespace struct with `claims` under the default payload key.
-    fn meta(claims: Json) -> Struct {
+    fn meta(claims: Json) -> wire::Struct {
         to_struct(&json!({ "jwt_payload": claims }))
     }
 
@@ -189,7 +190,7 @@ mod tests {
     fn run(
         s: &IdentitySettings,
         h: &HashMap<String, String>,
-        m: Option<&Struct>,
+        m: Option<&wire::Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
         identify(s, &TokenVerifier::none(), &credentials(h), m, NOW)
     }
@@ -481,7 +482,7 @@ mod tests {
     fn jwt_authn_metadata_reads_the_namespace() {
         let mut attrs = AttributeContext::default();
         assert!(jwt_authn_metadata(&attrs).is_none());
-        let ns = meta(json!({"sub": "a"}));
+        let ns = struct_from_json(json!({"jwt_payload": {"sub": "a"}}).as_object().unwrap());
         attrs.metadata_context = Some(Metadata {
             filter_metadata: [(JWT_AUTHN_NAMESPACE.to_string(), ns.clone())].into(),
             ..Metadata::default()

@@ -197,6 +197,7 @@ async fn explain(state: &State, request: CheckRequest, note: Option<&'static str
     // explained by the same policy, for the same principal and path, only when the policy
     // decided (one refused before it — bad path, identity or policy state; auth disabled —
     // has nothing to explain).
+    let request = crate::server::check_request::CheckRequest::from_message(&request);
     let decided = check::request(&request);
     check::decide(state, &decided, |verdict| Explained {
         status: verdict.status.http(),

@@ -5,14 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use envoy_types::pb::google::protobuf::Struct;
 use nmp_authz_core::record::DecisionRecord;
 use nmp_authz_core::verdict::{self, Admission, Early, Outcome, Status, Verdict};
 
 use crate::identity::{self, Credentials, IdentityError};
 
 use super::State;
+use super::check_request::{CheckRequest, Struct};
 use super::check_response::{self, EncodedCheckResponse};
 
 /// A request to authorize, as every face describes it.
@@ -138,45 +137,37 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
 
 // ---- the gRPC face: Envoy's CheckRequest and CheckResponse ----
 
-/// The request a `CheckRequest` describes.
+/// The request a `CheckRequest` describes (its strings checked: [`CheckRequest::check_text`]).
 pub fn request(check: &CheckRequest) -> Request<'_> {
-    let attributes = check.attributes.as_ref();
-    let http = attributes
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref());
+    let http = check.http();
     Request {
-        method: http.map_or("", |h| h.method.as_str()),
-        path: http.map_or("", |h| h.path.as_str()),
-        credentials: Credentials::from_headers(
-            http.into_iter()
-                .flat_map(|h| h.headers.iter())
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        ),
-        metadata: attributes.and_then(identity::jwt_authn_metadata),
+        method: http.map_or("", |h| h.method()),
+        path: http.map_or("", |h| h.path()),
+        credentials: Credentials::from_headers(http.into_iter().flat_map(|h| h.headers())),
+        metadata: check.namespace(identity::JWT_AUTHN_NAMESPACE),
         trace: http.map_or(crate::traces::Carrier::None, |h| {
             crate::traces::Carrier::Check(&h.headers, None)
         }),
     }
 }
 
-/// Decides one Check request (counted and logged).
-pub async fn check(state: &State, check: &CheckRequest) -> (EncodedCheckResponse, Answered) {
-    check_with_metadata(state, check, None).await
+/// Decides one Check request given as envoy-types' message (tests, benchmarks), through the
+/// path Envoy's requests take: counted and logged.
+pub async fn check(
+    state: &State,
+    check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+) -> (EncodedCheckResponse, Answered) {
+    let check = CheckRequest::from_message(check);
+    check_with_metadata(state, &check, None).await
 }
 
-/// [`check`], with the gRPC call's metadata (where Envoy puts its ext_authz span's trace
-/// context when it traces).
+/// Decides one Check request as it arrived (its strings checked), with the gRPC call's
+/// metadata (where Envoy puts its ext_authz span's trace context when it traces).
 pub async fn check_with_metadata(
     state: &State,
     check: &CheckRequest,
     grpc_metadata: Option<&tonic::metadata::MetadataMap>,
 ) -> (EncodedCheckResponse, Answered) {
-    let inbound = check
-        .attributes
-        .as_ref()
-        .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-        .map(|h| &h.headers);
     let mut request = request(check);
     if let crate::traces::Carrier::Check(headers, _) = request.trace {
         request.trace = crate::traces::Carrier::Check(headers, grpc_metadata);
@@ -186,9 +177,10 @@ pub async fn check_with_metadata(
             outcome: verdict.outcome,
             status: verdict.status,
         };
-        let inbound = inbound
+        let inbound = check
+            .http()
             .into_iter()
-            .flat_map(|h| h.keys().map(String::as_str));
+            .flat_map(|h| h.headers().map(|(name, _)| name));
         (check_response::encode(verdict, inbound), answered)
     })
     .await

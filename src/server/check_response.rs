@@ -344,7 +344,8 @@ mod tests {
             .and_then(|r| r.http.as_ref())
             .map(|h| h.headers.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        let request = check::request(request);
+        let request = crate::server::check_request::CheckRequest::from_message(request);
+        let request = check::request(&request);
         let decided = check::decide(state, &request, |verdict| {
             (
                 encode(verdict, inbound.iter().copied()),

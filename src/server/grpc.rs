@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME as AUTHORIZATION;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -23,6 +22,7 @@ use crate::pdp_proto::{
 use crate::policy::pdp::Entrypoint;
 use serde_json::{Map, Value as Json};
 
+use super::check_request::CheckRequest;
 use super::check_response::EncodedCheckResponse;
 use super::{State, check, http, pdp};
 
@@ -146,9 +146,10 @@ async fn report_health(
 }
 
 /// Envoy's `envoy.service.auth.v3.Authorization` service. Its one method, `Check`, answers
-/// with a [`EncodedCheckResponse`] (the verdict written straight into the wire format) through
-/// tonic's prost codec: envoy-types' generated server would have a Check build its
-/// `CheckResponse` message first (BENCHMARKS.md §2.2).
+/// with a [`EncodedCheckResponse`] (the verdict written straight into the wire format) to a
+/// [`CheckRequest`] read straight from it, through tonic's prost codec: envoy-types' generated
+/// server would have a Check decode every field into owned strings and maps and build its
+/// `CheckResponse` message (BENCHMARKS.md §2.2, §2.4).
 #[derive(Debug, Clone)]
 pub(crate) struct AuthorizationService(pub Arc<State>);
 
@@ -192,6 +193,12 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
+            if request.get_ref().check_text().is_err() {
+                // What prost's generated message answers for the same bytes.
+                return Err(Status::internal(
+                    "failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded",
+                ));
+            }
             let (response, _) =
                 check::check_with_metadata(&state, request.get_ref(), Some(request.metadata()))
                     .await;

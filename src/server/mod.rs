@@ -2,6 +2,7 @@
 //! policy reload loop that feeds them.
 
 pub mod check;
+pub mod check_request;
 pub mod check_response;
 pub mod grpc;
 pub mod http;
@@ -14,7 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use envoy_types::pb::google::protobuf::Struct;
 use tokio::sync::watch;
 
 use crate::config::{Config, HttpAuthzConfig};
@@ -134,7 +134,7 @@ impl State {
     pub async fn identify(
         &self,
         credentials: &identity::Credentials<'_>,
-        metadata: Option<&Struct>,
+        metadata: Option<&check_request::Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
         let identity = self
             .identify_once_more_on_unknown_key(credentials, metadata)
@@ -150,7 +150,7 @@ impl State {
     async fn identify_once_more_on_unknown_key(
         &self,
         credentials: &identity::Credentials<'_>,
-        metadata: Option<&Struct>,
+        metadata: Option<&check_request::Struct>,
     ) -> Result<Option<Identity>, IdentityError> {
         let verifier = self.keys.verifier();
         match identity::identify(

@@ -2,7 +2,7 @@
 //! BENCHMARKS.md.
 //!
 //! - `check/*`: a CheckRequest decoded from its wire bytes (as the gRPC face reads it: the
-//!   fields it needs, strings left in the buffer), decided by the quickstart server's handler
+//!   fields it needs, maps as lists of entries), decided by the quickstart server's handler
 //!   (built-in catalog, bootstrap bindings) and the CheckResponse encoded, against envoy-types'
 //!   whole decode and an encode around a do-nothing answer: what nmp-authz adds or saves per
 //!   Check on top of the gRPC plumbing, without the network or the scheduler in the figure.
@@ -108,7 +108,6 @@ fn checks(c: &mut Criterion) {
             b.iter(|| {
                 let request = WireRequest::decode(wire[i % wire.len()].clone()).unwrap();
                 i += 1;
-                request.check_text().unwrap();
                 let checked = check::check_with_metadata(&state, &request, None);
                 let (response, _) = runtime.block_on(checked);
                 black_box(response.encode_to_vec())
@@ -119,7 +118,6 @@ fn checks(c: &mut Criterion) {
             b.iter(|| {
                 let request = WireRequest::decode(wire[i % wire.len()].clone()).unwrap();
                 i += 1;
-                request.check_text().unwrap();
                 let checked = check::check_with_metadata(&with_shadow, &request, None);
                 let (response, _) = runtime.block_on(checked);
                 black_box(response.encode_to_vec())
@@ -130,7 +128,6 @@ fn checks(c: &mut Criterion) {
             b.iter(|| {
                 let request = WireRequest::decode(wire[i % wire.len()].clone()).unwrap();
                 i += 1;
-                request.check_text().unwrap();
                 let checked = check::check_with_metadata(&with_traces, &request, None);
                 let (response, _) = runtime.block_on(checked);
                 black_box(response.encode_to_vec())

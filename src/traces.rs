@@ -65,14 +65,12 @@ struct MapHeaders<'a>(&'a [crate::server::check_request::Header]);
 
 impl Extractor for MapHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        use crate::server::check_request::text;
-        let header = self.0.iter().rev().find(|h| h.name == key.as_bytes())?;
-        Some(text(&header.value))
+        let header = self.0.iter().rev().find(|h| h.name == key)?;
+        Some(&header.value)
     }
 
     fn keys(&self) -> Vec<&str> {
-        use crate::server::check_request::text;
-        self.0.iter().map(|h| text(&h.name)).collect()
+        self.0.iter().map(|h| h.name.as_str()).collect()
     }
 }
 

@@ -93,12 +93,12 @@ impl Claims for StructClaims<'_> {
         match self.0.get(name).map(|v| v.kind.as_ref()) {
             None => Claim::Missing,
             Some(None | Some(wire::Kind::Null(_))) => Claim::Null,
-            Some(Some(wire::Kind::String(s))) => Claim::Str(wire::text(s)),
+            Some(Some(wire::Kind::String(s))) => Claim::Str(s),
             Some(Some(wire::Kind::List(list))) => list
                 .values
                 .iter()
                 .map(|v| match &v.kind {
-                    Some(wire::Kind::String(s)) => Some(wire::text(s)),
+                    Some(wire::Kind::String(s)) => Some(s.as_str()),
                     _ => None,
                 })
                 .collect::<Option<Vec<_>>>()

@@ -137,12 +137,12 @@ pub fn record(state: &State, request: &Request<'_>, verdict: &Verdict<'_>, took:
 
 // ---- the gRPC face: Envoy's CheckRequest and CheckResponse ----
 
-/// The request a `CheckRequest` describes (its strings checked: [`CheckRequest::check_text`]).
+/// The request a `CheckRequest` describes.
 pub fn request(check: &CheckRequest) -> Request<'_> {
     let http = check.http();
     Request {
-        method: http.map_or("", |h| h.method()),
-        path: http.map_or("", |h| h.path()),
+        method: http.map_or("", |h| h.method.as_str()),
+        path: http.map_or("", |h| h.path.as_str()),
         credentials: Credentials::from_headers(http.into_iter().flat_map(|h| h.headers())),
         metadata: check.namespace(identity::JWT_AUTHN_NAMESPACE),
         trace: http.map_or(crate::traces::Carrier::None, |h| {
@@ -161,7 +161,7 @@ pub async fn check(
     check_with_metadata(state, &check, None).await
 }
 
-/// Decides one Check request as it arrived (its strings checked), with the gRPC call's
+/// Decides one Check request as it arrived, with the gRPC call's
 /// metadata (where Envoy puts its ext_authz span's trace context when it traces).
 pub async fn check_with_metadata(
     state: &State,

@@ -193,12 +193,6 @@ impl tonic::server::UnaryService<CheckRequest> for CheckMethod {
     fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
         let state = self.0.clone();
         Box::pin(async move {
-            if request.get_ref().check_text().is_err() {
-                // What prost's generated message answers for the same bytes.
-                return Err(Status::internal(
-                    "failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded",
-                ));
-            }
             let (response, _) =
                 check::check_with_metadata(&state, request.get_ref(), Some(request.metadata()))
                     .await;

@@ -153,14 +153,15 @@ pub trait TokenVerification {
     fn remembered(&self, token: &str) -> Option<Arc<AcceptedToken>>;
     /// Remembers an accepted token.
     fn remember(&self, token: &str, accepted: Arc<AcceptedToken>);
-    /// Verifies `token` (already split and decoded into `header` and unverified `claims`) and
-    /// returns its claims. Time claims are checked by [`identify`].
+    /// Verifies `token`, already split and decoded into `header` and unverified `claims` (its
+    /// own, decoded once: a verifier checks them and the signature over the token's text, and
+    /// does not decode the token again). Time claims are checked by [`identify`].
     fn verify(
         &self,
         token: &str,
         header: &Map<String, Json>,
         claims: &Map<String, Json>,
-    ) -> Result<Map<String, Json>, Rejection>;
+    ) -> Result<(), Rejection>;
 }
 
 /// What a gateway verified for the request (Envoy's `jwt_authn` payload), as the host found it.

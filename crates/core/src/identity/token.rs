@@ -295,7 +295,7 @@ pub(crate) fn bearer_principal(
         jwt.claims
     } else {
         match verifier.verify(token, &jwt.header, &jwt.claims) {
-            Ok(claims) => claims,
+            Ok(()) => jwt.claims,
             Err(Rejection::Invalid(detail)) => return Err(unauthenticated(detail)),
             Err(Rejection::UnknownKey { issuer }) => {
                 return Err(IdentityError::UnknownSigningKey { issuer });

@@ -306,12 +306,18 @@ impl TokenVerifier {
 }
 
 impl TokenVerification for TokenVerifier {
-    fn remembered(&self, token: &str) -> Option<Arc<AcceptedToken>> {
-        self.accepted.get(&token_digest(token))
+    type TokenKey = [u8; 32];
+
+    fn token_key(&self, token: &str) -> [u8; 32] {
+        token_digest(token)
     }
 
-    fn remember(&self, token: &str, accepted: Arc<AcceptedToken>) {
-        self.accepted.insert(token_digest(token), accepted);
+    fn remembered(&self, key: &[u8; 32]) -> Option<Arc<AcceptedToken>> {
+        self.accepted.get(key)
+    }
+
+    fn remember(&self, key: [u8; 32], accepted: Arc<AcceptedToken>) {
+        self.accepted.insert(key, accepted);
     }
 
     fn verify(

@@ -149,10 +149,14 @@ pub enum Rejection {
 /// trusted issuers' keys, and a memory of tokens already accepted (so a repeated token costs
 /// no decoding, verification or mapping; its time claims are checked on every use).
 pub trait TokenVerification {
+    /// What an accepted token is remembered under (a digest: never the credential itself).
+    type TokenKey;
+    /// `token`'s key, made once per request for both the lookup and the insert.
+    fn token_key(&self, token: &str) -> Self::TokenKey;
     /// A token accepted before and not forgotten since.
-    fn remembered(&self, token: &str) -> Option<Arc<AcceptedToken>>;
+    fn remembered(&self, key: &Self::TokenKey) -> Option<Arc<AcceptedToken>>;
     /// Remembers an accepted token.
-    fn remember(&self, token: &str, accepted: Arc<AcceptedToken>);
+    fn remember(&self, key: Self::TokenKey, accepted: Arc<AcceptedToken>);
     /// Verifies `token`, already split and decoded into `header` and unverified `claims` (its
     /// own, decoded once: a verifier checks them and the signature over the token's text, and
     /// does not decode the token again). Time claims are checked by [`identify`].

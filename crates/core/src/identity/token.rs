@@ -270,7 +270,8 @@ pub(crate) fn bearer_principal(
     let Some(token) = bearer_token(headers)? else {
         return Ok(None);
     };
-    if let Some(known) = verifier.remembered(token) {
+    let key = verifier.token_key(token);
+    if let Some(known) = verifier.remembered(&key) {
         if known.unsigned && !settings.allow_unsigned_jwt {
             return Err(unauthenticated(INVALID_TOKEN));
         }
@@ -319,7 +320,7 @@ pub(crate) fn bearer_principal(
         times,
         unsigned,
     });
-    verifier.remember(token, accepted.clone());
+    verifier.remember(key, accepted.clone());
     Ok(Some(accepted))
 }
 

@@ -153,7 +153,7 @@ fn identities(c: &mut Criterion) {
     let keyring = Arc::new(IssuerKeys::new(issuer, None));
     let jwks = std::fs::read(format!("{KEYS}jwks.json")).expect("fixture JWKS");
     keyring.replace(usable_keys(&serde_json::from_slice(&jwks).unwrap()));
-    let verifier = TokenVerifier::new(vec![keyring], Some("nmp-api".into()), 60);
+    let verifier = TokenVerifier::new(vec![keyring], Some("nmp-api".into()));
     let claims = json!({"iss": issuer, "aud": "nmp-api", "sub": "alice",
         "email": "alice@example.com", "groups": ["ml-team", "ops"],
         "scope": "openid platform:read platform:write", "iat": now, "exp": now + 3600});

@@ -865,7 +865,7 @@ mod tests {
         let keyring = Arc::new(signed::IssuerKeys::new(FIXTURE_ISSUER, None));
         let jwks = serde_json::from_slice(&std::fs::read(jwks).unwrap()).unwrap();
         keyring.replace(signed::usable_keys(&jwks));
-        let verifier = TokenVerifier::new(vec![keyring.clone()], None, 60);
+        let verifier = TokenVerifier::new(vec![keyring.clone()], None);
         (keyring, verifier)
     }
 

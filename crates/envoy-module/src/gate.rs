@@ -509,7 +509,7 @@ mod tests {
         };
         let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
         issuer.replace(keys_from_jwks(&fixture("jwks.json")).unwrap());
-        let verifier = Arc::new(TokenVerifier::new(vec![issuer], None, 60));
+        let verifier = Arc::new(TokenVerifier::new(vec![issuer], None));
         let config = format!("auth: {{oidc: {{enabled: true, issuer: \"{ISSUER}\"}}}}\n");
         let mut signed = gate(&config, Some(POLICY));
         signed.verifier = verifier;

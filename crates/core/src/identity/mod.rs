@@ -149,18 +149,23 @@ pub enum Rejection {
 /// trusted issuers' keys, and a memory of tokens already accepted (so a repeated token costs
 /// no decoding, verification or mapping; its time claims are checked on every use).
 pub trait TokenVerification {
+    /// What an accepted token is remembered under (a digest: never the credential itself).
+    type TokenKey;
+    /// `token`'s key, made once per request for both the lookup and the insert.
+    fn token_key(&self, token: &str) -> Self::TokenKey;
     /// A token accepted before and not forgotten since.
-    fn remembered(&self, token: &str) -> Option<Arc<AcceptedToken>>;
+    fn remembered(&self, key: &Self::TokenKey) -> Option<Arc<AcceptedToken>>;
     /// Remembers an accepted token.
-    fn remember(&self, token: &str, accepted: Arc<AcceptedToken>);
-    /// Verifies `token` (already split and decoded into `header` and unverified `claims`) and
-    /// returns its claims. Time claims are checked by [`identify`].
+    fn remember(&self, key: Self::TokenKey, accepted: Arc<AcceptedToken>);
+    /// Verifies `token`, already split and decoded into `header` and unverified `claims` (its
+    /// own, decoded once: a verifier checks them and the signature over the token's text, and
+    /// does not decode the token again). Time claims are checked by [`identify`].
     fn verify(
         &self,
         token: &str,
         header: &Map<String, Json>,
         claims: &Map<String, Json>,
-    ) -> Result<Map<String, Json>, Rejection>;
+    ) -> Result<(), Rejection>;
 }
 
 /// What a gateway verified for the request (Envoy's `jwt_authn` payload), as the host found it.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use serde_json::map::Entry;
 use serde_json::{Map, Value as Json};
 
 use super::claims::{Claim, Claims, map_claims, subject, wrong_type};
@@ -82,10 +83,7 @@ pub(crate) fn bearer_token<'a>(
     // A credential is printable ASCII (with spaces or tabs around the token). A control
     // character or a non-ASCII byte is no part of any token; trimming it away would accept a
     // value that another hop reads differently.
-    if value
-        .bytes()
-        .any(|b| !(b.is_ascii_graphic() || b == b' ' || b == b'\t'))
-    {
+    if !is_credential_text(value) {
         return Err(unauthenticated("Invalid authentication credentials"));
     }
     let value = value.trim();
@@ -98,6 +96,15 @@ pub(crate) fn bearer_token<'a>(
         return Err(unauthenticated(INVALID_TOKEN));
     }
     Ok(Some(token))
+}
+
+/// Printable ASCII, spaces and tabs only. No early exit, so that the compiler checks many bytes
+/// at once: a token is hundreds of bytes, read on every request (byte by byte this was ~1.5% of
+/// the instructions of a first RS256 sight, and more of a remembered one).
+fn is_credential_text(value: &str) -> bool {
+    value
+        .bytes()
+        .fold(true, |ok, b| ok & (matches!(b, b' '..=b'~') | (b == b'\t')))
 }
 
 /// Why a token could not be split and decoded.
@@ -208,11 +215,17 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY} {key:?}")));
+            // One search of the map for both the duplicate check and the insert.
+            match object.entry(key) {
+                Entry::Occupied(taken) => {
+                    let message = format!("{DUPLICATE_KEY} {:?}", taken.key());
+                    return Err(serde::de::Error::custom(message));
+                }
+                Entry::Vacant(slot) => {
+                    let UniqueKeys(value) = map.next_value()?;
+                    slot.insert(value);
+                }
             }
-            let UniqueKeys(value) = map.next_value()?;
-            object.insert(key, value);
         }
         Ok(Json::Object(object))
     }
@@ -270,7 +283,8 @@ pub(crate) fn bearer_principal(
     let Some(token) = bearer_token(headers)? else {
         return Ok(None);
     };
-    if let Some(known) = verifier.remembered(token) {
+    let key = verifier.token_key(token);
+    if let Some(known) = verifier.remembered(&key) {
         if known.unsigned && !settings.allow_unsigned_jwt {
             return Err(unauthenticated(INVALID_TOKEN));
         }
@@ -295,7 +309,7 @@ pub(crate) fn bearer_principal(
         jwt.claims
     } else {
         match verifier.verify(token, &jwt.header, &jwt.claims) {
-            Ok(claims) => claims,
+            Ok(()) => jwt.claims,
             Err(Rejection::Invalid(detail)) => return Err(unauthenticated(detail)),
             Err(Rejection::UnknownKey { issuer }) => {
                 return Err(IdentityError::UnknownSigningKey { issuer });
@@ -319,7 +333,7 @@ pub(crate) fn bearer_principal(
         times,
         unsigned,
     });
-    verifier.remember(token, accepted.clone());
+    verifier.remember(key, accepted.clone());
     Ok(Some(accepted))
 }
 

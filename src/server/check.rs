@@ -161,8 +161,8 @@ pub async fn check(
     check_with_metadata(state, &check, None).await
 }
 
-/// Decides one Check request as it arrived, with the gRPC call's
-/// metadata (where Envoy puts its ext_authz span's trace context when it traces).
+/// Decides one Check request as it arrived, with the gRPC call's metadata (where Envoy puts
+/// its ext_authz span's trace context when it traces).
 pub async fn check_with_metadata(
     state: &State,
     check: &CheckRequest,

@@ -174,7 +174,10 @@ fn bad_tokens_are_401() {
         "{}",
         detail(&response)
     );
-    provider.restart(&[k1]);
+    // Its clock right again (`restart` would keep the offset): its tokens are accepted again.
+    provider.restart_with(&[k1], Options::default());
+    let fresh = provider.token("alice", "", "");
+    assert_eq!(gateway.status(&fresh), 200, "its clock is right again");
 
     // Unknown kid: a provider claiming the trusted issuer but signing with its own key.
     let impostor_keys = KeyDir::new();

@@ -522,6 +522,43 @@ mod tests {
         );
     }
 
+    fn set_n(jwks: &[u8]) -> String {
+        let set: Json = serde_json::from_slice(jwks).unwrap();
+        set["keys"][0]["n"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn an_rsa_key_below_2048_bits_verifies_nothing() {
+        // Valid signature, published key: refused as invalid (not an unknown key to refetch).
+        let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+        let set = serde_json::from_slice(&fixture("rsa1024.jwks.json")).unwrap();
+        issuer.replace(usable_keys(&set));
+        assert_eq!(issuer.keys().len(), 1);
+        let v = TokenVerifier::new(vec![issuer], None);
+        let token = String::from_utf8(fixture("rsa1024.token")).unwrap();
+        let token = token.trim_end();
+        // The control: the signature is good for a verifier that takes 1024-bit keys.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let n = b64.decode(set_n(&fixture("rsa1024.jwks.json"))).unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let legacy = &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY;
+        let components = aws_lc_rs::signature::RsaPublicKeyComponents {
+            n,
+            e: vec![1, 0, 1],
+        };
+        let signature = b64.decode(signature).unwrap();
+        assert!(
+            components
+                .verify(legacy, message.as_bytes(), &signature)
+                .is_ok()
+        );
+        assert_eq!(
+            check(&v, token),
+            Err(Rejection::Invalid("Invalid or expired token"))
+        );
+    }
+
     #[test]
     fn unknown_kid_asks_for_a_refetch() {
         assert_eq!(

@@ -18,7 +18,7 @@ use common::*;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use nmp_authz::config::Config;
-use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, install_jwt_provider, usable_keys};
 use nmp_authz::identity::{Credentials, Identity, IdentityError, IdentitySettings, identify};
 use nmp_authz::server::State;
 use nmp_authz::server::check::Answered;
@@ -45,6 +45,7 @@ fn b64(text: &str) -> String {
 fn sign_raw(header: &str, claims: &str) -> String {
     let key = EncodingKey::from_rsa_pem(&std::fs::read(format!("{KEYS}rsa.pem")).unwrap()).unwrap();
     let message = format!("{}.{}", b64(header), b64(claims));
+    install_jwt_provider();
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
     format!("{message}.{signature}")
 }
@@ -168,6 +169,7 @@ fn nested_jwts_are_refused() {
     // A payload that is itself a token (not a JSON object): malformed, with or without `cty`.
     let outer = format!("{}.{}", b64(RS256), b64(&inner));
     let key = EncodingKey::from_rsa_pem(&std::fs::read(format!("{KEYS}rsa.pem")).unwrap()).unwrap();
+    install_jwt_provider();
     let signature = jsonwebtoken::crypto::sign(outer.as_bytes(), &key, Algorithm::RS256).unwrap();
     refused(
         bearer(&strict(), &v, &format!("{outer}.{signature}")),

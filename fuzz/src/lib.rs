@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use nmp_authz::config::Config;
-use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, usable_keys};
+use nmp_authz::identity::signed::{IssuerKeys, TokenVerifier, install_jwt_provider, usable_keys};
 use nmp_authz::identity::{self, Credentials, IdentitySettings, Source};
 use nmp_authz::server::State;
 use nmp_authz::server::check_request::CheckRequest as WireRequest;
@@ -255,8 +255,9 @@ static TOKENS: LazyLock<Tokens> = LazyLock::new(|| {
     let jwks = serde_json::from_slice(&read("jwks.json")).expect("fixture JWKS");
     let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
     issuer.replace(usable_keys(&jwks));
-    // Made first: it installs the crypto provider that signing below needs too.
     let verifier = TokenVerifier::new(vec![issuer], None);
+    // Signing below goes through jsonwebtoken's provider (verifying does not).
+    install_jwt_provider();
     let claims = json!({"iss": ISSUER, "sub": "alice", "email": "alice@example.com",
         "groups": ["eng"], "scope": "openid models:read", "iat": NOW - 10, "exp": NOW + 600});
     let header = |alg, kid: &str| Header {

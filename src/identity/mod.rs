@@ -876,6 +876,7 @@ mod tests {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(kid.into());
         let key = EncodingKey::from_rsa_pem(&std::fs::read(pem).unwrap()).unwrap();
+        signed::install_jwt_provider();
         encode(&header, &claims, &key).unwrap()
     }
 

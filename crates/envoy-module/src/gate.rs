@@ -514,6 +514,7 @@ mod tests {
         let mut signed = gate(&config, Some(POLICY));
         signed.verifier = verifier;
         let key = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+        nmp_authz_tokens::crypto::install_jwt_provider();
         let token = |kid: &str| {
             let mut header = Header::new(Algorithm::RS256);
             header.kid = Some(kid.into());

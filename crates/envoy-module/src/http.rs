@@ -1,5 +1,5 @@
 //! The module's outbound HTTP(S), for bundles and issuers' keys: blocking `ureq`, only ever on
-//! the module's own threads (never an Envoy worker's). TLS is rustls with ring, the project's
+//! the module's own threads (never an Envoy worker's). TLS is rustls with aws-lc-rs, the project's
 //! one crypto library (as the server's), and the roots are the system's as the server gets
 //! them (rustls-native-certs: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the platform's
 //! store). No redirects are followed and no proxy is used, as by the server's client.
@@ -17,7 +17,7 @@ pub(crate) fn agent(timeout: Duration, log: Log) -> ureq::Agent {
     let tls = TlsConfig::builder()
         .provider(TlsProvider::Rustls)
         .root_certs(RootCerts::Specific(roots(log)))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .build();
     ureq::Agent::config_builder()
         .timeout_global(Some(timeout))

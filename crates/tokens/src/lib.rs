@@ -38,12 +38,13 @@ const WRONG_AUDIENCE: &str = "Token audience is not accepted";
 const STRING_HEADER_PARAMETERS: [&str; 7] =
     ["typ", "x5t", "x5t#S256", "enc", "zip", "url", "nonce"];
 
-/// One public key an issuer signs with.
+/// One public key an issuer signs with, parsed once (here, when the keys are fetched) rather
+/// than on every verification.
 #[derive(Clone)]
 pub struct SigningKey {
     pub kid: Option<String>,
     pub algorithm: Algorithm,
-    key: DecodingKey,
+    key: crypto::VerifyingKey,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -82,7 +83,7 @@ fn usable_key(jwk: &Jwk) -> Option<SigningKey> {
     Some(SigningKey {
         kid: jwk.common.key_id.clone(),
         algorithm,
-        key: DecodingKey::from_jwk(jwk).ok()?,
+        key: crypto::VerifyingKey::new(algorithm, &DecodingKey::from_jwk(jwk).ok()?),
     })
 }
 
@@ -161,21 +162,15 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The key a token is remembered under: its SHA-256, so the cache holds no credentials
-/// (ring's, the one crypto library).
+/// The key a token is remembered under: its SHA-256, so the cache holds no credentials.
 fn token_digest(token: &str) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest
-        .as_ref()
-        .try_into()
-        .expect("a SHA-256 digest is 32 bytes")
+    crypto::sha256(token.as_bytes())
 }
 
 impl TokenVerifier {
     /// `issuers` are trusted issuers with their keys; `audience`, when set, must be in `aud`.
     /// Time claims (and their leeway) are the caller's.
     pub fn new(issuers: Vec<Arc<IssuerKeys>>, audience: Option<String>) -> Self {
-        crate::crypto::install_jwt_provider();
         Self {
             issuers: issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect(),
             audience,
@@ -271,15 +266,19 @@ impl TokenVerifier {
         {
             return Err(Rejection::Invalid(INVALID_TOKEN));
         }
-        // The signature alone, by jsonwebtoken through our provider (crate::crypto): its
-        // `decode` would decode and parse header and claims again, 8% of the instructions of
-        // a first RS256 sight.
+        // The signature alone, with the key parsed when it was fetched (crate::crypto):
+        // jsonwebtoken's `decode` would decode and parse header and claims again, 8% of the
+        // instructions of a first RS256 sight.
         let (message, signature) = token
             .rsplit_once('.')
             .ok_or(Rejection::Invalid(INVALID_TOKEN))?;
-        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, algorithm) {
-            Ok(true) => self.check_audience(claims),
-            Ok(false) | Err(_) => Err(Rejection::Invalid(INVALID_TOKEN)),
+        let signature =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+                .map_err(|_| Rejection::Invalid(INVALID_TOKEN))?;
+        if key.key.verifies(message.as_bytes(), &signature) {
+            self.check_audience(claims)
+        } else {
+            Err(Rejection::Invalid(INVALID_TOKEN))
         }
     }
 
@@ -523,6 +522,43 @@ mod tests {
         );
     }
 
+    fn set_n(jwks: &[u8]) -> String {
+        let set: Json = serde_json::from_slice(jwks).unwrap();
+        set["keys"][0]["n"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn an_rsa_key_below_2048_bits_verifies_nothing() {
+        // Valid signature, published key: refused as invalid (not an unknown key to refetch).
+        let issuer = Arc::new(IssuerKeys::new(ISSUER, None));
+        let set = serde_json::from_slice(&fixture("rsa1024.jwks.json")).unwrap();
+        issuer.replace(usable_keys(&set));
+        assert_eq!(issuer.keys().len(), 1);
+        let v = TokenVerifier::new(vec![issuer], None);
+        let token = String::from_utf8(fixture("rsa1024.token")).unwrap();
+        let token = token.trim_end();
+        // The control: the signature is good for a verifier that takes 1024-bit keys.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let n = b64.decode(set_n(&fixture("rsa1024.jwks.json"))).unwrap();
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let legacy = &aws_lc_rs::signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY;
+        let components = aws_lc_rs::signature::RsaPublicKeyComponents {
+            n,
+            e: vec![1, 0, 1],
+        };
+        let signature = b64.decode(signature).unwrap();
+        assert!(
+            components
+                .verify(legacy, message.as_bytes(), &signature)
+                .is_ok()
+        );
+        assert_eq!(
+            check(&v, token),
+            Err(Rejection::Invalid("Invalid or expired token"))
+        );
+    }
+
     #[test]
     fn unknown_kid_asks_for_a_refetch() {
         assert_eq!(
@@ -579,18 +615,20 @@ mod tests {
         format!("{message}.{}", b64.encode(signature))
     }
 
-    fn hmac(algorithm: ring::hmac::Algorithm, secret: &[u8]) -> impl FnOnce(&[u8]) -> Vec<u8> {
-        let key = ring::hmac::Key::new(algorithm, secret);
-        move |message| ring::hmac::sign(&key, message).as_ref().to_vec()
+    fn hmac(algorithm: aws_lc_rs::hmac::Algorithm, secret: &[u8]) -> impl FnOnce(&[u8]) -> Vec<u8> {
+        let key = aws_lc_rs::hmac::Key::new(algorithm, secret);
+        move |message| aws_lc_rs::hmac::sign(&key, message).as_ref().to_vec()
     }
 
     /// A valid signature by the fixture key `rsa-1` in another RSA scheme.
-    fn rsa(padding: &'static dyn ring::signature::RsaEncoding) -> impl FnOnce(&[u8]) -> Vec<u8> {
+    fn rsa(
+        padding: &'static dyn aws_lc_rs::signature::RsaEncoding,
+    ) -> impl FnOnce(&[u8]) -> Vec<u8> {
         let der = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
-        let pair = ring::signature::RsaKeyPair::from_der(der.as_bytes()).unwrap();
+        let pair = aws_lc_rs::signature::RsaKeyPair::from_der(der.as_bytes()).unwrap();
         move |message| {
-            let mut signature = vec![0; pair.public().modulus_len()];
-            let rng = ring::rand::SystemRandom::new();
+            let mut signature = vec![0; pair.public_modulus_len()];
+            let rng = aws_lc_rs::rand::SystemRandom::new();
             pair.sign(padding, &rng, message, &mut signature).unwrap();
             signature
         }
@@ -598,7 +636,7 @@ mod tests {
 
     #[test]
     fn only_rs256_and_es256() {
-        use ring::{hmac, signature as sig};
+        use aws_lc_rs::{hmac, signature as sig};
         let v = verifier(None);
         let secret = b"shared secret";
         for (alg, hmac_alg) in [
@@ -636,7 +674,7 @@ mod tests {
         use base64::Engine as _;
         use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
         let v = verifier(None);
-        let rs256 = || rsa(&ring::signature::RSA_PKCS1_SHA256);
+        let rs256 = || rsa(&aws_lc_rs::signature::RSA_PKCS1_SHA256);
         let invalid = Err(Rejection::Invalid("Invalid or expired token"));
         // Header parameters its `Header` reads as strings, with another type (null it took
         // for absent); unknown parameters of any type it kept aside.
@@ -682,7 +720,7 @@ mod tests {
         let token = token_as(
             "HS256",
             &claims(),
-            hmac(ring::hmac::HMAC_SHA256, &public_pem),
+            hmac(aws_lc_rs::hmac::HMAC_SHA256, &public_pem),
         );
         assert!(matches!(
             check(&verifier(None), &token),

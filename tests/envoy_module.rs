@@ -1127,7 +1127,24 @@ fn a_panic_while_deciding_is_a_503_and_envoy_keeps_serving() {
         3,
         "{log}"
     );
-    // Counted with the other answers.
+    // Recorded (the writer thread writes the records: polled) and counted with the other
+    // answers.
+    let record = format!(
+        "decision allowed=false status=503 reason=\"internal_error\" method=\"GET\" \
+         path=\"{MODELS_DEFAULT}\" principal_id=\"\" workspace=\"\" endpoint=\"\" \
+         policy_revision=\"\" micros="
+    );
+    poll_until(Duration::from_secs(10), || {
+        let log = envoy.log();
+        let written = records(&log)
+            .iter()
+            .filter(|r| r.starts_with(&record))
+            .count();
+        (written == 3)
+            .then_some(())
+            .ok_or(format!("{written} records of the 3 panics"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", envoy.log()));
     let stats = get(envoy.admin(), "/stats?filter=decisions", &[]).body;
     assert!(
         stats

@@ -310,13 +310,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: ModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
+    // The clock is read only when a record may be written: Envoy writes info lines.
+    // SAFETY: no arguments.
+    let started = unsafe { envoy_dynamic_module_callback_log_enabled(LOG_INFO) }.then(Instant::now);
     let decided = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: `filter` is a FilterConfig from config_new, alive while its filters are.
         let config = unsafe { &*filter.cast::<FilterConfig>() };
-        // The clock is read only when a record may be written: Envoy writes info lines.
-        // SAFETY: no arguments.
-        let started =
-            unsafe { envoy_dynamic_module_callback_log_enabled(LOG_INFO) }.then(Instant::now);
         // SAFETY: a live filter in its request-headers hook.
         let raw = unsafe { request_headers(filter_envoy) };
         // SAFETY: Envoy's header buffers, valid until a header is changed (in `act`, after the
@@ -338,13 +337,27 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
         unsafe { act(filter_envoy, config, &answer) }
     }));
     decided.unwrap_or_else(|_| {
-        // Counted as every answer is (`decisions`, status 503, reason `internal_error`).
+        // Counted and recorded as every answer is (`decisions`, status 503, reason
+        // `internal_error`; a decision record, written whatever the denial budget).
         let _ = catch_unwind(|| {
             // SAFETY: as above.
             let config = unsafe { &*filter.cast::<FilterConfig>() };
             let mut labels = [ModuleBuffer::of("503"), ModuleBuffer::of(INTERNAL_ERROR)];
             // SAFETY: a live filter.
             unsafe { count(filter_envoy, config.decisions, &mut labels, 1) };
+            if let Some(started) = started {
+                // SAFETY: a live filter in its request-headers hook; its header buffers read
+                // afresh (a panic in `act` may have changed headers), used before the 503.
+                let raw = unsafe { request_headers(filter_envoy) };
+                let headers = unsafe { header_bytes(&raw) };
+                let dropped = config
+                    .records
+                    .internal_error(INTERNAL_ERROR, &headers, started);
+                if dropped > 0 {
+                    // SAFETY: a live filter.
+                    unsafe { count(filter_envoy, config.records_dropped, &mut [], dropped) };
+                }
+            }
         });
         // SAFETY: as above.
         unsafe { internal_error(filter_envoy) }

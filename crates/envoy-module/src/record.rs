@@ -154,6 +154,31 @@ impl Records {
         dropped
     }
 
+    /// Records a request whose decision panicked (answered 503, reason `internal_error`): every
+    /// one, outside the denial budget (each is a bug to find). Returns 1 if the line was dropped.
+    pub fn internal_error(
+        &self,
+        reason: &str,
+        headers: &[(&[u8], &[u8])],
+        started: Instant,
+    ) -> u64 {
+        let (method, path) = (pseudo(headers, ":method"), pseudo(headers, ":path"));
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.send(line(&DecisionRecord {
+            message: record::DECISION_MESSAGE,
+            allowed: false,
+            status: 503,
+            reason,
+            method: &method,
+            path: record::without_query(&path),
+            principal_id: "",
+            workspace: "",
+            endpoint: "",
+            policy_revision: "",
+            micros,
+        }))
+    }
+
     /// Queues the note for `suppressed` records of `outcome` left out; 1 if it was dropped.
     fn suppressed(&self, outcome: Outcome, suppressed: u64) -> u64 {
         let mut line = Vec::with_capacity(128);
@@ -219,7 +244,7 @@ fn line_of(answer: &Answer, headers: &[(&[u8], &[u8])], micros: u64) -> Vec<u8> 
         Action::Respond { .. } => None,
     });
     let (method, path) = (pseudo(headers, ":method"), pseudo(headers, ":path"));
-    let record = DecisionRecord {
+    line(&DecisionRecord {
         message: record::DECISION_MESSAGE,
         allowed: answer.status == Status::Ok,
         status: answer.status.http(),
@@ -231,7 +256,11 @@ fn line_of(answer: &Answer, headers: &[(&[u8], &[u8])], micros: u64) -> Vec<u8> 
         endpoint: fact("endpoint").unwrap_or_default(),
         policy_revision: fact("policy_revision").unwrap_or_default(),
         micros,
-    };
+    })
+}
+
+/// `record` as one line of Envoy's log.
+fn line(record: &DecisionRecord<'_>) -> Vec<u8> {
     let mut line = Vec::with_capacity(384);
     line.extend_from_slice(TARGET.as_bytes());
     line.extend_from_slice(record.message.as_bytes());

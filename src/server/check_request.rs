@@ -138,7 +138,7 @@ static EMPTY: Struct = Struct { fields: Vec::new() };
 
 impl HttpRequest {
     /// Each header as (name, value): Envoy sends names lower-cased, one entry per name.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> + Clone {
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_str()))

@@ -1,8 +1,8 @@
 //! The module's outbound HTTP(S), for bundles and issuers' keys: blocking `ureq`, only ever on
-//! the module's own threads (never an Envoy worker's). TLS is rustls with aws-lc-rs, the project's
-//! one crypto library (as the server's), and the roots are the system's as the server gets
-//! them (rustls-native-certs: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the platform's
-//! store). No redirects are followed and no proxy is used, as by the server's client.
+//! the module's own threads (never an Envoy worker's). TLS is rustls with aws-lc-rs, the
+//! project's one crypto library (as the server's), and the roots are the system's as the server
+//! gets them (rustls-native-certs: `SSL_CERT_FILE` / `SSL_CERT_DIR` when set, else the
+//! platform's store). No redirects are followed and no proxy is used, as by the server's client.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
